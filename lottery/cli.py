@@ -1,0 +1,83 @@
+"""What ``python -m lottery`` does around the experiment: clear errors, the table, the plot."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from lottery import imp
+from lottery.analysis import plot_sparsity_accuracy
+from lottery.config import Config, ConfigError, register
+from lottery.logging import console, error_line, summary_table
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def describe_compose_error(error: BaseException) -> str:
+    """One line from Hydra/OmegaConf's multi-line composition errors."""
+    text = str(error)
+    if "Could not find" in text and "Available options" in text:
+        head = _first_line(error).removeprefix("In 'config': ")
+        options = [line.strip() for line in text.split("Available options", 1)[1].splitlines()[1:]
+                   if line.strip()]
+        return f"{head}; available: {', '.join(options)}"
+    line = _first_line(error)
+    cause = error.__cause__ or error.__context__
+    if cause is not None and _first_line(cause) not in line:
+        line = f"{line.rstrip('.')}: {_first_line(cause)}"
+    return f"{line} (list the keys with `python -m lottery --cfg job`)"
+
+
+def check_overrides(argv: list[str]) -> str | None:
+    """Compose the config as Hydra will; the one-line error if that fails, else None.
+
+    Hydra reports a bad override (unknown key, wrong type, unknown group option) over
+    several lines and a stack-trace hint; we catch it first and say it in one. Runs with
+    Hydra flags (``-m``, ``--cfg``, ``--help``, ...) are left to Hydra as they are.
+    """
+    if any(arg.startswith("-") for arg in argv):
+        return None
+    from hydra import compose, initialize_config_dir
+
+    register()
+    try:
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            compose("config", overrides=list(argv))
+    except Exception as error:  # any composition failure is the user's input
+        return describe_compose_error(error)
+    return None
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """The typed config object of a composed DictConfig."""
+    return OmegaConf.to_object(cfg)
+
+
+def run(cfg: DictConfig) -> int:
+    """Run the experiment; print the table and draw the plot. Returns the exit code."""
+    config = to_config(cfg)
+    try:
+        store, rows = imp.run(config)
+    except ConfigError as error:
+        error_line(str(error))
+        return 2
+    title = f"{config.name} [{store.path.name}]"
+    plot = plot_sparsity_accuracy(rows, store.path / "sparsity_accuracy.png", title)
+    console.print(summary_table(rows, title))
+    console.print(f"curve: {store.curve_file}\nplot:  {plot}")
+    return 0
+
+
+def exit_on_bad_overrides(argv: list[str]) -> None:
+    """Exit with status 2 and one line if the command-line overrides do not compose."""
+    message = check_overrides(argv)
+    if message is not None:
+        error_line(message)
+        sys.exit(2)

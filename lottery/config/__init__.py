@@ -1,0 +1,28 @@
+"""Typed, validated configuration: the schema, step strings, and the error for bad input."""
+
+from lottery.config.errors import ConfigError
+from lottery.config.schema import (
+    Config,
+    DatasetConfig,
+    ModelConfig,
+    OptimizerConfig,
+    PruningConfig,
+    TrainConfig,
+    register,
+)
+from lottery.config.steps import Step, to_iterations
+from lottery.config.validate import validate
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DatasetConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "PruningConfig",
+    "Step",
+    "TrainConfig",
+    "register",
+    "to_iterations",
+    "validate",
+]

@@ -1,0 +1,115 @@
+"""The typed config tree, registered in Hydra's ConfigStore.
+
+``conf/config.yaml`` lists ``lottery_schema`` first in its defaults, so Hydra checks every
+value against these dataclasses: an unknown key or a value of the wrong type fails at start.
+Which values are *allowed* (a known model, a fraction in [0, 1), ...) is checked by
+:mod:`lottery.config.validate`, which needs the registries of the lower layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class DatasetConfig:
+    """Where the examples come from."""
+
+    name: str = "mnist1d"
+    # Directory of the data: IDX files for ``idx``, tensorflow-datasets' data_dir for tfds
+    # datasets, a cache directory for generated ones. Not part of the experiment hash.
+    path: str | None = None
+    # Examples held out of the end of the training split for validation (early stopping).
+    validation_size: int = 500
+    # Subtract the training set's mean and divide by its standard deviation.
+    normalize: bool = True
+    # Random crop (pad 4) and horizontal flip on the device, for image datasets.
+    augment: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """Which network, by name (see ``lottery.models.MODELS``)."""
+
+    name: str = "mlp"
+    # Widths of the hidden layers of ``mlp``.
+    hidden: list[int] = field(default_factory=lambda: [100, 100])
+    # Weight initialiser of Dense and Conv kernels: kaiming_normal or glorot_normal.
+    init: str = "kaiming_normal"
+    # Width multiplier or base width of the convolutional families (0 = the paper's).
+    width: int = 0
+
+
+@dataclass
+class OptimizerConfig:
+    """An optax optimizer and its learning-rate schedule."""
+
+    name: str = "adam"  # sgd | adam | adamw
+    lr: float = 1e-3
+    momentum: float = 0.0
+    nesterov: bool = False
+    # L2 penalty added to the gradient of every parameter (PyTorch's ``weight_decay``);
+    # decoupled for ``adamw``.
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    schedule: str = "constant"  # constant | step | cosine
+    # ``step``: multiply the rate by ``gamma`` at each milestone (step strings).
+    milestones: list[str] = field(default_factory=list)
+    gamma: float = 0.1
+    # Linear warmup from 0 to ``lr`` over this duration, before the schedule.
+    warmup: str = "0it"
+
+
+@dataclass
+class PruningConfig:
+    """Iterative magnitude pruning: what to prune, how much, and where to rewind."""
+
+    method: str = "magnitude"
+    scope: str = "global"  # global | layerwise
+    # Fraction of the remaining prunable weights removed at each level.
+    fraction: float = 0.2
+    # Per-layer fractions that replace ``fraction``; keys are regexes matched in full against
+    # the layer's path (e.g. ``out`` or ``block.*/conv1``). Under global scope these layers
+    # are pruned on their own at their rate, the rest together at ``fraction``.
+    layer_fractions: dict[str, float] = field(default_factory=dict)
+    # Regex matched in full against parameter paths ("fc1/kernel"): which leaves are prunable.
+    prunable: str = r".*kernel"
+    # Levels after the dense one (level 0). Not in the experiment hash: more levels extend a run.
+    levels: int = 10
+    # Where level L >= 1 rewinds its surviving weights to: 0 = initialisation.
+    rewind_step: str = "0it"
+
+
+@dataclass
+class TrainConfig:
+    """One training run of one level."""
+
+    steps: str = "6000it"
+    batch_size: int = 100
+    eval_every: str = "300it"
+    eval_batch_size: int = 1000
+
+
+@dataclass
+class Config:
+    """The whole experiment."""
+
+    name: str = "mnist1d_imp"
+    seed: int = 0
+    results_root: str = "results"
+    # Show a live progress bar (rich); off in non-interactive logs if you prefer.
+    progress: bool = True
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def register() -> None:
+    """Put the schema into Hydra's ConfigStore as ``lottery_schema``."""
+    ConfigStore.instance().store(name="lottery_schema", node=Config)

@@ -1,0 +1,50 @@
+"""Durations written as step strings: ``2000it``, ``40ep``, ``1ep500it`` (as in OpenLTH).
+
+A duration is kept as text in the config and turned into iterations only once the dataset
+size and batch size are known, so the same preset reads naturally for any dataset.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from lottery.config.errors import ConfigError
+
+_STEP_RE = re.compile(r"^\s*(?:(?P<ep>\d+)\s*ep)?\s*(?:(?P<it>\d+)\s*(?:it)?)?\s*$")
+
+
+@dataclass(frozen=True)
+class Step:
+    """A duration of training: some epochs plus some iterations."""
+
+    epochs: int = 0
+    iterations: int = 0
+
+    @classmethod
+    def parse(cls, text: str | int, field: str = "step") -> Step:
+        """Parse ``"40ep"``, ``"2000it"``, ``"1ep500it"`` or a bare count of iterations."""
+        if isinstance(text, int):
+            text = str(text)
+        match = _STEP_RE.match(str(text))
+        if not match or (match["ep"] is None and match["it"] is None):
+            raise ConfigError(
+                f"{field}={text!r} is not a duration; write iterations and/or epochs, "
+                "e.g. '2000it', '40ep' or '1ep500it'"
+            )
+        return cls(int(match["ep"] or 0), int(match["it"] or 0))
+
+    def to_iterations(self, steps_per_epoch: int) -> int:
+        """Total iterations, with an epoch being ``steps_per_epoch`` iterations."""
+        return self.epochs * steps_per_epoch + self.iterations
+
+    def __str__(self) -> str:
+        parts = [f"{self.epochs}ep"] if self.epochs else []
+        if self.iterations or not parts:
+            parts.append(f"{self.iterations}it")
+        return "".join(parts)
+
+
+def to_iterations(text: str | int, steps_per_epoch: int, field: str = "step") -> int:
+    """Shorthand for ``Step.parse(text, field).to_iterations(steps_per_epoch)``."""
+    return Step.parse(text, field).to_iterations(steps_per_epoch)

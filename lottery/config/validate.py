@@ -1,0 +1,44 @@
+"""Checks of single config values, before any data is read (one clear line each)."""
+
+from __future__ import annotations
+
+from lottery.config.errors import ConfigError
+from lottery.config.schema import Config
+from lottery.config.steps import Step
+
+PRUNING_METHODS = ("magnitude",)
+PRUNING_SCOPES = ("global", "layerwise")
+
+
+def validate(cfg: Config) -> None:
+    """Raise :class:`ConfigError` for the first bad value found."""
+    pruning, train = cfg.pruning, cfg.train
+    if not 0.0 <= pruning.fraction < 1.0:
+        raise ConfigError(
+            f"pruning.fraction={pruning.fraction} must be in [0, 1): it is the fraction of the "
+            "remaining weights removed per level (0.2 removes 20%)"
+        )
+    if pruning.method not in PRUNING_METHODS:
+        raise ConfigError(
+            f"unknown pruning.method {pruning.method!r}; choose one of {', '.join(PRUNING_METHODS)}"
+        )
+    if pruning.scope not in PRUNING_SCOPES:
+        raise ConfigError(
+            f"unknown pruning.scope {pruning.scope!r}; choose one of {', '.join(PRUNING_SCOPES)}"
+        )
+    if pruning.levels < 0:
+        raise ConfigError(f"pruning.levels={pruning.levels} must be >= 0 (0 trains the dense net)")
+    for name, value in (("train.batch_size", train.batch_size),
+                        ("train.eval_batch_size", train.eval_batch_size)):
+        if value < 1:
+            raise ConfigError(f"{name}={value} must be a positive number of examples")
+    if cfg.dataset.validation_size < 0:
+        raise ConfigError(f"dataset.validation_size={cfg.dataset.validation_size} must be >= 0")
+    for name, value in (("train.steps", train.steps), ("train.eval_every", train.eval_every)):
+        step = Step.parse(value, name)
+        if step.epochs == 0 and step.iterations == 0:
+            raise ConfigError(f"{name}={value!r} must be longer than 0 iterations")
+    Step.parse(pruning.rewind_step, "pruning.rewind_step")
+    Step.parse(cfg.optimizer.warmup, "optimizer.warmup")
+    for milestone in cfg.optimizer.milestones:
+        Step.parse(milestone, "optimizer.milestones")

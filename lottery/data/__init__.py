@@ -1,0 +1,66 @@
+"""Dataset sources by name, the in-memory :class:`Dataset`, and batch orders.
+
+``load(cfg)`` returns host arrays; the training loop puts them on the device once and gathers
+batches by index inside jit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from lottery.config import ConfigError, DatasetConfig
+from lottery.data import generated, idx
+from lottery.data.batching import batch_order
+from lottery.data.dataset import Dataset, Split, hold_out, normalize
+
+_FASHION_HINT = (
+    "install Fashion-MNIST with `apt-get install dataset-fashion-mnist` "
+    f"(files in {idx.FASHION_MNIST_DEBIAN_DIR}) or set dataset.path to a directory of IDX files"
+)
+_IDX_HINT = "set dataset.path to a directory holding train-/t10k- images and labels IDX files"
+
+Loader = Callable[[DatasetConfig], tuple[np.ndarray, ...]]
+
+# name -> (loader returning train_x, train_y, test_x, test_y; number of classes)
+SOURCES: dict[str, tuple[Loader, int]] = {
+    "mnist1d": (lambda cfg: generated.mnist1d(cfg.path), 10),
+    "digits": (lambda cfg: generated.digits(), 10),
+    "fashion_mnist_idx": (
+        lambda cfg: idx.load_idx(cfg.path or idx.FASHION_MNIST_DEBIAN_DIR, _FASHION_HINT),
+        10,
+    ),
+    "idx": (lambda cfg: idx.load_idx(cfg.path, _IDX_HINT), 10),
+}
+
+# Datasets whose identity is given by ``dataset.path`` (so the path enters the experiment hash).
+PATH_IDENTIFIES_DATA = frozenset({"idx"})
+
+
+def check_name(name: str) -> None:
+    """Fail with one line if ``name`` is not a known dataset."""
+    if name not in SOURCES:
+        raise ConfigError(
+            f"unknown dataset {name!r}; choose one of {', '.join(sorted(SOURCES))}"
+        )
+
+
+def load(cfg: DatasetConfig) -> Dataset:
+    """Load, hold out validation, and normalise the dataset ``cfg`` names."""
+    check_name(cfg.name)
+    loader, num_classes = SOURCES[cfg.name]
+    train_x, train_y, test_x, test_y = loader(cfg)
+    if not 0 <= cfg.validation_size < len(train_y):
+        raise ConfigError(
+            f"dataset.validation_size={cfg.validation_size} must be in [0, {len(train_y)}) "
+            f"for {cfg.name}'s {len(train_y)} training examples"
+        )
+    train, validation = hold_out(train_x, train_y, cfg.validation_size)
+    test = Split(test_x, test_y)
+    if cfg.normalize:
+        train, validation, test = normalize(train, validation, test)
+    return Dataset(cfg.name, train, validation, test, num_classes)
+
+
+__all__ = ["PATH_IDENTIFIES_DATA", "SOURCES", "Dataset", "Split", "batch_order", "check_name", "load"]

@@ -1,0 +1,50 @@
+"""The in-memory dataset every source returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Split:
+    """Examples and integer labels of one split, as host arrays."""
+
+    x: np.ndarray  # float32, (N, ...) — images are NHWC
+    y: np.ndarray  # int32, (N,)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train, validation (held out of train) and test splits of one dataset."""
+
+    name: str
+    train: Split
+    validation: Split
+    test: Split
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+
+def hold_out(x: np.ndarray, y: np.ndarray, validation_size: int) -> tuple[Split, Split]:
+    """Split the last ``validation_size`` training examples off as the validation set."""
+    cut = len(y) - validation_size
+    return Split(x[:cut], y[:cut]), Split(x[cut:], y[cut:])
+
+
+def normalize(train: Split, *others: Split) -> tuple[Split, ...]:
+    """Standardise every split with the training split's per-channel mean and std."""
+    axes = tuple(range(train.x.ndim - 1)) if train.x.ndim > 2 else None
+    mean = train.x.mean(axis=axes, dtype=np.float64)
+    std = train.x.std(axis=axes, dtype=np.float64)
+    std = np.where(std > 0, std, 1.0)
+    return tuple(
+        Split(((s.x - mean) / std).astype(np.float32), s.y) for s in (train, *others)
+    )

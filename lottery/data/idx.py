@@ -1,0 +1,58 @@
+"""MNIST-format IDX files (MNIST, Fashion-MNIST, ...) from a local directory."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+
+from lottery.config.errors import ConfigError
+
+FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+
+_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (optionally gzipped) into a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    zero, dtype_code, ndim = raw[0] << 8 | raw[1], raw[2], raw[3]
+    if zero != 0 or dtype_code != 0x08:
+        raise ConfigError(f"{path} is not an unsigned-byte IDX file; check dataset.path")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find(directory: Path, stem: str, hint: str) -> Path:
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"missing IDX file {directory / stem}[.gz]; {hint}")
+
+
+def load_idx(directory: str | None, hint: str) -> tuple[np.ndarray, ...]:
+    """(train images, train labels, test images, test labels) from a directory of IDX files.
+
+    Images come back as float32 in [0, 1], shaped (N, H, W, 1).
+    """
+    if not directory:
+        raise ConfigError(f"dataset.path is not set; {hint}")
+    root = Path(directory).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"IDX directory {root} does not exist; {hint}")
+    arrays = {key: read_idx(_find(root, stem, hint)) for key, stem in _FILES.items()}
+    images = {k: (arrays[k].astype(np.float32) / 255.0)[..., None] for k in ("train_x", "test_x")}
+    return (
+        images["train_x"],
+        arrays["train_y"].astype(np.int32),
+        images["test_x"],
+        arrays["test_y"].astype(np.int32),
+    )

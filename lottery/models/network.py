@@ -1,0 +1,45 @@
+"""A Flax module together with how to initialise and apply it, BatchNorm statistics included."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Params = Any  # a nested dict of arrays
+BatchStats = Any  # a nested dict of arrays, empty for models without BatchNorm
+
+
+@dataclass(frozen=True)
+class Network:
+    """Wraps a Linen module whose ``__call__(x, train)`` returns logits.
+
+    Parameters and BatchNorm statistics are plain pytrees (nested dicts), so masks, rewinding
+    and interpolation are pytree operations.
+    """
+
+    module: nn.Module
+    input_shape: tuple[int, ...]
+
+    def init(self, key: jax.Array) -> tuple[Params, BatchStats]:
+        """Fresh parameters and BatchNorm statistics (``{}`` when there is none)."""
+        dummy = jnp.zeros((1, *self.input_shape), jnp.float32)
+        variables = self.module.init(key, dummy, train=False)
+        return dict(variables["params"]), dict(variables.get("batch_stats", {}))
+
+    def apply(
+        self, params: Params, batch_stats: BatchStats, x: jax.Array, train: bool
+    ) -> tuple[jax.Array, BatchStats]:
+        """Logits, and the BatchNorm statistics updated by this batch when ``train``."""
+        variables = {"params": params}
+        if batch_stats:
+            variables["batch_stats"] = batch_stats
+        if train and batch_stats:
+            logits, updates = self.module.apply(
+                variables, x, train=True, mutable=["batch_stats"]
+            )
+            return logits, updates["batch_stats"]
+        return self.module.apply(variables, x, train=train), batch_stats

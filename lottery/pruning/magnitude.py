@@ -1,0 +1,107 @@
+"""Magnitude pruning, global or layer-wise, exact to the weight.
+
+From ``n`` alive weights in a group, exactly ``round(p * n)`` are removed (half rounds up),
+those of the smallest magnitude; ties go to the earlier weight (sorted parameter path, then
+flat index), so the same weights always give the same mask.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+
+from lottery.config import ConfigError
+from lottery.pruning.mask import Mask, flatten, layer_of, unflatten
+
+
+def prune_count(fraction: float, alive: int) -> int:
+    """How many of ``alive`` weights a level removes at rate ``fraction``: round half up."""
+    return min(alive, math.floor(fraction * alive + 0.5))
+
+
+def layer_rates(
+    paths: list[str], fraction: float, layer_fractions: dict[str, float]
+) -> dict[str, float | None]:
+    """Each prunable path's own rate, or None where the default ``fraction`` applies.
+
+    Keys of ``layer_fractions`` are regexes matched in full against layer names; the first
+    matching key wins. A key that matches no prunable layer is an error (a typo would
+    otherwise silently prune the layer at the default rate).
+    """
+    rates: dict[str, float | None] = dict.fromkeys(paths)
+    for key, rate in layer_fractions.items():
+        if not 0.0 <= rate < 1.0:
+            raise ConfigError(
+                f"pruning.layer_fractions.{key}={rate} must be in [0, 1); "
+                "it is the fraction of that layer's remaining weights pruned per level"
+            )
+        try:
+            regex = re.compile(key)
+        except re.error as error:
+            raise ConfigError(f"pruning.layer_fractions key {key!r} is not a regex ({error})") from None
+        matched = [p for p in paths if regex.fullmatch(layer_of(p))]
+        if not matched:
+            layers = sorted({layer_of(p) for p in paths})
+            raise ConfigError(
+                f"pruning.layer_fractions key {key!r} matches no prunable layer; "
+                f"layers are {', '.join(layers)}"
+            )
+        for path in matched:
+            if rates[path] is None:
+                rates[path] = float(rate)
+    return rates
+
+
+def pruning_groups(
+    paths: list[str], scope: str, fraction: float, layer_fractions: dict[str, float]
+) -> list[tuple[float, list[str]]]:
+    """Groups of paths ranked together, each with its rate.
+
+    ``layerwise``: every path is its own group. ``global``: paths with their own rate are
+    their own groups; all the others form one group at ``fraction``.
+    """
+    rates = layer_rates(paths, fraction, layer_fractions)
+    if scope == "layerwise":
+        return [(fraction if rates[p] is None else rates[p], [p]) for p in paths]
+    if scope == "global":
+        shared = [p for p in paths if rates[p] is None]
+        own = [(rates[p], [p]) for p in paths if rates[p] is not None]
+        return ([(fraction, shared)] if shared else []) + own
+    raise ConfigError(f"unknown pruning.scope {scope!r}; choose global or layerwise")
+
+
+def prune_group(weights: dict[str, np.ndarray], mask: dict[str, np.ndarray], rate: float) -> None:
+    """Remove ``round(rate * alive)`` smallest-magnitude alive weights of a group, in place."""
+    positions = {p: np.flatnonzero(mask[p]) for p in weights}
+    scores = np.concatenate([np.abs(weights[p].ravel()[positions[p]]) for p in weights])
+    k = prune_count(rate, len(scores))
+    if k == 0:
+        return
+    doomed = np.sort(np.argsort(scores, kind="stable")[:k])
+    start = 0
+    for path, alive in positions.items():
+        stop = start + len(alive)
+        lo, hi = np.searchsorted(doomed, [start, stop])
+        flat = mask[path].reshape(-1)
+        flat[alive[doomed[lo:hi] - start]] = False
+        start = stop
+
+
+def magnitude_prune(
+    params: Any,
+    mask: Mask,
+    paths: list[str],
+    scope: str,
+    fraction: float,
+    layer_fractions: dict[str, float],
+) -> Mask:
+    """The next level's mask: prune ``params`` (trained under ``mask``) by magnitude."""
+    weights = {p: np.asarray(w) for p, w in flatten(params).items()}
+    new_mask = {p: np.array(m, dtype=bool, copy=True) for p, m in flatten(mask).items()}
+    for rate, group in pruning_groups(paths, scope, fraction, layer_fractions):
+        group_mask = {p: new_mask[p] for p in group}
+        prune_group({p: weights[p] for p in group}, group_mask, rate)
+    return unflatten(new_mask)

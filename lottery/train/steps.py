@@ -1,0 +1,104 @@
+"""The jit-compiled masked train steps and the batched evaluation.
+
+One call of the train function runs ``num_steps`` steps in a ``lax.scan``: for each, gather
+the batch by index on the device, forward, loss, grads, mask the grads, optax update, mask
+the updates. The mask is an argument (not a constant), so every level reuses the same
+compiled code; the state is donated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lottery.models import Network
+from lottery.train.optim import Schedule, with_learning_rate
+from lottery.train.state import TrainState
+
+Augment = Callable[[jax.Array, jax.Array], jax.Array]  # (key, images) -> images
+
+
+def masked(tree: Any, mask: Any) -> Any:
+    """``tree`` with every entry the mask prunes set to exactly 0."""
+    return jax.tree.map(lambda t, m: jnp.where(m, t, jnp.zeros_like(t)), tree, mask)
+
+
+def make_train_steps(
+    network: Network,
+    tx: optax.GradientTransformation,
+    schedule: Schedule,
+    augment: Augment | None = None,
+) -> Callable[..., tuple[TrainState, jax.Array]]:
+    """``train_steps(state, mask, x, y, order, key, num_steps) -> (state, mean loss)``.
+
+    ``x, y`` is the whole training set on the device, ``order[s]`` the example indices of
+    step ``s``; ``key`` seeds per-step randomness (augmentation) as ``fold_in(key, step)``,
+    so a step's randomness does not depend on how the steps are split into calls.
+    """
+
+    def loss_fn(params, batch_stats, x, y):
+        logits, new_batch_stats = network.apply(params, batch_stats, x, train=True)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return loss, new_batch_stats
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_steps(state, mask, x_all, y_all, order, key, num_steps):
+        def one_step(state: TrainState, _):
+            index = order[state.step]
+            x, y = x_all[index], y_all[index]
+            if augment is not None:
+                x = augment(jax.random.fold_in(key, state.step), x)
+            (loss, batch_stats), grads = grad_fn(state.params, state.batch_stats, x, y)
+            opt_state = with_learning_rate(state.opt_state, schedule(state.step))
+            updates, opt_state = tx.update(masked(grads, mask), opt_state, state.params)
+            params = optax.apply_updates(state.params, masked(updates, mask))
+            new_state = state.replace(
+                step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+            )
+            return new_state, loss
+
+        state, losses = jax.lax.scan(one_step, state, length=num_steps)
+        return state, jnp.mean(losses)
+
+    return jax.jit(train_steps, static_argnames="num_steps", donate_argnames="state")
+
+
+def pad_for_eval(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[np.ndarray, ...]:
+    """Split an eval set into equal batches, padding the last: (x, y, weight), batch axis first."""
+    n = len(y)
+    batch_size = max(1, min(batch_size, n))
+    batches = -(-n // batch_size)
+    pad = batches * batch_size - n
+    weight = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+    x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+    y = np.concatenate([y, np.zeros(pad, y.dtype)])
+    shape = (batches, batch_size)
+    return x.reshape(*shape, *x.shape[1:]), y.reshape(shape), weight.reshape(shape)
+
+
+def make_evaluate(network: Network) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """``evaluate(params, batch_stats, x, y, weight) -> (summed loss, correct count)``.
+
+    Takes the batched arrays of :func:`pad_for_eval`; runs the model in eval mode (BatchNorm
+    uses its running statistics).
+    """
+
+    def evaluate(params, batch_stats, x, y, weight):
+        def one_batch(totals, batch):
+            xb, yb, wb = batch
+            logits, _ = network.apply(params, batch_stats, xb, train=False)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+            correct = (jnp.argmax(logits, axis=-1) == yb).astype(jnp.float32)
+            return (totals[0] + jnp.sum(loss * wb), totals[1] + jnp.sum(correct * wb)), None
+
+        zero = jnp.zeros((), jnp.float32)
+        totals, _ = jax.lax.scan(one_batch, (zero, zero), (x, y, weight))
+        return totals
+
+    return jax.jit(evaluate)
