@@ -25,14 +25,14 @@ def describe_compose_error(error: BaseException) -> str:
     text = str(error)
     if "Could not find" in text and "Available options" in text:
         head = _first_line(error).removeprefix("In 'config': ")
-        options = [line.strip() for line in text.split("Available options", 1)[1].splitlines()[1:]
-                   if line.strip()]
+        listing = text.split("Available options", 1)[1].split("Config search path")[0]
+        options = [line.strip() for line in listing.splitlines()[1:] if line.strip()]
         return f"{head}; available: {', '.join(options)}"
     line = _first_line(error)
     cause = error.__cause__ or error.__context__
     if cause is not None and _first_line(cause) not in line:
         line = f"{line.rstrip('.')}: {_first_line(cause)}"
-    return f"{line} (list the keys with `python -m lottery --cfg job`)"
+    return f"{line} (see every key and its value with `python -m lottery --cfg job`)"
 
 
 def check_overrides(argv: list[str]) -> str | None:

@@ -80,10 +80,27 @@ def prepare(cfg: Config) -> Plan:
     params, batch_stats = host_tree(params), host_tree(batch_stats)
     prunable = prunable_paths(params, cfg.pruning.prunable)
     # Checks pruning.layer_fractions against the layers (a mask that prunes nothing).
-    magnitude_prune(params, full_mask(params), prunable, cfg.pruning.scope, 0.0,
-                    dict(cfg.pruning.layer_fractions))
-    return Plan(cfg, dataset, network, steps_per_epoch, total, eval_every, rewind,
-                params, batch_stats, prunable, experiment_hash(cfg))
+    magnitude_prune(
+        params,
+        full_mask(params),
+        prunable,
+        cfg.pruning.scope,
+        0.0,
+        dict(cfg.pruning.layer_fractions),
+    )
+    return Plan(
+        cfg,
+        dataset,
+        network,
+        steps_per_epoch,
+        total,
+        eval_every,
+        rewind,
+        params,
+        batch_stats,
+        prunable,
+        experiment_hash(cfg),
+    )
 
 
 def summarize(plan: Plan, level: int, start: int, mask: Any, result: LevelResult) -> dict[str, Any]:
@@ -157,11 +174,23 @@ class Experiment:
         begin = time.perf_counter()
         previous, _ = self.replicate.params(level - 1)
         pruning = plan.cfg.pruning
-        mask = magnitude_prune(previous, self.replicate.mask(level - 1), plan.prunable,
-                               pruning.scope, pruning.fraction, dict(pruning.layer_fractions))
+        mask = magnitude_prune(
+            previous,
+            self.replicate.mask(level - 1),
+            plan.prunable,
+            pruning.scope,
+            pruning.fraction,
+            dict(pruning.layer_fractions),
+        )
         prune_seconds = time.perf_counter() - begin
         params, batch_stats = rewound
-        return mask, host_tree(apply_mask(params, mask)), batch_stats, plan.rewind_step, prune_seconds
+        return (
+            mask,
+            host_tree(apply_mask(params, mask)),
+            batch_stats,
+            plan.rewind_step,
+            prune_seconds,
+        )
 
     def run_level(self, level: int) -> dict[str, Any]:
         """Train one level and publish it to the store; returns its summary."""
@@ -171,15 +200,18 @@ class Experiment:
         weights_pct = sparsity_report(mask, plan.prunable)["weights_remaining_pct"]
         writer = self.replicate.begin_level(level)
         try:
-            with LevelProgress(level, weights_pct, start, plan.total_steps,
-                               plan.cfg.progress) as bar:
+            with LevelProgress(
+                level, weights_pct, start, plan.total_steps, plan.cfg.progress
+            ) as bar:
+
                 def on_eval(record: dict[str, float]) -> None:
                     writer.log(record)
                     bar.update(record)
 
                 snapshot_step = plan.rewind_step if level == 0 else None
-                result = self.trainer.train(params, batch_stats, mask, start, snapshot_step,
-                                            on_eval)
+                result = self.trainer.train(
+                    params, batch_stats, mask, start, snapshot_step, on_eval
+                )
             begin_store = time.perf_counter()
             if level == 0:
                 self.replicate.save_rewind_point(*result.snapshot)
@@ -199,8 +231,7 @@ class Experiment:
     def run(self) -> list[dict[str, Any]]:
         """Run every level not yet finished; returns the experiment's curve rows."""
         cfg = self.plan.cfg
-        self.store.write_config(OmegaConf.to_yaml(OmegaConf.structured(cfg)),
-                                hashed_values(cfg))
+        self.store.write_config(OmegaConf.to_yaml(OmegaConf.structured(cfg)), hashed_values(cfg))
         console.print(f"results: {self.store.path}")
         for level in range(cfg.pruning.levels + 1):
             if self.replicate.is_done(level):

@@ -27,12 +27,15 @@ def plot_sparsity_accuracy(
     for row in rows:
         by_level[int(row["level"])].append(row)
     levels = sorted(by_level)
-    x = np.array([np.mean([float(r["weights_remaining_pct"]) for r in by_level[lv]])
-                  for lv in levels])
+    x = np.array(
+        [np.mean([float(r["weights_remaining_pct"]) for r in by_level[lv]]) for lv in levels]
+    )
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for key, label in (("test_accuracy", "final"), ("early_stop_test_accuracy", "at early stop")):
-        values = [[float(r[key]) * 100 for r in by_level[lv] if r.get(key) not in (None, "")]
-                  for lv in levels]
+        values = [
+            [float(r[key]) * 100 for r in by_level[lv] if r.get(key) not in (None, "")]
+            for lv in levels
+        ]
         if not all(values):
             continue
         mean = np.array([np.mean(v) for v in values])

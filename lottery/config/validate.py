@@ -28,8 +28,10 @@ def validate(cfg: Config) -> None:
         )
     if pruning.levels < 0:
         raise ConfigError(f"pruning.levels={pruning.levels} must be >= 0 (0 trains the dense net)")
-    for name, value in (("train.batch_size", train.batch_size),
-                        ("train.eval_batch_size", train.eval_batch_size)):
+    for name, value in (
+        ("train.batch_size", train.batch_size),
+        ("train.eval_batch_size", train.eval_batch_size),
+    ):
         if value < 1:
             raise ConfigError(f"{name}={value} must be a positive number of examples")
     if cfg.dataset.validation_size < 0:

@@ -45,6 +45,4 @@ def normalize(train: Split, *others: Split) -> tuple[Split, ...]:
     mean = train.x.mean(axis=axes, dtype=np.float64)
     std = train.x.std(axis=axes, dtype=np.float64)
     std = np.where(std > 0, std, 1.0)
-    return tuple(
-        Split(((s.x - mean) / std).astype(np.float32), s.y) for s in (train, *others)
-    )
+    return tuple(Split(((s.x - mean) / std).astype(np.float32), s.y) for s in (train, *others))

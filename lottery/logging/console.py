@@ -66,8 +66,15 @@ class LevelProgress:
 def summary_table(rows: Iterable[dict[str, Any]], title: str) -> Table:
     """One row per replicate and level, as in ``curve.csv``."""
     table = Table(title=title)
-    for column in ("replicate", "level", "weights left %", "test acc %", "best test acc %",
-                   "early-stop it", "acc at early stop %"):
+    for column in (
+        "replicate",
+        "level",
+        "weights left %",
+        "test acc %",
+        "best test acc %",
+        "early-stop it",
+        "acc at early stop %",
+    ):
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(

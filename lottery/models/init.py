@@ -1,4 +1,4 @@
-"""Kernel initialisers by name, untruncated as in PyTorch's ``kaiming_normal_`` / ``xavier_normal_``.
+"""Kernel initialisers by name, untruncated as PyTorch's ``kaiming_normal_``/``xavier_normal_``.
 
 (``jax.nn.initializers.he_normal`` and ``glorot_normal`` draw from a *truncated* normal; the
 papers' code, OpenLTH included, draws from a plain one, which we follow.)

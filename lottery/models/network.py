@@ -38,8 +38,6 @@ class Network:
         if batch_stats:
             variables["batch_stats"] = batch_stats
         if train and batch_stats:
-            logits, updates = self.module.apply(
-                variables, x, train=True, mutable=["batch_stats"]
-            )
+            logits, updates = self.module.apply(variables, x, train=True, mutable=["batch_stats"])
             return logits, updates["batch_stats"]
         return self.module.apply(variables, x, train=train), batch_stats

@@ -41,7 +41,9 @@ def layer_rates(
         try:
             regex = re.compile(key)
         except re.error as error:
-            raise ConfigError(f"pruning.layer_fractions key {key!r} is not a regex ({error})") from None
+            raise ConfigError(
+                f"pruning.layer_fractions key {key!r} is not a regex ({error})"
+            ) from None
         matched = [p for p in paths if regex.fullmatch(layer_of(p))]
         if not matched:
             layers = sorted({layer_of(p) for p in paths})

@@ -32,7 +32,7 @@ def unflatten(flat: dict[str, Any]) -> Any:
 
 
 def layer_of(path: str) -> str:
-    """The layer a parameter belongs to: its path without the last part (``fc1/kernel`` → ``fc1``)."""
+    """The layer of a parameter: its path without the last part (``fc1/kernel`` → ``fc1``)."""
     return path.rsplit("/", 1)[0] if "/" in path else path
 
 

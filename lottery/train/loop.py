@@ -82,8 +82,7 @@ class Trainer:
         self.order = jnp.asarray(order)
         self.key = jax.random.fold_in(jax.random.key(seed), 1)
         self.eval_sets = {
-            name: tuple(jnp.asarray(a) for a in pad_for_eval(split.x, split.y, eval_batch_size))
-            + (len(split),)
+            name: (*map(jnp.asarray, pad_for_eval(split.x, split.y, eval_batch_size)), len(split))
             for name, split in (("val", dataset.validation), ("test", dataset.test))
             if len(split)
         }
@@ -158,9 +157,7 @@ class Trainer:
                 if on_eval is not None:
                     on_eval(record)
         params_out, stats_out = jax.device_get((state.params, state.batch_stats))
-        timing = Timing(
-            **{k: v - getattr(before, k) for k, v in self.timing.as_dict().items()}
-        )
+        timing = Timing(**{k: v - getattr(before, k) for k, v in self.timing.as_dict().items()})
         return LevelResult(
             params_out, stats_out, history, snapshot, timing, self.total_steps - start_step
         )

@@ -78,10 +78,10 @@ def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
         if cfg.name == "adam":
             return optax.chain(*decay, optax.adam(learning_rate, cfg.b1, cfg.b2, cfg.eps))
         if cfg.name == "adamw":
-            return optax.adamw(learning_rate, cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay)
-        raise ConfigError(
-            f"unknown optimizer {cfg.name!r}; choose one of {', '.join(OPTIMIZERS)}"
-        )
+            return optax.adamw(
+                learning_rate, cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay
+            )
+        raise ConfigError(f"unknown optimizer {cfg.name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
     build(cfg.lr)  # fail early on an unknown name
     return optax.inject_hyperparams(build)(learning_rate=cfg.lr)

@@ -1,0 +1,101 @@
+"""The command line: bad input stops with one clear line; good runs write the store."""
+
+import csv
+
+import pytest
+from conftest import DIGITS, run_cli, summaries
+
+BAD = {
+    "unknown key": (["train.bogus=1"], "bogus"),
+    "wrong type": (["train.batch_size=many"], "batch_size"),
+    "unknown model": (["model.name=resnet9000"], "unknown model 'resnet9000'; choose one of"),
+    "unknown model group": (["model=resnet9000"], "model/resnet9000"),
+    "unknown dataset": (["dataset.name=imagenet9000"], "unknown dataset 'imagenet9000'"),
+    "fraction one": (["pruning.fraction=1.0"], "pruning.fraction=1.0 must be in [0, 1)"),
+    "fraction negative": (["pruning.fraction=-0.1"], "pruning.fraction=-0.1 must be in [0, 1)"),
+    "rewind past the end": (
+        ["pruning.rewind_step=12ep"],
+        "pruning.rewind_step='12ep' (312 iterations) is at or past the end of training",
+    ),
+    "missing idx dir": (
+        ["dataset=fashion_mnist_idx", "dataset.path=/nonexistent/fmnist"],
+        "IDX directory /nonexistent/fmnist does not exist; install Fashion-MNIST with",
+    ),
+    "bad step string": (["train.steps=ten"], "train.steps='ten' is not a duration"),
+}
+
+
+@pytest.fixture(scope="module")
+def finished_store(tmp_path_factory):
+    """A results root holding one finished experiment, which bad runs must leave untouched."""
+    root = tmp_path_factory.mktemp("store")
+    good = run_cli(
+        [
+            *DIGITS,
+            "pruning.levels=0",
+            "train.steps=50it",
+            "train.eval_every=25it",
+            f"results_root={root}",
+        ],
+        root,
+    )
+    assert good.returncode == 0, good.stderr
+    return root
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_exits_non_zero_with_one_line_and_keeps_what_was_written(case, finished_store):
+    overrides, expected = BAD[case]
+    before = {p: p.read_bytes() for p in finished_store.rglob("*") if p.is_file()}
+
+    result = run_cli(
+        [*DIGITS, "train.steps=300it", *overrides, f"results_root={finished_store}"], finished_store
+    )
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0], lines[0]
+    after = {p: p.read_bytes() for p in finished_store.rglob("*") if p.is_file()}
+    assert after == before, "bad input changed or added files"
+    assert not list(finished_store.rglob("*.partial"))
+
+
+@pytest.mark.slow
+def test_default_experiment_runs_end_to_end_and_a_rerun_only_prints_the_table(tmp_path):
+    first = run_cli([f"results_root={tmp_path}"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    found = summaries(tmp_path)
+    assert sorted(found) == [(0, level) for level in range(11)]
+    assert found[(0, 10)]["weights_remaining_pct"] == pytest.approx(10.74, abs=0.01)
+    assert found[(0, 0)]["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    experiment = next(tmp_path.glob("mnist1d_imp/*"))
+    rows = list(csv.DictReader((experiment / "curve.csv").open()))
+    assert [int(r["level"]) for r in rows] == list(range(11))
+    assert (experiment / "sparsity_accuracy.png").stat().st_size > 10_000
+
+    again = run_cli([f"results_root={tmp_path}"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "weights left, test accuracy" not in again.stdout  # no level was trained
+    assert "mnist1d_imp" in again.stdout and "10.74" in again.stdout
+
+
+@pytest.mark.slow
+def test_lenet_on_fashion_mnist_reaches_85_percent_dense(tmp_path, fashion_mnist_dir):
+    result = run_cli(
+        [
+            "+experiment=lenet_fashion_imp",
+            "pruning.levels=1",
+            "train.steps=3000it",
+            f"dataset.path={fashion_mnist_dir}",
+            "progress=false",
+            f"results_root={tmp_path}",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    found = summaries(tmp_path)
+    assert found[(0, 0)]["test_accuracy"] >= 0.85
+    assert found[(0, 0)]["params_total"] == 266_610
+    layers = found[(0, 1)]["layers"]
+    assert layers["fc1/kernel"]["remaining"] == 235_200 - 47_040
+    assert layers["out/kernel"]["remaining"] == 900

@@ -1,0 +1,139 @@
+"""The IMP driver: rewinding (invariant 3), determinism (4), the hash (5), resuming levels."""
+
+import contextlib
+import json
+
+import numpy as np
+from conftest import make_config, summaries
+
+from lottery import imp
+from lottery.pruning import apply_mask, flatten
+from lottery.store import experiment_hash
+from lottery.train import Trainer
+
+
+def test_level_one_starts_from_the_step_k_weights_under_its_mask(
+    tmp_path, digits_overrides, monkeypatch
+):
+    cfg = make_config([*digits_overrides, "pruning.rewind_step=50it", "pruning.levels=1"], tmp_path)
+    starts = []
+    original = Trainer.train
+
+    def recording_train(self, params, batch_stats, mask, start_step, *args, **kwargs):
+        starts.append((jax_free_copy(params), mask, start_step))
+        return original(self, params, batch_stats, mask, start_step, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train", recording_train)
+    store, _ = imp.run(cfg)
+    replicate = store.replicate(cfg.seed)
+
+    # θ_k of a separate run that trains the same seed for exactly k steps.
+    plan = imp.prepare(make_config([*digits_overrides, "train.steps=50it"], tmp_path / "ref"))
+    reference = imp.Experiment(plan).trainer.train(
+        plan.init_params, plan.init_batch_stats, imp.full_mask(plan.init_params), 0
+    )
+    rewound, _ = replicate.rewind_point()
+    for path, value in flatten(reference.params).items():
+        np.testing.assert_array_equal(flatten(rewound)[path], value, err_msg=path)
+
+    params, mask, start = starts[1]
+    assert start == 50
+    assert np.count_nonzero(~flatten(mask)["fc1/kernel"]) > 0
+    expected = flatten(jax_free_copy(apply_mask(rewound, mask)))
+    for path, value in flatten(params).items():
+        np.testing.assert_array_equal(value, expected[path], err_msg=path)
+        alive = flatten(mask)[path]
+        np.testing.assert_array_equal(value[alive], flatten(rewound)[path][alive])
+    assert np.all(flatten(params)["fc1/kernel"][~flatten(mask)["fc1/kernel"]] == 0.0)
+
+
+def jax_free_copy(tree):
+    import jax
+
+    return jax.tree.map(np.array, tree)
+
+
+def test_same_config_and_seed_give_identical_summaries(tmp_path, digits_overrides):
+    first = make_config(digits_overrides, tmp_path / "a")
+    second = make_config(digits_overrides, tmp_path / "b")
+    imp.run(first)
+    imp.run(second)
+    a, b = summaries(tmp_path / "a"), summaries(tmp_path / "b")
+    assert sorted(a) == [(0, 0), (0, 1), (0, 2)]
+    for key in a:
+        a[key].pop("timing"), b[key].pop("timing")
+        assert json.dumps(a[key], sort_keys=True) == json.dumps(b[key], sort_keys=True)
+    other_seed = make_config([*digits_overrides, "seed=1"], tmp_path / "a")
+    imp.run(other_seed)
+    c = summaries(tmp_path / "a")
+    assert c[(1, 0)]["test_loss"] != c[(0, 0)]["test_loss"]
+
+
+def test_finished_levels_are_read_back_not_trained(tmp_path, digits_overrides, monkeypatch):
+    cfg = make_config(digits_overrides, tmp_path)
+    store, rows = imp.run(cfg)
+    before = {p: p.stat().st_mtime_ns for p in store.path.rglob("*.npz")}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished level was trained again")
+
+    monkeypatch.setattr(Trainer, "train", no_training)
+    _, rows_again = imp.run(cfg)
+    assert rows_again == rows
+    assert {p: p.stat().st_mtime_ns for p in store.path.rglob("*.npz")} == before
+
+
+def test_more_levels_extend_the_same_experiment(tmp_path, digits_overrides):
+    store, rows = imp.run(make_config(digits_overrides, tmp_path))
+    store_more, rows_more = imp.run(make_config([*digits_overrides, "pruning.levels=3"], tmp_path))
+    assert store_more.path == store.path
+    assert rows_more[:3] == rows and rows_more[3]["level"] == 3
+
+
+def test_a_killed_level_leaves_no_finished_looking_folder(tmp_path, digits_overrides, monkeypatch):
+    cfg = make_config(digits_overrides, tmp_path)
+    original = Trainer.train
+    calls = []
+
+    def dies_on_level_one(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train", dies_on_level_one)
+    with contextlib.suppress(KeyboardInterrupt):
+        imp.run(cfg)
+    replicate = imp.Experiment(imp.prepare(cfg)).replicate
+    assert replicate.is_done(0) and not replicate.is_done(1)
+    assert not replicate.level_path(1).exists()
+    assert not list(replicate.path.glob("*.partial"))
+    monkeypatch.setattr(Trainer, "train", original)
+    _, rows = imp.run(cfg)
+    assert [r["level"] for r in rows] == [0, 1, 2]
+
+
+def test_hash_ignores_names_paths_display_and_levels_but_not_hyperparameters(tmp_path):
+    base = experiment_hash(make_config([]))
+    for same in (
+        ["name=other"],
+        ["seed=3"],
+        ["results_root=/elsewhere"],
+        ["progress=false"],
+        ["pruning.levels=20"],
+        ["train.eval_batch_size=64"],
+        ["+experiment=mnist1d_imp"],
+    ):
+        assert experiment_hash(make_config(same)) == base, same
+    for different in (
+        ["optimizer.lr=0.02"],
+        ["pruning.fraction=0.3"],
+        ["train.steps=100it"],
+        ["pruning.rewind_step=5it"],
+        ["model.hidden=[10]"],
+        ["dataset=digits"],
+    ):
+        assert experiment_hash(make_config(different)) != base, different
+    assert experiment_hash(make_config(["dataset=idx", "dataset.path=/a"])) != experiment_hash(
+        make_config(["dataset=idx", "dataset.path=/b"])
+    )
