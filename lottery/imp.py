@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from lottery import data, models
 from lottery.config import Config, ConfigError, to_iterations, validate
-from lottery.logging import LevelProgress, console
+from lottery.logging import LevelProgress, RunLogger, console, make_loggers
 from lottery.pruning import (
     apply_mask,
     full_mask,
@@ -135,8 +135,9 @@ def summarize(plan: Plan, level: int, start: int, mask: Any, result: LevelResult
 class Experiment:
     """One replicate of an IMP experiment, level by level."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, loggers: list[RunLogger] | None = None) -> None:
         self.plan = plan
+        self.loggers = list(loggers or [])
         cfg = plan.cfg
         self.store = ExperimentStore(cfg.results_root, cfg.name, plan.digest)
         self.replicate: ReplicateStore = self.store.replicate(cfg.seed)
@@ -207,6 +208,8 @@ class Experiment:
                 def on_eval(record: dict[str, float]) -> None:
                     writer.log(record)
                     bar.update(record)
+                    for logger in self.loggers:
+                        logger.log_eval(level, record)
 
                 snapshot_step = plan.rewind_step if level == 0 else None
                 result = self.trainer.train(
@@ -226,6 +229,8 @@ class Experiment:
         except BaseException:
             writer.abandon()
             raise
+        for logger in self.loggers:
+            logger.log_level(summary)
         return summary
 
     def run(self) -> list[dict[str, Any]]:
@@ -243,10 +248,14 @@ class Experiment:
                 f"({summary['timing']['wall']:.1f} s)"
             )
             self.store.write_curve()
-        return self.store.write_curve()
+        rows = self.store.write_curve()
+        for logger in self.loggers:
+            logger.finish(rows)
+        return rows
 
 
 def run(cfg: Config) -> tuple[ExperimentStore, list[dict[str, Any]]]:
     """Validate ``cfg`` and run (or finish) its IMP experiment; returns the store and curve."""
-    experiment = Experiment(prepare(cfg))
+    plan = prepare(cfg)
+    experiment = Experiment(plan, make_loggers(cfg, plan.digest))
     return experiment.store, experiment.run()

@@ -4,6 +4,7 @@ from lottery.config.errors import ConfigError
 from lottery.config.schema import (
     Config,
     DatasetConfig,
+    LoggerConfig,
     ModelConfig,
     OptimizerConfig,
     PruningConfig,
@@ -17,6 +18,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DatasetConfig",
+    "LoggerConfig",
     "ModelConfig",
     "OptimizerConfig",
     "PruningConfig",

@@ -95,6 +95,19 @@ class TrainConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """Where metrics go besides the local store: ``none`` or ``wandb``. Not in the hash."""
+
+    name: str = "none"  # none | wandb
+    # W&B: offline (files on disk; `wandb sync` later), online, or disabled.
+    mode: str = "offline"
+    project: str = "lottery"
+    entity: str | None = None
+    # Directory for W&B's files; default: <results_root>/wandb.
+    dir: str | None = None
+
+
+@dataclass
 class Config:
     """The whole experiment."""
 
@@ -108,6 +121,7 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 def register() -> None:

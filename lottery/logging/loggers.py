@@ -1,0 +1,34 @@
+"""Metric loggers beside the local store (W&B, ...), behind one small interface.
+
+The local store is the record; a logger is a copy for dashboards. A logger must never stop
+training: one that fails warns once and goes quiet (see each implementation).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from lottery.config import Config, ConfigError
+
+
+class RunLogger(Protocol):
+    """Receives what the store receives, as it happens."""
+
+    def log_eval(self, level: int, record: dict[str, float]) -> None:
+        """One evaluation of a level (``iteration``, ``train/loss``, ``test/accuracy``, ...)."""
+
+    def log_level(self, summary: dict[str, Any]) -> None:
+        """A finished level's summary."""
+
+    def finish(self, rows: list[dict[str, Any]]) -> None:
+        """The run is over; ``rows`` is the experiment's curve (curve.csv)."""
+
+
+LOGGERS = ("none",)
+
+
+def make_loggers(cfg: Config, digest: str) -> list[RunLogger]:
+    """The loggers ``cfg.logger`` names, for the experiment with hash ``digest``."""
+    if cfg.logger.name == "none":
+        return []
+    raise ConfigError(f"unknown logger {cfg.logger.name!r}; choose one of {', '.join(LOGGERS)}")
