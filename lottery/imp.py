@@ -218,6 +218,7 @@ class Experiment:
             begin_store = time.perf_counter()
             if level == 0:
                 self.replicate.save_rewind_point(*result.snapshot)
+            writer.save_weights(mask, result.params, result.batch_stats)
             summary = summarize(plan, level, start, mask, result)
             timing = result.timing.as_dict()
             timing["prune"] = prune_seconds
@@ -225,7 +226,7 @@ class Experiment:
             timing["wall"] = time.perf_counter() - wall
             timing["steps_per_second"] = result.steps / timing["train"] if timing["train"] else None
             summary["timing"] = timing
-            writer.finish(summary, mask, result.params, result.batch_stats)
+            writer.finish(summary)
         except BaseException:
             writer.abandon()
             raise

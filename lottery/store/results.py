@@ -79,11 +79,14 @@ class LevelWriter:
         self._metrics.write(json.dumps(record, sort_keys=True) + "\n")
         self._metrics.flush()
 
-    def finish(self, summary: dict[str, Any], mask: Any, params: Any, batch_stats: Any) -> None:
-        """Write mask, weights and summary (last), then rename the folder into place."""
-        self._metrics.close()
+    def save_weights(self, mask: Any, params: Any, batch_stats: Any) -> None:
+        """Write the level's mask and final weights."""
         save_tree_npz(self.partial / "mask.npz", {"mask": mask})
         save_tree_npz(self.partial / "params.npz", {"params": params, "batch_stats": batch_stats})
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Write the summary (last), then rename the folder into place."""
+        self._metrics.close()
         atomic_write_json(self.partial / "summary.json", summary)
         self.partial.rename(self.final)
 

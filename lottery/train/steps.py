@@ -2,8 +2,13 @@
 
 One call of the train function runs ``num_steps`` steps in a ``lax.scan``: for each, gather
 the batch by index on the device, forward, loss, grads, mask the grads, optax update, mask
-the updates. The mask is an argument (not a constant), so every level reuses the same
+the updated weights. The mask is an argument (not a constant), so every level reuses the same
 compiled code; the state is donated.
+
+Masking the grads keeps optimizer moments of pruned weights at exactly 0; masking the new
+weights as ``where(mask, params + updates, 0)`` is the update mask written so that XLA fuses it
+into the parameter update itself (one pass over the weights, as in the dense step), and it
+holds pruned weights at exactly +0.0 whatever the optimizer does.
 """
 
 from __future__ import annotations
@@ -23,8 +28,22 @@ from lottery.train.state import TrainState
 Augment = Callable[[jax.Array, jax.Array], jax.Array]  # (key, images) -> images
 
 
+def masked_update(params: Any, updates: Any, mask: Any) -> Any:
+    """``params + updates`` with every pruned entry exactly +0.0 (plain sum if mask is None)."""
+    if mask is None:
+        return optax.apply_updates(params, updates)
+    return jax.tree.map(
+        lambda p, u, m: jnp.where(m, p + u, jnp.zeros_like(p)), params, updates, mask
+    )
+
+
 def masked(tree: Any, mask: Any) -> Any:
-    """``tree`` with every entry the mask prunes set to exactly 0."""
+    """``tree`` with every entry the mask prunes set to exactly 0 (unchanged if mask is None).
+
+    ``mask=None`` gives the plain dense step, which benchmarks compare the masked one with.
+    """
+    if mask is None:
+        return tree
     return jax.tree.map(lambda t, m: jnp.where(m, t, jnp.zeros_like(t)), tree, mask)
 
 
@@ -57,7 +76,7 @@ def make_train_steps(
             (loss, batch_stats), grads = grad_fn(state.params, state.batch_stats, x, y)
             opt_state = with_learning_rate(state.opt_state, schedule(state.step))
             updates, opt_state = tx.update(masked(grads, mask), opt_state, state.params)
-            params = optax.apply_updates(state.params, masked(updates, mask))
+            params = masked_update(state.params, updates, mask)
             new_state = state.replace(
                 step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
             )
