@@ -1,4 +1,14 @@
-"""Flax Linen networks by name. Models know nothing about masks."""
+"""Flax Linen networks by name. Models know nothing about masks.
+
+- ``mlp``, ``lenet_300_100``: fully connected networks (:mod:`lottery.models.mlp`).
+- ``conv2``, ``conv4``, ``conv6``: Frankle & Carbin's CIFAR-10 convnets (:mod:`.conv`).
+- ``resnet20/32/56/110``: CIFAR ResNets, as OpenLTH's ``cifar_resnet_N`` (:mod:`.resnet_cifar`).
+- ``vgg11/13/16/19``: CIFAR VGGs with BatchNorm, as OpenLTH's ``cifar_vgg_N`` (:mod:`.vgg`).
+- ``resnet18/34/50``: ImageNet ResNets, as torchvision's (:mod:`.resnet_imagenet`).
+- ``mnist1d_cnn``: the MNIST-1D convolutional baseline (:mod:`.cnn1d`).
+
+``model.width`` sets the base width of the convolutional families (0 = the paper's).
+"""
 
 from __future__ import annotations
 
@@ -7,16 +17,44 @@ from collections.abc import Callable
 import flax.linen as nn
 
 from lottery.config import ConfigError, ModelConfig
+from lottery.models import conv, resnet_cifar, resnet_imagenet, vgg
+from lottery.models.cnn1d import CNN1D
 from lottery.models.init import kernel_init
 from lottery.models.mlp import MLP
 from lottery.models.network import BatchStats, Network, Params
 
 Builder = Callable[[ModelConfig, int], nn.Module]
 
+
+def _conv(depth: int) -> Builder:
+    plan = conv.PLANS[depth]
+    return lambda cfg, n: conv.ConvNet(plan, n, cfg.width or 64, kernel_init=kernel_init(cfg.init))
+
+
+def _cifar_resnet(depth: int) -> Builder:
+    return lambda cfg, n: resnet_cifar.CifarResNet(depth, n, cfg.width or 16, kernel_init(cfg.init))
+
+
+def _vgg(depth: int) -> Builder:
+    return lambda cfg, n: vgg.VGG(vgg.PLANS[depth], n, cfg.width or 64, kernel_init(cfg.init))
+
+
+def _imagenet_resnet(depth: int) -> Builder:
+    stages, bottleneck = resnet_imagenet.PLANS[depth]
+    return lambda cfg, n: resnet_imagenet.ImageNetResNet(
+        stages, bottleneck, n, cfg.width or 64, kernel_init(cfg.init)
+    )
+
+
 # name -> builder(cfg, num_classes)
 MODELS: dict[str, Builder] = {
     "mlp": lambda cfg, n: MLP(tuple(cfg.hidden), n, kernel_init(cfg.init)),
     "lenet_300_100": lambda cfg, n: MLP((300, 100), n, kernel_init(cfg.init)),
+    **{f"conv{d}": _conv(d) for d in (2, 4, 6)},
+    **{f"resnet{d}": _cifar_resnet(d) for d in (20, 32, 56, 110)},
+    **{f"vgg{d}": _vgg(d) for d in (11, 13, 16, 19)},
+    **{f"resnet{d}": _imagenet_resnet(d) for d in (18, 34, 50)},
+    "mnist1d_cnn": lambda cfg, n: CNN1D(n, cfg.width or 25, kernel_init=kernel_init(cfg.init)),
 }
 
 

@@ -1,0 +1,94 @@
+"""ResNet-20/32/56/110 for CIFAR-10 (He et al. 2016), as OpenLTH's ``cifar_resnet_N[_W]``.
+
+A 3x3 convolution with W channels, BatchNorm and ReLU; three stages of (N - 2) / 6 basic
+blocks with W, 2W and 4W channels, the second and third starting with stride 2; global
+average pooling and the output layer ``out``. Where a block changes the shape, its shortcut is
+a strided 1x1 convolution and BatchNorm (OpenLTH's choice, not the paper's option A).
+Convolutions followed by BatchNorm have no bias. ResNet-20 (W = 16): 272,474 parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+BASE_WIDTH = 16
+
+# PyTorch's BatchNorm2d defaults (its momentum 0.1 is Flax's 0.9); statistics go to the
+# ``batch_stats`` collection. Call with ``use_running_average=not train``.
+BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+
+
+def conv(features: int, size: int, stride: int, kernel_init: Callable, name: str) -> nn.Conv:
+    """A bias-free ``size`` x ``size`` convolution padded as PyTorch's ``padding=size // 2``."""
+    return nn.Conv(
+        features,
+        (size, size),
+        strides=(stride, stride),
+        padding=size // 2,
+        use_bias=False,
+        kernel_init=kernel_init,
+        name=name,
+    )
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with BatchNorm around a residual connection (``conv1``, ``conv2``)."""
+
+    features: int
+    stride: int = 1
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        y = conv(self.features, 3, self.stride, self.kernel_init, "conv1")(x)
+        y = nn.relu(BatchNorm(use_running_average=not train, name="bn1")(y))
+        y = conv(self.features, 3, 1, self.kernel_init, "conv2")(y)
+        y = BatchNorm(use_running_average=not train, name="bn2")(y)
+        return nn.relu(y + shortcut(x, self.features, self.stride, self.kernel_init, train))
+
+
+def shortcut(
+    x: jax.Array, features: int, stride: int, kernel_init: Callable, train: bool
+) -> jax.Array:
+    """``x``, or a strided 1x1 convolution and BatchNorm of it where the shape changes.
+
+    Call inside a compact module: the layers are ``shortcut_conv`` and ``shortcut_bn`` of it.
+    """
+    if stride == 1 and x.shape[-1] == features:
+        return x
+    x = conv(features, 1, stride, kernel_init, "shortcut_conv")(x)
+    return BatchNorm(use_running_average=not train, name="shortcut_bn")(x)
+
+
+class CifarResNet(nn.Module):
+    """Layers ``stem_conv``, ``stem_bn``, blocks ``block{stage}_{index}`` (from 1) and ``out``."""
+
+    depth: int
+    num_classes: int
+    width: int = BASE_WIDTH
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if self.depth < 8 or (self.depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1, not {self.depth}")
+        blocks = (self.depth - 2) // 6
+        x = conv(self.width, 3, 1, self.kernel_init, "stem_conv")(x)
+        x = nn.relu(BatchNorm(use_running_average=not train, name="stem_bn")(x))
+        for stage in range(3):
+            for index in range(blocks):
+                stride = 2 if stage > 0 and index == 0 else 1
+                block = BasicBlock(
+                    self.width * 2**stage,
+                    stride,
+                    self.kernel_init,
+                    name=f"block{stage + 1}_{index + 1}",
+                )
+                x = block(x, train)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="out")(x)

@@ -1,0 +1,80 @@
+"""ResNet-18/34 (basic blocks) and ResNet-50 (bottlenecks) for ImageNet, as torchvision's.
+
+A 7x7/2 convolution with 64 channels, BatchNorm, ReLU and a 3x3/2 max-pool; four stages of
+blocks with 64, 128, 256 and 512 channels (times 4 at the output of bottlenecks), stages 2-4
+starting with stride 2; global average pooling and the output layer ``out``. ResNet-50 puts
+the stride on its 3x3 convolution (torchvision's "v1.5"). Shortcuts are a strided 1x1
+convolution and BatchNorm where the shape changes. With 1000 classes: ResNet-18 11,689,512,
+ResNet-34 21,797,672, ResNet-50 25,557,032 parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lottery.models.resnet_cifar import BasicBlock, BatchNorm, conv, shortcut
+
+BASE_WIDTH = 64
+
+# Blocks per stage, and whether they are bottlenecks.
+PLANS: dict[int, tuple[tuple[int, ...], bool]] = {
+    18: ((2, 2, 2, 2), False),
+    34: ((3, 4, 6, 3), False),
+    50: ((3, 4, 6, 3), True),
+}
+
+
+class Bottleneck(nn.Module):
+    """1x1, 3x3 (strided) and 1x1 convolutions with BatchNorm; ``4 * features`` channels out."""
+
+    features: int
+    stride: int = 1
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    expansion: int = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        y = conv(self.features, 1, 1, self.kernel_init, "conv1")(x)
+        y = nn.relu(BatchNorm(use_running_average=not train, name="bn1")(y))
+        y = conv(self.features, 3, self.stride, self.kernel_init, "conv2")(y)
+        y = nn.relu(BatchNorm(use_running_average=not train, name="bn2")(y))
+        y = conv(self.features * self.expansion, 1, 1, self.kernel_init, "conv3")(y)
+        y = BatchNorm(use_running_average=not train, name="bn3")(y)
+        out = self.features * self.expansion
+        return nn.relu(y + shortcut(x, out, self.stride, self.kernel_init, train))
+
+
+class ImageNetResNet(nn.Module):
+    """Layers ``stem_conv``, ``stem_bn``, blocks ``block{stage}_{index}`` (from 1) and ``out``.
+
+    ``width`` is the channels of the first stage (64); the others scale with it.
+    """
+
+    stages: Sequence[int]
+    bottleneck: bool
+    num_classes: int
+    width: int = BASE_WIDTH
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = conv(self.width, 7, 2, self.kernel_init, "stem_conv")(x)
+        x = nn.relu(BatchNorm(use_running_average=not train, name="stem_bn")(x))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        block_type = Bottleneck if self.bottleneck else BasicBlock
+        for stage, blocks in enumerate(self.stages):
+            for index in range(blocks):
+                stride = 2 if stage > 0 and index == 0 else 1
+                block = block_type(
+                    self.width * 2**stage,
+                    stride,
+                    self.kernel_init,
+                    name=f"block{stage + 1}_{index + 1}",
+                )
+                x = block(x, train)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="out")(x)
