@@ -4,6 +4,7 @@ import contextlib
 import json
 
 import numpy as np
+import pytest
 from conftest import make_config, summaries
 
 from lottery import imp
@@ -12,15 +13,21 @@ from lottery.store import experiment_hash
 from lottery.train import Trainer
 
 
+@pytest.mark.parametrize(
+    "model",
+    [["model.hidden=[64,32]"], ["model=resnet20", "model.width=4", "train.steps=100it"]],
+    ids=["mlp", "resnet20_batchnorm"],
+)
 def test_level_one_starts_from_the_step_k_weights_under_its_mask(
-    tmp_path, digits_overrides, monkeypatch
+    tmp_path, digits_overrides, monkeypatch, model
 ):
-    cfg = make_config([*digits_overrides, "pruning.rewind_step=50it", "pruning.levels=1"], tmp_path)
+    overrides = [*digits_overrides, *model]
+    cfg = make_config([*overrides, "pruning.rewind_step=50it", "pruning.levels=1"], tmp_path)
     starts = []
     original = Trainer.train
 
     def recording_train(self, params, batch_stats, mask, start_step, *args, **kwargs):
-        starts.append((jax_free_copy(params), mask, start_step))
+        starts.append((jax_free_copy(params), jax_free_copy(batch_stats), mask, start_step))
         return original(self, params, batch_stats, mask, start_step, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "train", recording_train)
@@ -28,23 +35,31 @@ def test_level_one_starts_from_the_step_k_weights_under_its_mask(
     replicate = store.replicate(cfg.seed)
 
     # θ_k of a separate run that trains the same seed for exactly k steps.
-    plan = imp.prepare(make_config([*digits_overrides, "train.steps=50it"], tmp_path / "ref"))
+    plan = imp.prepare(make_config([*overrides, "train.steps=50it"], tmp_path / "ref"))
     reference = imp.Experiment(plan).trainer.train(
         plan.init_params, plan.init_batch_stats, imp.full_mask(plan.init_params), 0
     )
-    rewound, _ = replicate.rewind_point()
+    rewound, rewound_stats = replicate.rewind_point()
     for path, value in flatten(reference.params).items():
         np.testing.assert_array_equal(flatten(rewound)[path], value, err_msg=path)
+    assert bool(rewound_stats) == ("model=resnet20" in model)
+    for path, value in flatten(reference.batch_stats).items():
+        np.testing.assert_array_equal(flatten(rewound_stats)[path], value, err_msg=path)
+        assert not np.array_equal(value, flatten(plan.init_batch_stats)[path]), "stats moved"
 
-    params, mask, start = starts[1]
+    params, batch_stats, mask, start = starts[1]
     assert start == 50
-    assert np.count_nonzero(~flatten(mask)["fc1/kernel"]) > 0
+    for path, value in flatten(rewound_stats).items():
+        np.testing.assert_array_equal(flatten(batch_stats)[path], value, err_msg=path)
+    first = next(p for p in plan.prunable)
+    assert np.count_nonzero(~flatten(mask)[first]) > 0
     expected = flatten(jax_free_copy(apply_mask(rewound, mask)))
     for path, value in flatten(params).items():
         np.testing.assert_array_equal(value, expected[path], err_msg=path)
         alive = flatten(mask)[path]
         np.testing.assert_array_equal(value[alive], flatten(rewound)[path][alive])
-    assert np.all(flatten(params)["fc1/kernel"][~flatten(mask)["fc1/kernel"]] == 0.0)
+    for path in plan.prunable:
+        assert np.all(flatten(params)[path][~flatten(mask)[path]] == 0.0)
 
 
 def jax_free_copy(tree):
