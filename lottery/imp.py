@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from lottery import data, models
 from lottery.config import Config, ConfigError, to_iterations, validate
+from lottery.data.augment import crop_flip
 from lottery.logging import LevelProgress, RunLogger, console, make_loggers
 from lottery.pruning import (
     apply_mask,
@@ -158,6 +159,7 @@ class Experiment:
                 eval_every=plan.eval_every,
                 eval_batch_size=cfg.train.eval_batch_size,
                 seed=cfg.seed,
+                augment=crop_flip if cfg.dataset.augment else None,
             )
         return self._trainer
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from lottery.config import ConfigError, DatasetConfig
-from lottery.data import generated, idx
+from lottery.data import generated, idx, tfds_source
 from lottery.data.batching import batch_order
 from lottery.data.dataset import Dataset, Split, hold_out, normalize
 
@@ -32,6 +32,11 @@ SOURCES: dict[str, tuple[Loader, int]] = {
         10,
     ),
     "idx": (lambda cfg: idx.load_idx(cfg.path, _IDX_HINT), 10),
+    # tensorflow-datasets' prepared array_record files in the data_dir ``dataset.path``.
+    "mnist": (lambda cfg: tfds_source.load("mnist", cfg.path), 10),
+    "fashion_mnist": (lambda cfg: tfds_source.load("fashion_mnist", cfg.path), 10),
+    "cifar10": (lambda cfg: tfds_source.load("cifar10", cfg.path), 10),
+    "cifar100": (lambda cfg: tfds_source.load("cifar100", cfg.path), 100),
 }
 
 # Datasets whose identity is given by ``dataset.path`` (so the path enters the experiment hash).
@@ -41,9 +46,7 @@ PATH_IDENTIFIES_DATA = frozenset({"idx"})
 def check_name(name: str) -> None:
     """Fail with one line if ``name`` is not a known dataset."""
     if name not in SOURCES:
-        raise ConfigError(
-            f"unknown dataset {name!r}; choose one of {', '.join(sorted(SOURCES))}"
-        )
+        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(SOURCES))}")
 
 
 def load(cfg: DatasetConfig) -> Dataset:
@@ -63,4 +66,12 @@ def load(cfg: DatasetConfig) -> Dataset:
     return Dataset(cfg.name, train, validation, test, num_classes)
 
 
-__all__ = ["PATH_IDENTIFIES_DATA", "SOURCES", "Dataset", "Split", "batch_order", "check_name", "load"]
+__all__ = [
+    "PATH_IDENTIFIES_DATA",
+    "SOURCES",
+    "Dataset",
+    "Split",
+    "batch_order",
+    "check_name",
+    "load",
+]
