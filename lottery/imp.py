@@ -40,7 +40,7 @@ class Plan:
     """Everything a run needs, checked before anything is written."""
 
     cfg: Config
-    dataset: data.Dataset
+    dataset: data.Dataset | data.StreamingDataset
     network: models.Network
     steps_per_epoch: int
     total_steps: int
@@ -59,12 +59,12 @@ def prepare(cfg: Config) -> Plan:
     models.check_name(cfg.model.name)
     dataset = data.load(cfg.dataset)
     batch = cfg.train.batch_size
-    if batch > len(dataset.train):
+    if batch > dataset.num_train:
         raise ConfigError(
-            f"train.batch_size={batch} is larger than the {len(dataset.train)} training examples "
+            f"train.batch_size={batch} is larger than the {dataset.num_train} training examples "
             f"of {cfg.dataset.name}; choose a smaller batch"
         )
-    steps_per_epoch = len(dataset.train) // batch
+    steps_per_epoch = dataset.num_train // batch
     total = to_iterations(cfg.train.steps, steps_per_epoch, "train.steps")
     eval_every = to_iterations(cfg.train.eval_every, steps_per_epoch, "train.eval_every")
     rewind = to_iterations(cfg.pruning.rewind_step, steps_per_epoch, "pruning.rewind_step")

@@ -27,6 +27,8 @@ class DatasetConfig:
     normalize: bool = True
     # Random crop (pad 4) and horizontal flip on the device, for image datasets.
     augment: bool = False
+    # Side of the square crops of streamed datasets (ImageNet: 224).
+    image_size: int = 224
 
 
 @dataclass

@@ -11,9 +11,9 @@ from collections.abc import Callable
 import numpy as np
 
 from lottery.config import ConfigError, DatasetConfig
-from lottery.data import generated, idx, tfds_source
+from lottery.data import generated, idx, imagenet, tfds_source
 from lottery.data.batching import batch_order
-from lottery.data.dataset import Dataset, Split, hold_out, normalize
+from lottery.data.dataset import Dataset, Split, StreamingDataset, hold_out, normalize
 
 _FASHION_HINT = (
     "install Fashion-MNIST with `apt-get install dataset-fashion-mnist` "
@@ -43,15 +43,26 @@ SOURCES: dict[str, tuple[Loader, int]] = {
 PATH_IDENTIFIES_DATA = frozenset({"idx"})
 
 
+# Streamed from the host batch by batch (too big for memory); normalised by the stream.
+STREAMING = {
+    "imagenet2012": lambda cfg: imagenet.imagenet_dataset(
+        cfg.path, cfg.validation_size, cfg.image_size
+    ),
+}
+
+
 def check_name(name: str) -> None:
     """Fail with one line if ``name`` is not a known dataset."""
-    if name not in SOURCES:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(SOURCES))}")
+    if name not in SOURCES and name not in STREAMING:
+        known = ", ".join(sorted([*SOURCES, *STREAMING]))
+        raise ConfigError(f"unknown dataset {name!r}; choose one of {known}")
 
 
-def load(cfg: DatasetConfig) -> Dataset:
+def load(cfg: DatasetConfig) -> Dataset | StreamingDataset:
     """Load, hold out validation, and normalise the dataset ``cfg`` names."""
     check_name(cfg.name)
+    if cfg.name in STREAMING:
+        return STREAMING[cfg.name](cfg)
     loader, num_classes = SOURCES[cfg.name]
     train_x, train_y, test_x, test_y = loader(cfg)
     if not 0 <= cfg.validation_size < len(train_y):
@@ -69,8 +80,10 @@ def load(cfg: DatasetConfig) -> Dataset:
 __all__ = [
     "PATH_IDENTIFIES_DATA",
     "SOURCES",
+    "STREAMING",
     "Dataset",
     "Split",
+    "StreamingDataset",
     "batch_order",
     "check_name",
     "load",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
+Batch = tuple[np.ndarray, np.ndarray]  # images float32 (B, ...), labels int32 (B,)
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,26 @@ class Dataset:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train.x.shape[1:])
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train)
+
+
+@dataclass(frozen=True)
+class StreamingDataset:
+    """A dataset read batch by batch on the host (ImageNet): too big to hold on the device."""
+
+    name: str
+    num_classes: int
+    input_shape: tuple[int, ...]
+    num_train: int
+    # (batch_size, seed, first_step) -> endless training batches from step ``first_step`` on;
+    # step s gets the same batch for a seed whatever the first step, so a level can start at
+    # the rewind step and see the batches level 0 saw.
+    train_batches: Callable[[int, int, int], Iterator[Batch]]
+    # split ("val", "test") -> batch_size -> one pass over that split
+    eval_batches: dict[str, Callable[[int], Iterator[Batch]]]
 
 
 def hold_out(x: np.ndarray, y: np.ndarray, validation_size: int) -> tuple[Split, Split]:

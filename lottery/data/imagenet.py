@@ -9,6 +9,7 @@ transforms on threads and batches. The transforms are torchvision's: train
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ import grain
 import numpy as np
 from PIL import Image
 
+from lottery.data.dataset import StreamingDataset
 from lottery.data.tfds_source import open_split
 
 NAME = "imagenet2012"
@@ -72,28 +74,31 @@ def _rgb(example: dict[str, Any]) -> Image.Image:
     return Image.fromarray(np.asarray(example["image"], np.uint8)).convert("RGB")
 
 
-def train_transform(example: dict[str, Any], rng: np.random.Generator) -> Example:
-    """Random resized crop to 224 x 224 (bilinear), flip with p = 1/2, normalise."""
+def train_transform(
+    example: dict[str, Any], rng: np.random.Generator, crop: int = CROP
+) -> Example:
+    """Random resized crop to crop x crop (bilinear), flip with p = 1/2, normalise."""
     image = _rgb(example)
     top, left, h, w = random_resized_crop_box(rng, image.height, image.width)
     image = image.resize(
-        (CROP, CROP), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h)
+        (crop, crop), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h)
     )
     if rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return _normalize(image), np.int32(example["label"])
 
 
-def eval_transform(example: dict[str, Any]) -> Example:
-    """Shorter side to 256 (bilinear), central 224 x 224 crop, normalise."""
+def eval_transform(example: dict[str, Any], crop: int = CROP) -> Example:
+    """Shorter side to 256/224 of the crop (bilinear), central crop x crop, normalise."""
     image = _rgb(example)
+    resize = round(crop * RESIZE / CROP)
     short, long = sorted((image.width, image.height))
-    long = int(RESIZE * long / short)
-    size = (RESIZE, long) if image.width <= image.height else (long, RESIZE)
+    long = int(resize * long / short)
+    size = (resize, long) if image.width <= image.height else (long, resize)
     image = image.resize(size, Image.Resampling.BILINEAR)
-    top = round((image.height - CROP) / 2)
-    left = round((image.width - CROP) / 2)
-    image = image.crop((left, top, left + CROP, top + CROP))
+    top = round((image.height - crop) / 2)
+    left = round((image.width - crop) / 2)
+    image = image.crop((left, top, left + crop, top + crop))
     return _normalize(image), np.int32(example["label"])
 
 
@@ -104,21 +109,27 @@ def imagenet_batches(
     seed: int,
     train: bool,
     *,
+    first_step: int = 0,
+    image_size: int = CROP,
     num_threads: int = 16,
 ) -> Iterator[Batch]:
     """Batches of (images float32 NHWC normalised, labels int32) of an imagenet2012 split.
 
     ``train``: reshuffled every epoch, random resized crop and flip, endless, full batches
-    only. Otherwise: one pass in the stored order, resize and centre crop, the last batch
-    smaller if the split does not divide. Deterministic given ``seed``. ``split`` is a tfds
-    split (``train``, ``validation``, ``train[:1%]``...); ``data_dir`` None is tfds' default.
-    Raises ConfigError (one line) if the dataset is not prepared in ``data_dir``.
+    only, starting at batch ``first_step`` (batch s is the same whatever the start: grain's
+    map datasets are random access). Otherwise: one pass in the stored order, resize and
+    centre crop, the last batch smaller if the split does not divide. Deterministic given
+    ``seed``. ``split`` is a tfds split (``train``, ``validation``, ``train[:1%]``...);
+    ``data_dir`` None is tfds' default. Raises ConfigError (one line) if the dataset is not
+    prepared in ``data_dir``.
     """
     dataset = grain.MapDataset.source(open_split(NAME, split, data_dir))
     if train:
-        dataset = dataset.shuffle(seed=seed).repeat(None).random_map(train_transform, seed=seed)
+        transform = functools.partial(train_transform, crop=image_size)
+        dataset = dataset.shuffle(seed=seed).repeat(None).random_map(transform, seed=seed)
+        dataset = dataset.slice(slice(first_step * batch_size, None))
     else:
-        dataset = dataset.map(eval_transform)
+        dataset = dataset.map(functools.partial(eval_transform, crop=image_size))
     # Prefetch decoded examples (not batches) on threads: PIL decodes and resizes without
     # the GIL. Batching after it keeps the buffer to a couple of batches of examples.
     options = grain.ReadOptions(
@@ -126,3 +137,34 @@ def imagenet_batches(
     )
     stream = dataset.to_iter_dataset(options).batch(batch_size, drop_remainder=train)
     return iter(stream)
+
+
+def imagenet_dataset(
+    data_dir: str | None, validation_size: int, image_size: int = CROP
+) -> StreamingDataset:
+    """ImageNet as a :class:`StreamingDataset`: train minus its last ``validation_size``
+    images, those images as the validation split, and tfds' ``validation`` as the test split.
+    """
+    train_split = f"train[:-{validation_size}]" if validation_size else "train"
+    num_train = len(open_split(NAME, train_split, data_dir))  # fails early if not prepared
+    evals = {"test": "validation"}
+    if validation_size:
+        evals = {"val": f"train[-{validation_size}:]", **evals}
+
+    def train_batches(batch_size: int, seed: int, first_step: int) -> Iterator[Batch]:
+        return imagenet_batches(data_dir, train_split, batch_size, seed, True,
+                                first_step=first_step, image_size=image_size)
+
+    def eval_batches(split: str) -> Any:
+        return lambda batch_size: imagenet_batches(
+            data_dir, split, batch_size, 0, False, image_size=image_size
+        )
+
+    return StreamingDataset(
+        NAME,
+        NUM_CLASSES,
+        (image_size, image_size, 3),
+        num_train,
+        train_batches,
+        {name: eval_batches(split) for name, split in evals.items()},
+    )

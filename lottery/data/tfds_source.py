@@ -7,6 +7,7 @@ numpy and PIL, so reading needs no TensorFlow. Writing them (download and prepar
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -29,9 +30,14 @@ _PREPARE_NOTE = {
 
 
 def _tfds() -> Any:
-    """tensorflow_datasets, imported on first use (it takes most of a second)."""
+    """tensorflow_datasets, imported on first use (it takes most of a second).
+
+    Its absl warnings (e.g. "Variant folder ... has no dataset_info.json" while looking for
+    missing data) are silenced: we say what is wrong in one line of our own.
+    """
     import tensorflow_datasets
 
+    logging.getLogger("absl").setLevel(logging.ERROR)
     return tensorflow_datasets
 
 

@@ -12,11 +12,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from lottery.config import OptimizerConfig
-from lottery.data import Dataset, batch_order
+from lottery.data import Dataset, StreamingDataset
 from lottery.models import Network
+from lottery.train.feeds import DeviceFeed, StreamFeed
 from lottery.train.optim import make_optimizer, make_schedule
 from lottery.train.state import TrainState
-from lottery.train.steps import Augment, make_evaluate, make_train_steps, pad_for_eval
+from lottery.train.steps import (
+    Augment,
+    make_evaluate,
+    make_streamed_train_steps,
+    make_train_steps,
+)
 
 EvalCallback = Callable[[dict[str, float]], None]
 
@@ -55,12 +61,12 @@ def eval_points(start: int, end: int, every: int, extra: int | None = None) -> l
 
 
 class Trainer:
-    """Device-resident data, the batch order and the compiled step/eval functions of a run."""
+    """The data feed and the compiled step/eval functions of a run, reused by every level."""
 
     def __init__(
         self,
         network: Network,
-        dataset: Dataset,
+        dataset: Dataset | StreamingDataset,
         optimizer: OptimizerConfig,
         *,
         batch_size: int,
@@ -76,18 +82,20 @@ class Trainer:
         self.eval_every = eval_every
         self.tx = make_optimizer(optimizer)
         self.schedule = make_schedule(optimizer, steps_per_epoch, total_steps)
-        self.x_train = jnp.asarray(dataset.train.x)
-        self.y_train = jnp.asarray(dataset.train.y)
-        order = batch_order(seed, len(dataset.train), batch_size, total_steps)
-        self.order = jnp.asarray(order)
         self.key = jax.random.fold_in(jax.random.key(seed), 1)
-        self.eval_sets = {
-            name: (*map(jnp.asarray, pad_for_eval(split.x, split.y, eval_batch_size)), len(split))
-            for name, split in (("val", dataset.validation), ("test", dataset.test))
-            if len(split)
-        }
-        self._train_steps = make_train_steps(network, self.tx, self.schedule, augment)
-        self._evaluate = make_evaluate(network)
+        evaluate = make_evaluate(network)
+        if isinstance(dataset, StreamingDataset):
+            steps = make_streamed_train_steps(network, self.tx, self.schedule, augment)
+            self.feed: DeviceFeed | StreamFeed = StreamFeed(
+                dataset, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
+                train_steps=steps, evaluate=evaluate,
+            )
+        else:
+            steps = make_train_steps(network, self.tx, self.schedule, augment)
+            self.feed = DeviceFeed(
+                dataset, batch_size=batch_size, total_steps=total_steps,
+                eval_batch_size=eval_batch_size, seed=seed, train_steps=steps, evaluate=evaluate,
+            )
         self._compiled: dict[Any, Any] = {}
         self.timing = Timing()
 
@@ -101,17 +109,13 @@ class Trainer:
 
     def evaluate(self, params: Any, batch_stats: Any) -> dict[str, float]:
         """Loss and accuracy on every eval split (``val/…``, ``test/…``)."""
-        start = time.perf_counter()
-        sums = {}
-        for name, (x, y, weight, count) in self.eval_sets.items():
-            args = (params, batch_stats, x, y, weight)
-            fn = self._compiled_fn(("eval", name), self._evaluate, *args)
-            sums[name] = (fn(*args), count)
+        start, compile_before = time.perf_counter(), self.timing.compile
+        sums = self.feed.eval_sums(self._compiled_fn, params, batch_stats)
         metrics = {}
         for name, ((loss, correct), count) in jax.device_get(sums).items():
             metrics[f"{name}/loss"] = float(loss) / count
             metrics[f"{name}/accuracy"] = float(correct) / count
-        self.timing.eval += time.perf_counter() - start
+        self.timing.eval += time.perf_counter() - start - (self.timing.compile - compile_before)
         return metrics
 
     def train(
@@ -137,14 +141,13 @@ class Trainer:
         step, loss = start_step, None
         for target in points:
             if target > step:
-                args = (state, device_mask, self.x_train, self.y_train, self.order, self.key)
-                fn = self._compiled_fn(
-                    ("train", target - step), self._train_steps, *args, num_steps=target - step
+                compile_before, begin = self.timing.compile, time.perf_counter()
+                state, loss = self.feed.run(
+                    self._compiled_fn, state, device_mask, self.key, step, target - step
                 )
-                begin = time.perf_counter()
-                state, loss = fn(*args)
                 loss = float(loss)  # the one host sync of a training segment
-                self.timing.train += time.perf_counter() - begin
+                elapsed = time.perf_counter() - begin
+                self.timing.train += elapsed - (self.timing.compile - compile_before)
                 step = target
             if step == snapshot_step:
                 snapshot = jax.device_get((state.params, state.batch_stats))

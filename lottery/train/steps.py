@@ -47,17 +47,16 @@ def masked(tree: Any, mask: Any) -> Any:
     return jax.tree.map(lambda t, m: jnp.where(m, t, jnp.zeros_like(t)), tree, mask)
 
 
-def make_train_steps(
+def make_step(
     network: Network,
     tx: optax.GradientTransformation,
     schedule: Schedule,
     augment: Augment | None = None,
 ) -> Callable[..., tuple[TrainState, jax.Array]]:
-    """``train_steps(state, mask, x, y, order, key, num_steps) -> (state, mean loss)``.
+    """``step(state, mask, x, y, key) -> (state, loss)``: one masked SGD step on one batch.
 
-    ``x, y`` is the whole training set on the device, ``order[s]`` the example indices of
-    step ``s``; ``key`` seeds per-step randomness (augmentation) as ``fold_in(key, step)``,
-    so a step's randomness does not depend on how the steps are split into calls.
+    ``key`` seeds the step's randomness (augmentation) as ``fold_in(key, step)``, so a step's
+    randomness does not depend on how the steps are split into calls.
     """
 
     def loss_fn(params, batch_stats, x, y):
@@ -67,25 +66,66 @@ def make_train_steps(
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
+    def step(state: TrainState, mask, x, y, key):
+        if augment is not None:
+            x = augment(jax.random.fold_in(key, state.step), x)
+        (loss, batch_stats), grads = grad_fn(state.params, state.batch_stats, x, y)
+        opt_state = with_learning_rate(state.opt_state, schedule(state.step))
+        updates, opt_state = tx.update(masked(grads, mask), opt_state, state.params)
+        params = masked_update(state.params, updates, mask)
+        new_state = state.replace(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+        )
+        return new_state, loss
+
+    return step
+
+
+def make_train_steps(
+    network: Network,
+    tx: optax.GradientTransformation,
+    schedule: Schedule,
+    augment: Augment | None = None,
+) -> Callable[..., tuple[TrainState, jax.Array]]:
+    """``train_steps(state, mask, x, y, order, key, num_steps) -> (state, mean loss)``.
+
+    ``x, y`` is the whole training set on the device, ``order[s]`` the example indices of
+    step ``s``: batches are gathered on the device, inside the scan.
+    """
+    step = make_step(network, tx, schedule, augment)
+
     def train_steps(state, mask, x_all, y_all, order, key, num_steps):
         def one_step(state: TrainState, _):
             index = order[state.step]
-            x, y = x_all[index], y_all[index]
-            if augment is not None:
-                x = augment(jax.random.fold_in(key, state.step), x)
-            (loss, batch_stats), grads = grad_fn(state.params, state.batch_stats, x, y)
-            opt_state = with_learning_rate(state.opt_state, schedule(state.step))
-            updates, opt_state = tx.update(masked(grads, mask), opt_state, state.params)
-            params = masked_update(state.params, updates, mask)
-            new_state = state.replace(
-                step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
-            )
-            return new_state, loss
+            return step(state, mask, x_all[index], y_all[index], key)
 
         state, losses = jax.lax.scan(one_step, state, length=num_steps)
         return state, jnp.mean(losses)
 
     return jax.jit(train_steps, static_argnames="num_steps", donate_argnames="state")
+
+
+def make_streamed_train_steps(
+    network: Network,
+    tx: optax.GradientTransformation,
+    schedule: Schedule,
+    augment: Augment | None = None,
+) -> Callable[..., tuple[TrainState, jax.Array]]:
+    """``train_steps(state, mask, xs, ys, key) -> (state, mean loss)`` over stacked batches.
+
+    For datasets streamed from the host (ImageNet): ``xs, ys`` hold one batch per step,
+    stacked on a leading axis, and the scan runs one step per batch.
+    """
+    step = make_step(network, tx, schedule, augment)
+
+    def train_steps(state, mask, xs, ys, key):
+        def one_step(state: TrainState, batch):
+            return step(state, mask, *batch, key)
+
+        state, losses = jax.lax.scan(one_step, state, (xs, ys))
+        return state, jnp.mean(losses)
+
+    return jax.jit(train_steps, donate_argnames="state")
 
 
 def pad_for_eval(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[np.ndarray, ...]:

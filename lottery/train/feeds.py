@@ -1,0 +1,98 @@
+"""Where a run's batches come from: the device (small datasets) or a host stream (ImageNet).
+
+A feed runs a stretch of training steps and sums the eval metrics; the :class:`Trainer`
+drives the cadence, compiles, and times. ``compiled(key, jitted, *args, **static)`` is the
+trainer's ahead-of-time compile cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lottery.data import Dataset, StreamingDataset, batch_order
+from lottery.train.steps import pad_for_eval
+
+Compiled = Callable[..., Any]
+EvalSums = dict[str, tuple[Any, int]]  # split -> ((loss sum, correct), examples)
+
+
+class DeviceFeed:
+    """The whole dataset on the device; batches gathered by index inside the jitted scan."""
+
+    def __init__(self, dataset: Dataset, *, batch_size: int, total_steps: int,
+                 eval_batch_size: int, seed: int, train_steps: Any, evaluate: Any) -> None:
+        self.x = jnp.asarray(dataset.train.x)
+        self.y = jnp.asarray(dataset.train.y)
+        self.order = jnp.asarray(batch_order(seed, dataset.num_train, batch_size, total_steps))
+        self.eval_sets = {
+            name: (*map(jnp.asarray, pad_for_eval(split.x, split.y, eval_batch_size)), len(split))
+            for name, split in (("val", dataset.validation), ("test", dataset.test))
+            if len(split)
+        }
+        self.train_steps, self.evaluate = train_steps, evaluate
+
+    def run(self, compiled: Compiled, state: Any, mask: Any, key: jax.Array, start: int,
+            num_steps: int) -> tuple[Any, jax.Array]:
+        """Steps ``start .. start + num_steps`` in one call; returns the state and mean loss."""
+        args = (state, mask, self.x, self.y, self.order, key)
+        fn = compiled(("train", num_steps), self.train_steps, *args, num_steps=num_steps)
+        return fn(*args)
+
+    def eval_sums(self, compiled: Compiled, params: Any, batch_stats: Any) -> EvalSums:
+        sums = {}
+        for name, (x, y, weight, count) in self.eval_sets.items():
+            args = (params, batch_stats, x, y, weight)
+            sums[name] = (compiled(("eval", name), self.evaluate, *args)(*args), count)
+        return sums
+
+
+class StreamFeed:
+    """Batches read on the host, one train step per call (a step is long; its dispatch is
+    asynchronous, so the next batch is read while the device computes)."""
+
+    def __init__(self, dataset: StreamingDataset, *, batch_size: int, eval_batch_size: int,
+                 seed: int, train_steps: Any, evaluate: Any) -> None:
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.eval_batch_size = eval_batch_size
+        self.train_steps, self.evaluate = train_steps, evaluate
+        self._batches: Iterator | None = None
+        self._next_step: int | None = None
+
+    def run(self, compiled: Compiled, state: Any, mask: Any, key: jax.Array, start: int,
+            num_steps: int) -> tuple[Any, jax.Array]:
+        if self._next_step != start:
+            self._batches = self.dataset.train_batches(self.batch_size, self.seed, start)
+        losses = []
+        for _ in range(num_steps):
+            x, y = next(self._batches)
+            args = (state, mask, x[None], y[None], key)
+            state, loss = compiled(("stream",), self.train_steps, *args)(*args)
+            losses.append(loss)
+        self._next_step = start + num_steps
+        return state, jnp.mean(jnp.stack(losses))
+
+    def eval_sums(self, compiled: Compiled, params: Any, batch_stats: Any) -> EvalSums:
+        sums = {}
+        for name, batches in self.dataset.eval_batches.items():
+            totals, count = (jnp.zeros(()), jnp.zeros(())), 0
+            for x, y in batches(self.eval_batch_size):
+                args = (params, batch_stats, *_padded(x, y, self.eval_batch_size))
+                loss, correct = compiled(("eval", "stream"), self.evaluate, *args)(*args)
+                totals = (totals[0] + loss, totals[1] + correct)
+                count += len(y)
+            sums[name] = (totals, count)
+        return sums
+
+
+def _padded(x: np.ndarray, y: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
+    """One eval batch padded to ``size`` (fixed shape: one compilation), as a batch of one."""
+    pad = size - len(y)
+    weight = np.concatenate([np.ones(len(y), np.float32), np.zeros(pad, np.float32)])
+    x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+    y = np.concatenate([y, np.zeros(pad, y.dtype)])
+    return x[None], y[None], weight[None]
