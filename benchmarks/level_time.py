@@ -35,9 +35,9 @@ CASES = {
 
 def time_levels(overrides: list[str], repeats: int, root: Path) -> list[dict]:
     """Run level 0 and ``repeats`` more levels; return each level's timing."""
-    from conftest import make_config
-
     from lottery import imp
+
+    from conftest import make_config
 
     cfg = make_config([*overrides, f"pruning.levels={repeats}", "progress=false"], root)
     store, rows = imp.run(cfg)

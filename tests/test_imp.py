@@ -5,12 +5,13 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_config, summaries
 
 from lottery import imp
 from lottery.pruning import apply_mask, flatten
 from lottery.store import experiment_hash
 from lottery.train import Trainer
+
+from conftest import make_config, summaries
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,22 @@
-"""Sparsity–accuracy plots in the papers' style (weights remaining on a log x axis)."""
+"""Plots in the papers' style: weights remaining on a log x axis, dense on the left.
+
+* :func:`plot_sparsity_accuracy` — one experiment's curve rows (``curve.csv``), PNG; the
+  command line draws it after every run.
+* :func:`plot_accuracy_vs_weights` — test accuracy against % weights remaining, one series
+  per (experiment, hash, branch), mean over replicates with a band (std or min–max).
+* :func:`plot_early_stopping` — the early-stopping iteration (minimum validation loss) and the
+  test accuracy there, against % weights remaining (Frankle & Carbin 2019, Fig. 1 / 4).
+* :func:`plot_training_curves` — test accuracy over training iterations for a few levels
+  (Frankle & Carbin 2019, Fig. 3).
+
+The last three take the DataFrames of :mod:`lottery.analysis.results` and write both
+``<path>.png`` and ``<path>.pdf``; they return the two paths.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +75,206 @@ def plot_sparsity_accuracy(
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+# -- figures from the DataFrames of lottery.analysis.results ----------------------------------
+
+BANDS = ("std", "minmax", None)
+
+
+def save_figure(fig: Any, path: str | Path) -> tuple[Path, Path]:
+    """Save ``fig`` as ``<path>.png`` and ``<path>.pdf`` (atomically) and close it."""
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix.lower() in (".png", ".pdf") else path
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suffix in (".png", ".pdf"):
+        final = stem.with_name(stem.name + suffix)
+        tmp = final.with_name(f".{final.name}.tmp{suffix}")
+        fig.savefig(tmp)
+        tmp.replace(final)
+        written.append(final)
+    plt.close(fig)
+    return written[0], written[1]
+
+
+def _series_label(key: tuple[Any, ...], branches: int, count: int) -> str:
+    experiment, digest, branch = key
+    label = f"{experiment} [{digest}]"
+    if branches > 1:
+        label += f" {branch}"
+    return f"{label} (n={count})"
+
+
+def _weights_axis(ax: Any, weights: Iterable[float]) -> None:
+    """Log x axis of % weights remaining, dense (100%) on the left, ticks at the levels."""
+    ticks = np.array(sorted({round(float(w), 6) for w in weights}, reverse=True))
+    ax.set_xscale("log")
+    if not ax.xaxis_inverted():
+        ax.invert_xaxis()
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    if len(ticks):
+        ax.set_xticks(ticks[:: max(1, int(np.ceil(len(ticks) / 8)))])
+    ax.minorticks_off()
+    ax.set_xlabel("weights remaining (%)")
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _band(ax: Any, x: Any, stats: Any, metric: str, band: str | None, scale: float, **kw) -> None:
+    if band is None:
+        return
+    if band == "std":
+        mean, std = stats[f"{metric}_mean"], stats[f"{metric}_std"].fillna(0.0)
+        low, high = mean - std, mean + std
+    elif band == "minmax":
+        low, high = stats[f"{metric}_min"], stats[f"{metric}_max"]
+    else:
+        raise ValueError(f"band={band!r}; choose one of {BANDS}")
+    ax.fill_between(x, low * scale, high * scale, alpha=0.2, linewidth=0, **kw)
+
+
+def _series(df: Any) -> Iterable[tuple[tuple[Any, ...], Any]]:
+    from lottery.analysis.results import SERIES
+
+    return df.groupby(list(SERIES), sort=True)
+
+
+def plot_accuracy_vs_weights(
+    df: Any,
+    path: str | Path,
+    *,
+    metric: str | Sequence[str] = "test_accuracy",
+    band: str | None = "std",
+    title: str = "",
+) -> tuple[Path, Path]:
+    """Test accuracy (%) against % weights remaining, one line per experiment/hash/branch.
+
+    ``df`` is :func:`~lottery.analysis.results.load_results`'s frame; lines are means over
+    replicates with a band of ± one standard deviation (``band="std"``), the range
+    (``"minmax"``, as Frankle & Carbin's error bars) or none (``None``). ``metric`` is one or
+    more of ``test_accuracy``, ``best_test_accuracy``, ``early_stop_test_accuracy``.
+    """
+    from lottery.analysis.results import aggregate
+
+    metrics = [metric] if isinstance(metric, str) else list(metric)
+    stats = aggregate(df)
+    if stats.empty:
+        raise ValueError("no results to plot")
+    branches = stats["branch"].nunique()
+    styles = ["-", "--", ":", "-."]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
+    for index, (key, rows) in enumerate(_series(stats)):
+        rows = rows.sort_values("weights_remaining_pct", ascending=False)
+        color = f"C{index % 10}"
+        label = _series_label(key, branches, int(rows["count"].max()))
+        x = rows["weights_remaining_pct"].to_numpy(float)
+        for style, m in zip(styles * len(metrics), metrics, strict=False):
+            y = rows[f"{m}_mean"].to_numpy(float) * 100
+            name = label if len(metrics) == 1 else f"{label}, {m.replace('_', ' ')}"
+            ax.plot(x, y, style, color=color, marker="o", markersize=3, label=name)
+            _band(ax, x, rows, m, band, 100.0, color=color)
+    _weights_axis(ax, stats["weights_remaining_pct"])
+    ylabel = metrics[0].replace("_", " ") if len(metrics) == 1 else "accuracy"
+    ax.set_ylabel(f"{ylabel} (%)")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_early_stopping(
+    df: Any, path: str | Path, *, band: str | None = "std", title: str = ""
+) -> tuple[Path, Path]:
+    """Early-stopping iteration (left) and test accuracy there (right) vs % weights remaining.
+
+    The early-stopping iteration is that of minimum validation loss (Frankle & Carbin 2019,
+    Fig. 4). Raises :class:`ValueError` when no level has one (``dataset.validation_size=0``).
+    """
+    from lottery.analysis.results import aggregate
+
+    df = df[df["early_stop_iteration"].notna()]
+    stats = aggregate(df)
+    if stats.empty:
+        raise ValueError("no early-stopping iterations (runs without a validation set)")
+    branches = stats["branch"].nunique()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    for index, (key, rows) in enumerate(_series(stats)):
+        rows = rows.sort_values("weights_remaining_pct", ascending=False)
+        color = f"C{index % 10}"
+        label = _series_label(key, branches, int(rows["count"].max()))
+        x = rows["weights_remaining_pct"].to_numpy(float)
+        for ax, m, scale in (
+            (left, "early_stop_iteration", 1.0),
+            (right, "early_stop_test_accuracy", 100.0),
+        ):
+            y = rows[f"{m}_mean"].to_numpy(float) * scale
+            ax.plot(x, y, color=color, marker="o", markersize=3, label=label)
+            _band(ax, x, rows, m, band, scale, color=color)
+    for ax in (left, right):
+        _weights_axis(ax, stats["weights_remaining_pct"])
+    left.set_ylabel("early-stop iteration (min. validation loss)")
+    right.set_ylabel("test accuracy at early stop (%)")
+    left.legend(fontsize="small")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def pick_levels(levels: Iterable[int], most: int = 6) -> list[int]:
+    """At most ``most`` levels spread evenly from the first to the last."""
+    levels = sorted(set(int(level) for level in levels))
+    if len(levels) <= most:
+        return levels
+    picks = np.unique(np.round(np.linspace(0, len(levels) - 1, most)).astype(int))
+    return [levels[i] for i in picks]
+
+
+def plot_training_curves(
+    metrics: Any,
+    path: str | Path,
+    *,
+    levels: Iterable[int] | None = None,
+    metric: str = "test/accuracy",
+    band: str | None = "std",
+    title: str = "",
+) -> tuple[Path, Path]:
+    """``metric`` over training iterations for a few levels (Frankle & Carbin 2019, Fig. 3).
+
+    ``metrics`` is :func:`~lottery.analysis.results.load_metrics`'s frame; one panel per
+    experiment/hash/branch, one line per level labelled by its % weights remaining, the mean
+    over replicates with a band (``band`` as in :func:`plot_accuracy_vs_weights`).
+    ``levels`` defaults to at most six levels from dense to the sparsest.
+    """
+    if metrics.empty or metric not in metrics.columns:
+        raise ValueError(f"no {metric!r} values to plot")
+    groups = list(_series(metrics))
+    chosen_all = pick_levels(metrics["level"]) if levels is None else sorted(set(levels))
+    scale = 100.0 if metric.endswith("accuracy") else 1.0
+    fig, axes = plt.subplots(
+        1, len(groups), figsize=(6.5 * len(groups), 4.2), dpi=120, squeeze=False, sharey=True
+    )
+    cmap = plt.get_cmap("viridis")
+    for ax, (key, rows) in zip(axes[0], groups, strict=True):
+        present = [lv for lv in chosen_all if lv in set(rows["level"])]
+        for index, level in enumerate(present):
+            at = rows[rows["level"] == level]
+            by_it = at.groupby("iteration")[metric].agg(["mean", "std", "min", "max", "count"])
+            by_it = by_it[by_it["count"] > 0]
+            x = by_it.index.to_numpy(float)
+            color = cmap(index / max(1, len(present) - 1) * 0.9)
+            weights = float(at["weights_remaining_pct"].iloc[0])
+            n = int(at["replicate"].nunique())
+            ax.plot(x, by_it["mean"] * scale, color=color, label=f"{weights:.3g}% (n={n})")
+            if band is not None:
+                stats = by_it.rename(columns=lambda c: f"{metric}_{c}")
+                _band(ax, x, stats, metric, band, scale, color=color)
+        experiment, digest, branch = key
+        ax.set_title(f"{experiment} [{digest}]" + ("" if branch == "imp" else f" {branch}"))
+        ax.set_xlabel("training iteration")
+        ax.grid(True, alpha=0.3)
+        ax.legend(title="weights remaining", fontsize="small")
+    axes[0][0].set_ylabel(metric.replace("/", " ") + (" (%)" if scale == 100.0 else ""))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -24,11 +24,20 @@ class RunLogger(Protocol):
         """The run is over; ``rows`` is the experiment's curve (curve.csv)."""
 
 
-LOGGERS = ("none",)
+LOGGERS = ("none", "wandb")
+WANDB_MODES = ("offline", "online", "disabled")
 
 
 def make_loggers(cfg: Config, digest: str) -> list[RunLogger]:
     """The loggers ``cfg.logger`` names, for the experiment with hash ``digest``."""
     if cfg.logger.name == "none":
         return []
+    if cfg.logger.name == "wandb":
+        if cfg.logger.mode not in WANDB_MODES:
+            raise ConfigError(
+                f"unknown logger.mode {cfg.logger.mode!r}; choose one of {', '.join(WANDB_MODES)}"
+            )
+        from lottery.logging.wandb_logger import WandbLogger  # imports wandb only when used
+
+        return [WandbLogger(cfg, digest)]
     raise ConfigError(f"unknown logger {cfg.logger.name!r}; choose one of {', '.join(LOGGERS)}")
