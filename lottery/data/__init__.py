@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from lottery.config import ConfigError, DatasetConfig
-from lottery.data import generated, idx, imagenet, tfds_source
+from lottery.data import generated, idx, tfds_source
 from lottery.data.batching import batch_order
 from lottery.data.dataset import Dataset, Split, StreamingDataset, hold_out, normalize
 
@@ -43,12 +43,14 @@ SOURCES: dict[str, tuple[Loader, int]] = {
 PATH_IDENTIFIES_DATA = frozenset({"idx"})
 
 
+def _imagenet(cfg: DatasetConfig) -> StreamingDataset:
+    from lottery.data import imagenet  # grain and PIL load only when ImageNet is used
+
+    return imagenet.imagenet_dataset(cfg.path, cfg.validation_size, cfg.image_size)
+
+
 # Streamed from the host batch by batch (too big for memory); normalised by the stream.
-STREAMING = {
-    "imagenet2012": lambda cfg: imagenet.imagenet_dataset(
-        cfg.path, cfg.validation_size, cfg.image_size
-    ),
-}
+STREAMING = {"imagenet2012": _imagenet}
 
 
 def check_name(name: str) -> None:
