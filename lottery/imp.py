@@ -201,6 +201,8 @@ class Experiment:
         wall = time.perf_counter()
         mask, params, batch_stats, start, prune_seconds = self.starting_point(level)
         weights_pct = sparsity_report(mask, plan.prunable)["weights_remaining_pct"]
+        for logger in self.loggers:
+            logger.begin_level(level, weights_pct)
         writer = self.replicate.begin_level(level)
         try:
             with LevelProgress(

@@ -14,6 +14,9 @@ from lottery.config import Config, ConfigError
 class RunLogger(Protocol):
     """Receives what the store receives, as it happens."""
 
+    def begin_level(self, level: int, weights_remaining_pct: float) -> None:
+        """A level starts training with this % of its prunable weights alive."""
+
     def log_eval(self, level: int, record: dict[str, float]) -> None:
         """One evaluation of a level (``iteration``, ``train/loss``, ``test/accuracy``, ...)."""
 

@@ -1,0 +1,264 @@
+"""Results as pandas DataFrames: from the local store, or from W&B.
+
+:func:`load_results` reads the ``summary.json`` of every finished level under the paths it is
+given — results roots, experiment folders (``<root>/<name>/<hash>``), replicate or level
+folders, ``summary.json`` files, or glob patterns of any of these (``results/*/3f*``,
+``**`` allowed) — into one row per (experiment, hash, replicate, level):
+
+=========================  ========  =========================================================
+column                     dtype     meaning
+=========================  ========  =========================================================
+experiment                 str       ``name`` of the config (the results folder)
+hash                       str       experiment hash (the folder under it)
+replicate                  int       the seed
+level                      int       pruning level (0 = dense)
+branch                     str       what was trained at the level; ``"imp"`` (the only one now)
+weights_remaining_pct      float     prunable weights alive, % of all prunable weights
+test_accuracy              float     test accuracy at the end of training, in [0, 1]
+best_test_accuracy         float     best test accuracy over the evaluations
+early_stop_iteration       Int64     iteration of minimum validation loss (<NA>: no val set)
+early_stop_test_accuracy   float     test accuracy there (NaN: no validation set)
+params_remaining           int       parameters alive, biases and normalisation included
+wall_seconds               float     wall-clock seconds of the level
+path                       str       the level's folder (``.../replicate_<seed>/level_<L>``)
+=========================  ========  =========================================================
+
+Rows are sorted by experiment, hash, branch, replicate and level. :func:`load_metrics` reads
+the ``metrics.jsonl`` beside each summary (one row per evaluation: ``iteration``,
+``train/loss``, ``val/loss``, ``val/accuracy``, ``test/loss``, ``test/accuracy``) with the
+identifying columns experiment, hash, replicate, level, branch and weights_remaining_pct.
+:func:`aggregate` gives mean, std (sample, ddof=1; NaN for a single replicate), min and max
+over replicates per (experiment, hash, branch, level), and ``count``, the replicates.
+:func:`load_wandb` reads the same schema from W&B's public API (runs logged with
+``logger=wandb``).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+RESULT_COLUMNS = (
+    "experiment",
+    "hash",
+    "replicate",
+    "level",
+    "branch",
+    "weights_remaining_pct",
+    "test_accuracy",
+    "best_test_accuracy",
+    "early_stop_iteration",
+    "early_stop_test_accuracy",
+    "params_remaining",
+    "wall_seconds",
+    "path",
+)
+DTYPES = {
+    "experiment": "string",
+    "hash": "string",
+    "replicate": "int64",
+    "level": "int64",
+    "branch": "string",
+    "weights_remaining_pct": "float64",
+    "test_accuracy": "float64",
+    "best_test_accuracy": "float64",
+    "early_stop_iteration": "Int64",
+    "early_stop_test_accuracy": "float64",
+    "params_remaining": "Int64",
+    "wall_seconds": "float64",
+    "path": "string",
+}
+KEYS = ("experiment", "hash", "replicate", "level", "branch")
+SERIES = ("experiment", "hash", "branch")
+GROUP = (*SERIES, "level")
+# Columns aggregate() summarises over replicates.
+METRICS = (
+    "test_accuracy",
+    "best_test_accuracy",
+    "early_stop_iteration",
+    "early_stop_test_accuracy",
+    "params_remaining",
+    "wall_seconds",
+)
+# The columns of metrics.jsonl, in this order in load_metrics (others follow).
+METRIC_COLUMNS = (
+    "iteration",
+    "train/loss",
+    "val/loss",
+    "val/accuracy",
+    "test/loss",
+    "test/accuracy",
+)
+DEFAULT_BRANCH = "imp"
+
+_LEVEL_DIR = re.compile(r"level_\d+")
+_REPLICATE_DIR = re.compile(r"replicate_\d+")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def summary_files(*paths: str | Path) -> list[Path]:
+    """Every finished level's ``summary.json`` under ``paths`` (globs expanded), once each."""
+    found: dict[Path, None] = {}
+    for given in paths:
+        text = os.path.expanduser(str(given))
+        matches = sorted(glob.glob(text, recursive=True)) if _GLOB_CHARS.search(text) else [text]
+        if not matches:
+            raise FileNotFoundError(f"{given}: no such file or folder (nothing matches)")
+        for match in matches:
+            path = Path(match)
+            if path.is_file():
+                candidates = [path] if path.name == "summary.json" else []
+            elif path.is_dir():
+                candidates = sorted(path.rglob("summary.json"))
+            else:
+                raise FileNotFoundError(f"{match}: no such file or folder")
+            for file in candidates:
+                # Only the store's level folders: not `.partial` ones, not W&B's files.
+                level, replicate = file.parent, file.parent.parent
+                if _LEVEL_DIR.fullmatch(level.name) and _REPLICATE_DIR.fullmatch(replicate.name):
+                    found[file.resolve()] = None
+    return list(found)
+
+
+def _row(summary: dict[str, Any], folder: Path) -> dict[str, Any]:
+    return {
+        "experiment": summary["experiment"],
+        "hash": summary["hash"],
+        "replicate": summary["replicate"],
+        "level": summary["level"],
+        "branch": summary.get("branch", DEFAULT_BRANCH),
+        "weights_remaining_pct": summary["weights_remaining_pct"],
+        "test_accuracy": summary["test_accuracy"],
+        "best_test_accuracy": summary.get("best_test_accuracy"),
+        "early_stop_iteration": summary.get("early_stop_iteration"),
+        "early_stop_test_accuracy": summary.get("early_stop_test_accuracy"),
+        "params_remaining": summary.get("params_remaining"),
+        "wall_seconds": (summary.get("timing") or {}).get("wall"),
+        "path": str(folder),
+    }
+
+
+def _frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Rows in the documented schema: columns in order, typed, sorted."""
+    df = pd.DataFrame(list(rows), columns=list(RESULT_COLUMNS))
+    df = df.astype(DTYPES)
+    order = ["experiment", "hash", "branch", "replicate", "level"]
+    return df.sort_values(order, kind="stable").reset_index(drop=True)
+
+
+def load_results(*paths: str | Path) -> pd.DataFrame:
+    """One row per finished level under ``paths``, in the schema of the module docstring.
+
+    With no path, reads ``results/`` (the default ``results_root``). A path that does not
+    exist, or a glob that matches nothing, raises :class:`FileNotFoundError`; a folder with
+    no finished level gives an empty frame with the same columns.
+    """
+    rows = []
+    for file in summary_files(*(paths or ("results",))):
+        rows.append(_row(json.loads(file.read_text()), file.parent))
+    return _frame(rows)
+
+
+def load_metrics(*paths: str | Path) -> pd.DataFrame:
+    """One row per evaluation of every finished level under ``paths`` (see the docstring).
+
+    Columns: experiment, hash, replicate, level, branch, weights_remaining_pct, then the
+    metrics as logged (``iteration``, ``train/loss``, ``val/loss``, ``val/accuracy``,
+    ``test/loss``, ``test/accuracy``). ``train/loss`` is NaN at iteration 0 of a level
+    (no training step yet) and the ``val/`` columns are NaN without a validation set.
+    """
+    frames = []
+    for file in summary_files(*(paths or ("results",))):
+        summary = json.loads(file.read_text())
+        metrics = file.parent / "metrics.jsonl"
+        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        frame = pd.DataFrame.from_records(records)
+        ident = {k: _row(summary, file.parent)[k] for k in (*KEYS, "weights_remaining_pct")}
+        for position, (key, value) in enumerate(ident.items()):
+            frame.insert(position, key, value)
+        frames.append(frame)
+    identity = [*KEYS, "weights_remaining_pct"]
+    if not frames:
+        return pd.DataFrame(columns=[*identity, "iteration"])
+    df = pd.concat(frames, ignore_index=True)
+    known = [c for c in METRIC_COLUMNS if c in df.columns]
+    df = df[[*identity, *known, *(c for c in df.columns if c not in (*identity, *known))]]
+    df = df.astype({k: DTYPES[k] for k in identity} | {"iteration": "int64"})
+    order = ["experiment", "hash", "branch", "replicate", "level", "iteration"]
+    return df.sort_values(order, kind="stable").reset_index(drop=True)
+
+
+def aggregate(df: pd.DataFrame, metrics: Iterable[str] = METRICS) -> pd.DataFrame:
+    """Mean, std, min and max over replicates per (experiment, hash, branch, level).
+
+    Columns: experiment, hash, branch, level, ``weights_remaining_pct`` (the mean; the same
+    for every replicate of a hash), ``count`` (replicates), then ``<metric>_mean``,
+    ``<metric>_std``, ``<metric>_min``, ``<metric>_max`` for each metric present. Std is the
+    sample standard deviation (NaN with one replicate). Sorted like the input.
+    """
+    group = list(GROUP)
+    metrics = [m for m in metrics if m in df.columns]
+    if df.empty:
+        columns = [*group, "weights_remaining_pct", "count"]
+        columns += [f"{m}_{s}" for m in metrics for s in ("mean", "std", "min", "max")]
+        return pd.DataFrame(columns=columns)
+    values = df[[*group, "replicate", "weights_remaining_pct", *metrics]].copy()
+    for m in metrics:
+        values[m] = values[m].astype("float64")
+    grouped = values.groupby(group, sort=True, dropna=False)
+    out = grouped["weights_remaining_pct"].mean().to_frame()
+    out["count"] = grouped["replicate"].nunique()
+    for m in metrics:
+        stats = grouped[m].agg(["mean", "std", "min", "max"])
+        for stat in stats.columns:
+            out[f"{m}_{stat}"] = stats[stat]
+    return out.reset_index()
+
+
+def load_wandb(project: str, entity: str | None = None, api: Any = None) -> pd.DataFrame:
+    """The :func:`load_results` schema from W&B's public API (runs of ``logger=wandb``).
+
+    Each run is one replicate (its config has ``name``, ``seed`` and ``hash``); each history
+    row with ``curve/test_accuracy`` is one finished level. ``path`` is the run's URL.
+    ``api`` defaults to ``wandb.Api()`` (needs network and credentials); any object with the
+    same ``runs(path)`` method will do.
+    """
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    rows = []
+    for run in api.runs(f"{entity}/{project}" if entity else project):
+        config = dict(run.config)
+        if "hash" not in config:
+            continue  # not a lottery run
+        for record in run.scan_history():
+            if record.get("curve/test_accuracy") is None:
+                continue
+            rows.append(
+                {
+                    "experiment": config.get("name"),
+                    "hash": config["hash"],
+                    "replicate": config.get("seed"),
+                    "level": record["level"],
+                    "branch": config.get("branch", DEFAULT_BRANCH),
+                    "weights_remaining_pct": record["prune/weights_remaining"],
+                    "test_accuracy": record["curve/test_accuracy"],
+                    "best_test_accuracy": record.get("curve/best_test_accuracy"),
+                    "early_stop_iteration": record.get("curve/early_stop_iteration"),
+                    "early_stop_test_accuracy": record.get("curve/early_stop_test_accuracy"),
+                    "params_remaining": record.get("prune/params_remaining"),
+                    "wall_seconds": record.get("curve/wall_seconds"),
+                    "path": getattr(run, "url", None),
+                }
+            )
+    # A resumed run can log a level twice; keep the last.
+    frame = _frame(rows)
+    return frame.drop_duplicates(list(KEYS), keep="last").reset_index(drop=True)
