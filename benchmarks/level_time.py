@@ -93,7 +93,7 @@ def main() -> None:
     args = parser(__doc__.splitlines()[0])
     args.add_argument("--cases", default="a,b,c,d")
     args.add_argument("--repeats", type=int, default=3)
-    args.add_argument("--resnet-steps", type=int, default=200)
+    args.add_argument("--resnet-steps", type=int, default=20)
     args.add_argument("--no-end-to-end", action="store_true")
     opts = args.parse_args()
     rows = []

@@ -62,6 +62,15 @@ def test_level_one_starts_from_the_step_k_weights_under_its_mask(
     for path in plan.prunable:
         assert np.all(flatten(params)[path][~flatten(mask)[path]] == 0.0)
 
+    # The level's stored mask is the one it trained under, and its final weights obey it.
+    stored_mask = flatten(replicate.mask(1))
+    final, _ = replicate.params(1)
+    for path in plan.prunable:
+        np.testing.assert_array_equal(stored_mask[path], flatten(mask)[path])
+        assert np.all(flatten(final)[path][~stored_mask[path]] == 0.0)
+        alive = stored_mask[path]
+        assert np.mean(flatten(final)[path][alive] != flatten(params)[path][alive]) > 0.9
+
 
 def jax_free_copy(tree):
     import jax

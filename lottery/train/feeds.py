@@ -25,7 +25,9 @@ class DeviceFeed:
     """The whole dataset on the device; batches gathered by index inside the jitted scan."""
 
     def __init__(self, dataset: Dataset, *, batch_size: int, total_steps: int,
-                 eval_batch_size: int, seed: int, train_steps: Any, evaluate: Any) -> None:
+                 eval_batch_size: int, seed: int, train_steps: Any, evaluate: Any,
+                 max_fused: int | None = None) -> None:
+        self.max_fused = max_fused
         self.x = jnp.asarray(dataset.train.x)
         self.y = jnp.asarray(dataset.train.y)
         self.order = jnp.asarray(batch_order(seed, dataset.num_train, batch_size, total_steps))
@@ -38,14 +40,29 @@ class DeviceFeed:
 
     def run(self, compiled: Compiled, state: Any, mask: Any, key: jax.Array, start: int,
             num_steps: int) -> tuple[Any, jax.Array]:
-        """Steps ``start .. start + num_steps`` in one call; returns the state and mean loss."""
-        args = (state, mask, self.x, self.y, self.order, key)
-        fn = compiled(("train", num_steps), self.train_steps, *args, num_steps=num_steps)
-        return fn(*args)
+        """Steps ``start .. start + num_steps``, fused into calls of at most ``max_fused``
+        steps (one call when unlimited); returns the state and the mean loss."""
+        chunk = min(num_steps, self.max_fused or num_steps)
+        losses, done = [], 0
+        while done < num_steps:
+            n = min(chunk, num_steps - done)
+            args = (state, mask, self.x, self.y, self.order, key)
+            state, loss = compiled(("train", n), self.train_steps, *args, num_steps=n)(*args)
+            losses.append(loss * n)
+            done += n
+        return state, sum(losses) / num_steps
 
     def eval_sums(self, compiled: Compiled, params: Any, batch_stats: Any) -> EvalSums:
         sums = {}
         for name, (x, y, weight, count) in self.eval_sets.items():
+            if self.max_fused == 1:  # one batch per call
+                totals = (jnp.zeros(()), jnp.zeros(()))
+                for i in range(x.shape[0]):
+                    args = (params, batch_stats, x[i : i + 1], y[i : i + 1], weight[i : i + 1])
+                    loss, correct = compiled(("eval", name, 1), self.evaluate, *args)(*args)
+                    totals = (totals[0] + loss, totals[1] + correct)
+                sums[name] = (totals, count)
+                continue
             args = (params, batch_stats, x, y, weight)
             sums[name] = (compiled(("eval", name), self.evaluate, *args)(*args), count)
         return sums

@@ -19,6 +19,7 @@ from lottery.train.optim import make_optimizer, make_schedule
 from lottery.train.state import TrainState
 from lottery.train.steps import (
     Augment,
+    fused_steps_limit,
     make_evaluate,
     make_streamed_train_steps,
     make_train_steps,
@@ -92,9 +93,11 @@ class Trainer:
             )
         else:
             steps = make_train_steps(network, self.tx, self.schedule, augment)
+            params = jax.eval_shape(network.init, jax.random.key(0))[0]
             self.feed = DeviceFeed(
                 dataset, batch_size=batch_size, total_steps=total_steps,
                 eval_batch_size=eval_batch_size, seed=seed, train_steps=steps, evaluate=evaluate,
+                max_fused=fused_steps_limit(params),
             )
         self._compiled: dict[Any, Any] = {}
         self.timing = Timing()
