@@ -67,7 +67,7 @@ def report(title: str, columns: list[str], rows: list[dict[str, Any]], extra: di
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(*[_fmt(row.get(column)) for column in columns])
-    console = Console(width=max(100, Console().width))
+    console = Console(width=max(160, Console().width))
     console.print(table)
     console.print(f"machine: {info['cpu']}, {info['cores']} cores, {info['device']}; "
                   f"jax {info['versions']['jax']}")

@@ -15,9 +15,9 @@ from common import median, parser, report
 
 MODELS = {
     "lenet_300_100": ((28, 28, 1), 128, dict(name="sgd", lr=0.1), 500, False),
-    "conv4": ((32, 32, 3), 60, dict(name="adam", lr=3e-4), 50, False),
+    "conv4": ((32, 32, 3), 60, dict(name="adam", lr=3e-4), 5, False),
     "resnet20": ((32, 32, 3), 128, dict(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4),
-                 20, True),
+                 5, True),
 }
 
 

@@ -65,7 +65,8 @@ def hold_out(x: np.ndarray, y: np.ndarray, validation_size: int) -> tuple[Split,
 def normalize(train: Split, *others: Split) -> tuple[Split, ...]:
     """Standardise every split with the training split's per-channel mean and std."""
     axes = tuple(range(train.x.ndim - 1)) if train.x.ndim > 2 else None
-    mean = train.x.mean(axis=axes, dtype=np.float64)
-    std = train.x.std(axis=axes, dtype=np.float64)
-    std = np.where(std > 0, std, 1.0)
-    return tuple(Split(((s.x - mean) / std).astype(np.float32), s.y) for s in (train, *others))
+    mean = train.x.mean(axis=axes, dtype=np.float64).astype(np.float32)
+    std = train.x.std(axis=axes, dtype=np.float64).astype(np.float32)
+    std = np.where(std > 0, std, np.float32(1.0))
+    # float32 throughout and one new array per split: datasets are held in memory whole.
+    return tuple(Split(np.divide(s.x - mean, std, dtype=np.float32), s.y) for s in (train, *others))

@@ -49,7 +49,10 @@ def load_idx(directory: str | None, hint: str) -> tuple[np.ndarray, ...]:
     if not root.is_dir():
         raise ConfigError(f"IDX directory {root} does not exist; {hint}")
     arrays = {key: read_idx(_find(root, stem, hint)) for key, stem in _FILES.items()}
-    images = {k: (arrays[k].astype(np.float32) / 255.0)[..., None] for k in ("train_x", "test_x")}
+    images = {}
+    for key in ("train_x", "test_x"):
+        images[key] = arrays[key].astype(np.float32)[..., None]
+        images[key] /= 255.0  # in place: no second copy of the dataset
     return (
         images["train_x"],
         arrays["train_y"].astype(np.int32),
