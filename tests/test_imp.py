@@ -69,7 +69,7 @@ def test_level_one_starts_from_the_step_k_weights_under_its_mask(
         np.testing.assert_array_equal(stored_mask[path], flatten(mask)[path])
         assert np.all(flatten(final)[path][~stored_mask[path]] == 0.0)
         alive = stored_mask[path]
-        assert np.mean(flatten(final)[path][alive] != flatten(params)[path][alive]) > 0.9
+        assert np.mean(flatten(final)[path][alive] != flatten(params)[path][alive]) > 0.5
 
 
 def jax_free_copy(tree):
