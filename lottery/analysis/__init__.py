@@ -1,4 +1,10 @@
-"""Reading results and drawing them. Never trains."""
+"""Reading results and drawing them. Never trains.
+
+The DataFrame loaders (:mod:`lottery.analysis.results`) import pandas only when first used,
+so the training command, which draws one plot, does not pay for pandas.
+"""
+
+from typing import Any
 
 from lottery.analysis.plots import (
     plot_accuracy_vs_weights,
@@ -7,20 +13,20 @@ from lottery.analysis.plots import (
     plot_training_curves,
     save_figure,
 )
-from lottery.analysis.results import (
-    RESULT_COLUMNS,
-    aggregate,
-    load_metrics,
-    load_results,
-    load_wandb,
-)
+
+_RESULTS = ("RESULT_COLUMNS", "aggregate", "load_metrics", "load_results", "load_wandb")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RESULTS:
+        from lottery.analysis import results
+
+        return getattr(results, name)
+    raise AttributeError(f"module 'lottery.analysis' has no attribute {name!r}")
+
 
 __all__ = [
-    "RESULT_COLUMNS",
-    "aggregate",
-    "load_metrics",
-    "load_results",
-    "load_wandb",
+    *_RESULTS,
     "plot_accuracy_vs_weights",
     "plot_early_stopping",
     "plot_sparsity_accuracy",

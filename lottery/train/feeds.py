@@ -24,22 +24,37 @@ EvalSums = dict[str, tuple[Any, int]]  # split -> ((loss sum, correct), examples
 class DeviceFeed:
     """The whole dataset on the device; batches gathered by index inside the jitted scan."""
 
-    def __init__(self, dataset: Dataset, *, batch_size: int, total_steps: int,
-                 eval_batch_size: int, seed: int, train_steps: Any, evaluate: Any,
-                 max_fused: int | None = None) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        batch_size: int,
+        total_steps: int,
+        eval_batch_size: int,
+        seed: int,
+        train_steps: Any,
+        evaluate: Any,
+        max_fused: int | None = None,
+    ) -> None:
         self.max_fused = max_fused
-        self.x = jnp.asarray(dataset.train.x)
-        self.y = jnp.asarray(dataset.train.y)
-        self.order = jnp.asarray(batch_order(seed, dataset.num_train, batch_size, total_steps))
+        # jax.device_put, not jnp.asarray: on the CPU the latter makes an extra host copy
+        # of the whole dataset (measured: +317 MB against +164 MB for 172 MB of images).
+        self.x = jax.device_put(dataset.train.x)
+        self.y = jax.device_put(dataset.train.y)
+        self.order = jax.device_put(batch_order(seed, dataset.num_train, batch_size, total_steps))
         self.eval_sets = {
-            name: (*map(jnp.asarray, pad_for_eval(split.x, split.y, eval_batch_size)), len(split))
+            name: (
+                *map(jax.device_put, pad_for_eval(split.x, split.y, eval_batch_size)),
+                len(split),
+            )
             for name, split in (("val", dataset.validation), ("test", dataset.test))
             if len(split)
         }
         self.train_steps, self.evaluate = train_steps, evaluate
 
-    def run(self, compiled: Compiled, state: Any, mask: Any, key: jax.Array, start: int,
-            num_steps: int) -> tuple[Any, jax.Array]:
+    def run(
+        self, compiled: Compiled, state: Any, mask: Any, key: jax.Array, start: int, num_steps: int
+    ) -> tuple[Any, jax.Array]:
         """Steps ``start .. start + num_steps``, fused into calls of at most ``max_fused``
         steps (one call when unlimited); returns the state and the mean loss."""
         chunk = min(num_steps, self.max_fused or num_steps)
@@ -72,16 +87,25 @@ class StreamFeed:
     """Batches read on the host, one train step per call (a step is long; its dispatch is
     asynchronous, so the next batch is read while the device computes)."""
 
-    def __init__(self, dataset: StreamingDataset, *, batch_size: int, eval_batch_size: int,
-                 seed: int, train_steps: Any, evaluate: Any) -> None:
+    def __init__(
+        self,
+        dataset: StreamingDataset,
+        *,
+        batch_size: int,
+        eval_batch_size: int,
+        seed: int,
+        train_steps: Any,
+        evaluate: Any,
+    ) -> None:
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.eval_batch_size = eval_batch_size
         self.train_steps, self.evaluate = train_steps, evaluate
         self._batches: Iterator | None = None
         self._next_step: int | None = None
 
-    def run(self, compiled: Compiled, state: Any, mask: Any, key: jax.Array, start: int,
-            num_steps: int) -> tuple[Any, jax.Array]:
+    def run(
+        self, compiled: Compiled, state: Any, mask: Any, key: jax.Array, start: int, num_steps: int
+    ) -> tuple[Any, jax.Array]:
         if self._next_step != start:
             self._batches = self.dataset.train_batches(self.batch_size, self.seed, start)
         losses = []
