@@ -45,21 +45,6 @@ from typing import Any
 
 import pandas as pd
 
-RESULT_COLUMNS = (
-    "experiment",
-    "hash",
-    "replicate",
-    "level",
-    "branch",
-    "weights_remaining_pct",
-    "test_accuracy",
-    "best_test_accuracy",
-    "early_stop_iteration",
-    "early_stop_test_accuracy",
-    "params_remaining",
-    "wall_seconds",
-    "path",
-)
 DTYPES = {
     "experiment": "string",
     "hash": "string",
@@ -75,6 +60,8 @@ DTYPES = {
     "wall_seconds": "float64",
     "path": "string",
 }
+# The columns of load_results, in order, with their dtypes.
+RESULT_COLUMNS = tuple(DTYPES)
 KEYS = ("experiment", "hash", "replicate", "level", "branch")
 SERIES = ("experiment", "hash", "branch")
 GROUP = (*SERIES, "level")
