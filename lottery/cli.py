@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lottery import imp
+from lottery import experiment
 from lottery.analysis import plot_sparsity_accuracy
 from lottery.config import Config, ConfigError, register
 from lottery.logging import console, error_line, summary_table
@@ -64,7 +64,7 @@ def run(cfg: DictConfig) -> int:
     """Run the experiment; print the table and draw the plot. Returns the exit code."""
     config = to_config(cfg)
     try:
-        store, rows = imp.run(config)
+        store, rows = experiment.run(config)
     except ConfigError as error:
         error_line(str(error))
         return 2

@@ -11,7 +11,7 @@ from lottery.config.schema import (
     TrainConfig,
     register,
 )
-from lottery.config.steps import Step, to_iterations
+from lottery.config.steps import Step, parse_cadence, to_iterations
 from lottery.config.validate import validate
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "PruningConfig",
     "Step",
     "TrainConfig",
+    "parse_cadence",
     "register",
     "to_iterations",
     "validate",

@@ -94,6 +94,15 @@ class TrainConfig:
     batch_size: int = 100
     eval_every: str = "300it"
     eval_batch_size: int = 1000
+    # Each level draws its own batch order and augmentation from (data_seed, level), as the
+    # papers do (fresh SGD noise per level); true replays level 0's batches at every level.
+    replay_data_order: bool = False
+    # Checkpoint the whole training state every this many steps ("2000it", "1ep") or, with
+    # a time ("30s", "5min"), at the first evaluation that long after the previous one.
+    # A run started again resumes from the newest checkpoint. Not in the experiment hash.
+    checkpoint_every: str = "5min"
+    # Checkpoints kept per unfinished level (the newest ones). Not in the experiment hash.
+    keep_checkpoints: int = 2
 
 
 @dataclass
@@ -114,7 +123,10 @@ class Config:
     """The whole experiment."""
 
     name: str = "mnist1d_imp"
+    # The replicate: initialisation, and the data order unless ``data_seed`` is set.
     seed: int = 0
+    # Seed of the batch order and augmentation; None: the same as ``seed``.
+    data_seed: int | None = None
     results_root: str = "results"
     # Show a live progress bar (rich); off in non-interactive logs if you prefer.
     progress: bool = True

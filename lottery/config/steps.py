@@ -48,3 +48,28 @@ class Step:
 def to_iterations(text: str | int, steps_per_epoch: int, field: str = "step") -> int:
     """Shorthand for ``Step.parse(text, field).to_iterations(steps_per_epoch)``."""
     return Step.parse(text, field).to_iterations(steps_per_epoch)
+
+
+_SECONDS_RE = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>s|min|h)\s*$")
+_UNIT_SECONDS = {"s": 1.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_cadence(text: str, field: str) -> Step | float:
+    """A cadence: a duration of training (``2000it``, ``1ep``) or of wall time, in seconds
+    (``30s``, ``5min``, ``1h``)."""
+    match = _SECONDS_RE.match(str(text))
+    if match:
+        seconds = float(match["n"]) * _UNIT_SECONDS[match["unit"]]
+        if seconds <= 0:
+            raise ConfigError(f"{field}={text!r} must be longer than 0 seconds")
+        return seconds
+    try:
+        step = Step.parse(text, field)
+    except ConfigError:
+        raise ConfigError(
+            f"{field}={text!r} is neither a duration of training ('2000it', '1ep') nor of time "
+            "('30s', '5min', '1h')"
+        ) from None
+    if step == Step():
+        raise ConfigError(f"{field}={text!r} must be longer than 0 iterations")
+    return step

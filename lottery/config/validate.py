@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from lottery.config.errors import ConfigError
 from lottery.config.schema import Config
-from lottery.config.steps import Step
-
-PRUNING_METHODS = ("magnitude",)
-PRUNING_SCOPES = ("global", "layerwise")
+from lottery.config.steps import Step, parse_cadence
 
 
 def validate(cfg: Config) -> None:
@@ -17,14 +14,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"pruning.fraction={pruning.fraction} must be in [0, 1): it is the fraction of the "
             "remaining weights removed per level (0.2 removes 20%)"
-        )
-    if pruning.method not in PRUNING_METHODS:
-        raise ConfigError(
-            f"unknown pruning.method {pruning.method!r}; choose one of {', '.join(PRUNING_METHODS)}"
-        )
-    if pruning.scope not in PRUNING_SCOPES:
-        raise ConfigError(
-            f"unknown pruning.scope {pruning.scope!r}; choose one of {', '.join(PRUNING_SCOPES)}"
         )
     if pruning.levels < 0:
         raise ConfigError(f"pruning.levels={pruning.levels} must be >= 0 (0 trains the dense net)")
@@ -40,6 +29,15 @@ def validate(cfg: Config) -> None:
         step = Step.parse(value, name)
         if step.epochs == 0 and step.iterations == 0:
             raise ConfigError(f"{name}={value!r} must be longer than 0 iterations")
+    parse_cadence(train.checkpoint_every, "train.checkpoint_every")
+    if train.keep_checkpoints < 1:
+        raise ConfigError(
+            f"train.keep_checkpoints={train.keep_checkpoints} must be >= 1 (the newest "
+            "checkpoints of an unfinished level that are kept)"
+        )
+    for name, seed in (("seed", cfg.seed), ("data_seed", cfg.data_seed)):
+        if seed is not None and not 0 <= seed < 2**32:
+            raise ConfigError(f"{name}={seed} must be in [0, 2^32); choose e.g. {name}=0")
     Step.parse(pruning.rewind_step, "pruning.rewind_step")
     Step.parse(cfg.optimizer.warmup, "optimizer.warmup")
     for milestone in cfg.optimizer.milestones:

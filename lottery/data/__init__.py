@@ -12,8 +12,9 @@ import numpy as np
 
 from lottery.config import ConfigError, DatasetConfig
 from lottery.data import generated, idx, tfds_source
-from lottery.data.batching import batch_order
+from lottery.data.batching import batch_order, stream_seed
 from lottery.data.dataset import Dataset, Split, StreamingDataset, hold_out, normalize
+from lottery.data.fingerprint import fingerprint
 
 _FASHION_HINT = (
     "install Fashion-MNIST with `apt-get install dataset-fashion-mnist` "
@@ -38,9 +39,6 @@ SOURCES: dict[str, tuple[Loader, int]] = {
     "cifar10": (lambda cfg: tfds_source.load("cifar10", cfg.path), 10),
     "cifar100": (lambda cfg: tfds_source.load("cifar100", cfg.path), 100),
 }
-
-# Datasets whose identity is given by ``dataset.path`` (so the path enters the experiment hash).
-PATH_IDENTIFIES_DATA = frozenset({"idx"})
 
 
 def _imagenet(cfg: DatasetConfig) -> StreamingDataset:
@@ -80,7 +78,6 @@ def load(cfg: DatasetConfig) -> Dataset | StreamingDataset:
 
 
 __all__ = [
-    "PATH_IDENTIFIES_DATA",
     "SOURCES",
     "STREAMING",
     "Dataset",
@@ -88,5 +85,7 @@ __all__ = [
     "StreamingDataset",
     "batch_order",
     "check_name",
+    "fingerprint",
     "load",
+    "stream_seed",
 ]

@@ -54,6 +54,8 @@ class StreamingDataset:
     train_batches: Callable[[int, int, int], Iterator[Batch]]
     # split ("val", "test") -> batch_size -> one pass over that split
     eval_batches: dict[str, Callable[[int], Iterator[Batch]]]
+    # Identifies the files read (names, sizes), standing for a digest of every example.
+    fingerprint: str = ""
 
 
 def hold_out(x: np.ndarray, y: np.ndarray, validation_size: int) -> tuple[Split, Split]:

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from lottery.data.dataset import StreamingDataset
-from lottery.data.tfds_source import open_split
+from lottery.data.tfds_source import files_fingerprint, open_split
 
 NAME = "imagenet2012"
 NUM_CLASSES = 1000
@@ -167,4 +167,5 @@ def imagenet_dataset(
         num_train,
         train_batches,
         {name: eval_batches(split) for name, split in evals.items()},
+        files_fingerprint(NAME, data_dir),
     )

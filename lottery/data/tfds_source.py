@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,6 +77,18 @@ def _unreadable_message(name: str, split: str, data_dir: str | None, error: Exce
         f"tfds cannot read {name} split {split!r} from {builder.data_dir} "
         f"({type(error).__name__}: {detail}); it must be prepared as array_record: {prepare}"
     )
+
+
+def files_fingerprint(name: str, data_dir: str | None) -> str:
+    """A digest of the names and sizes of a prepared dataset's files (for streamed datasets,
+    too big to read whole at start): another version or another preparation hashes apart."""
+    import hashlib
+
+    root = Path(_tfds().builder(name, data_dir=resolve_data_dir(data_dir)).data_dir)
+    digest = hashlib.blake2b(digest_size=8)
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(root)}:{file.stat().st_size};".encode())
+    return digest.hexdigest()
 
 
 def read_split(source: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:

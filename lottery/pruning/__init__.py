@@ -12,9 +12,12 @@ from lottery.pruning.mask import (
     unflatten,
 )
 from lottery.pruning.report import sparsity_report
+from lottery.pruning.strategies import STRATEGIES, Strategy, strategy_for
 
 __all__ = [
+    "STRATEGIES",
     "Mask",
+    "Strategy",
     "apply_mask",
     "count_alive",
     "flatten",
@@ -25,5 +28,6 @@ __all__ = [
     "prune_count",
     "pruning_groups",
     "sparsity_report",
+    "strategy_for",
     "unflatten",
 ]

@@ -7,8 +7,8 @@ flat index), so the same weights always give the same mask.
 
 from __future__ import annotations
 
-import math
 import re
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -18,8 +18,13 @@ from lottery.pruning.mask import Mask, flatten, layer_of, unflatten
 
 
 def prune_count(fraction: float, alive: int) -> int:
-    """How many of ``alive`` weights a level removes at rate ``fraction``: round half up."""
-    return min(alive, math.floor(fraction * alive + 0.5))
+    """How many of ``alive`` weights a level removes at rate ``fraction``: round half up.
+
+    In exact rational arithmetic on the fraction as written (``0.35`` is 7/20, not the
+    binary float just below it), so ``round(0.35 * 20) = 7`` as a reader expects, for every n.
+    """
+    rate = Fraction(repr(float(fraction)))
+    return min(alive, (2 * rate.numerator * alive + rate.denominator) // (2 * rate.denominator))
 
 
 def layer_rates(

@@ -1,23 +1,41 @@
 """Content-addressed result folders with atomic writes. Computes nothing."""
 
-from lottery.store.hashing import NOT_HASHED, experiment_hash, hashed_values
+from lottery.store.hashing import (
+    NOT_HASHED,
+    dense_hash,
+    dense_values,
+    digest,
+    experiment_hash,
+    hashed_values,
+)
+from lottery.store.lock import locked
 from lottery.store.results import (
     CURVE_COLUMNS,
+    MAIN_BRANCH,
     ExperimentStore,
-    LevelWriter,
+    PartialFolder,
     ReplicateStore,
     load_tree_npz,
+    read_summary,
     save_tree_npz,
+    set_aside,
 )
 
 __all__ = [
     "CURVE_COLUMNS",
+    "MAIN_BRANCH",
     "NOT_HASHED",
     "ExperimentStore",
-    "LevelWriter",
+    "PartialFolder",
     "ReplicateStore",
+    "dense_hash",
+    "dense_values",
+    "digest",
     "experiment_hash",
     "hashed_values",
     "load_tree_npz",
+    "locked",
+    "read_summary",
     "save_tree_npz",
+    "set_aside",
 ]

@@ -2,8 +2,14 @@
 
 As in OpenLTH, only values that differ from the schema's defaults enter the hash, so adding
 a new option with a default later does not rename every existing result folder. Names,
-seeds (replicates live inside the folder), paths, display and logging settings, the eval
-batch size and the number of levels (more levels extend a run) are left out.
+seeds (replicates live inside the folder), paths, display, logging and checkpoint settings,
+the eval batch size and the number of levels (more levels extend a run) are left out. The
+data itself enters as a fingerprint of what was read (``data.fingerprint``), so two
+directories of different files never share a folder.
+
+Level 0 (the dense training and its rewind points) has a hash of its own, of the same values
+less those that only change levels >= 1: every ``pruning.*`` key and
+``train.replay_data_order``. A sweep over pruning settings trains the dense network once.
 """
 
 from __future__ import annotations
@@ -16,9 +22,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lottery.config import Config
-from lottery.data import PATH_IDENTIFIES_DATA
 
-# Dotted keys that never change what training computes.
+# Dotted keys (or top-level groups) that never change what training computes.
 NOT_HASHED = frozenset(
     {
         "name",
@@ -29,8 +34,13 @@ NOT_HASHED = frozenset(
         "dataset.path",
         "pruning.levels",
         "train.eval_batch_size",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
     }
 )
+
+# Keys that change levels >= 1 only, left out of level 0's hash.
+ONLY_PRUNED_LEVELS = ("pruning.", "train.replay_data_order")
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -42,25 +52,42 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
-def hashed_values(cfg: Config | DictConfig) -> dict[str, Any]:
-    """The dotted config values that define the experiment (non-default, result-changing)."""
+def hashed_values(cfg: Config | DictConfig, data_fingerprint: str | None = None) -> dict[str, Any]:
+    """The dotted config values that define the experiment (non-default, result-changing),
+    with ``data.fingerprint`` when the data's fingerprint is given."""
     values = _flat(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
+    if values.get("data_seed") == values.get("seed"):
+        values["data_seed"] = None  # the same as leaving it unset
     defaults = _flat(dataclasses.asdict(Config()))
+    groups = {k for k in NOT_HASHED if "." not in k}
     keep = {}
     for key, value in sorted(values.items()):
-        if key in NOT_HASHED and not (
-            key == "dataset.path" and values.get("dataset.name") in PATH_IDENTIFIES_DATA
-        ):
-            continue
-        if key.split(".")[0] in {k for k in NOT_HASHED if "." not in k}:
+        if key in NOT_HASHED or key.split(".")[0] in groups:
             continue
         if key in defaults and defaults[key] == value:
             continue
         keep[key] = value
+    if data_fingerprint is not None:
+        keep["data.fingerprint"] = data_fingerprint
     return keep
 
 
-def experiment_hash(cfg: Config | DictConfig) -> str:
-    """A 10-hex-digit digest naming the experiment's result folder."""
-    payload = json.dumps(hashed_values(cfg), sort_keys=True, separators=(",", ":"))
+def dense_values(hashed: dict[str, Any]) -> dict[str, Any]:
+    """The values of :func:`hashed_values` that change level 0."""
+    return {k: v for k, v in hashed.items() if not k.startswith(ONLY_PRUNED_LEVELS)}
+
+
+def digest(values: dict[str, Any]) -> str:
+    """A 10-hex-digit digest of hashed values."""
+    payload = json.dumps(values, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
+
+def experiment_hash(cfg: Config | DictConfig, data_fingerprint: str | None = None) -> str:
+    """The digest naming the experiment's result folder."""
+    return digest(hashed_values(cfg, data_fingerprint))
+
+
+def dense_hash(cfg: Config | DictConfig, data_fingerprint: str | None = None) -> str:
+    """The digest naming the folder of the experiment's level 0 (``dense_<digest>``)."""
+    return digest(dense_values(hashed_values(cfg, data_fingerprint)))

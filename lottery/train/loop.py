@@ -1,11 +1,23 @@
-"""The training loop of one level: compiled once per run, reused by every level."""
+"""The training loop: ``train(run, until, hooks)`` from any state to a step, with hooks.
+
+A :class:`RunState` is everything a stretch of training carries (the :class:`TrainState`, the
+mask, the evaluations so far, the training loss since the last evaluation): a checkpoint
+holds exactly it, so a run restored from one goes on as if it had never stopped.
+
+Hooks ask for the steps they want to be called at (evaluation, the rewind point, a
+checkpoint, a mask update); between two such steps the loop runs one fused, jit-compiled
+stretch of training (``lax.scan``), so the hot path is what it was without hooks. The steps
+a hook asks for are absolute (multiples of a cadence, fixed steps), never relative to where a
+run started, so a resumed run cuts its training into the same stretches as an uninterrupted
+one and computes the same bits.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +37,6 @@ from lottery.train.steps import (
     make_train_steps,
 )
 
-EvalCallback = Callable[[dict[str, float]], None]
-
 
 @dataclass
 class Timing:
@@ -39,26 +49,41 @@ class Timing:
     def as_dict(self) -> dict[str, float]:
         return {"compile": self.compile, "train": self.train, "eval": self.eval}
 
+    def since(self, before: Timing) -> Timing:
+        return Timing(
+            self.compile - before.compile, self.train - before.train, self.eval - before.eval
+        )
+
 
 @dataclass
-class LevelResult:
-    """What one training run gives back: final weights, evaluations, the rewind point."""
+class RunState:
+    """What a training run carries from hook to hook; a checkpoint saves all of it."""
 
-    params: Any
-    batch_stats: Any
-    history: list[dict[str, float]]
-    # Host copies of (params, batch_stats) at ``snapshot_step``, when the run passed it.
-    snapshot: tuple[Any, Any] | None
-    timing: Timing = field(default_factory=Timing)
-    steps: int = 0
+    step: int  # the host's copy of ``state.step`` (reading the device's would sync)
+    state: TrainState
+    mask: Any  # pytree of bools shaped like the params, on the device
+    history: list[dict[str, float]] = field(default_factory=list)
+    # Training loss summed over the steps since the last evaluation, and their number.
+    loss_sum: float = 0.0
+    loss_steps: int = 0
+
+    def take_train_loss(self) -> float | None:
+        """The mean training loss since the last call (None if no step ran), and reset it."""
+        if not self.loss_steps:
+            return None
+        mean = self.loss_sum / self.loss_steps
+        self.loss_sum, self.loss_steps = 0.0, 0
+        return mean
 
 
-def eval_points(start: int, end: int, every: int, extra: int | None = None) -> list[int]:
-    """Steps at which a run from ``start`` to ``end`` stops: evaluations, ``extra``, the end."""
-    points = {start, end, *range((start // every + 1) * every, end, every)}
-    if extra is not None and start < extra < end:
-        points.add(extra)
-    return sorted(points)
+class Hook(Protocol):
+    """Something done at chosen steps of training."""
+
+    def steps(self, start: int, end: int) -> Iterable[int]:
+        """The steps in ``[start, end]`` at which to be called."""
+
+    def __call__(self, run: RunState, trainer: Trainer) -> None:
+        """Act at ``run.step`` (may replace ``run.mask``; must not replace ``run.state``)."""
 
 
 class Trainer:
@@ -73,22 +98,20 @@ class Trainer:
         batch_size: int,
         total_steps: int,
         steps_per_epoch: int,
-        eval_every: int,
         eval_batch_size: int,
-        seed: int,
+        data_seed: int,
         augment: Augment | None = None,
     ) -> None:
         self.network = network
         self.total_steps = total_steps
-        self.eval_every = eval_every
+        self.data_seed = data_seed
         self.tx = make_optimizer(optimizer)
         self.schedule = make_schedule(optimizer, steps_per_epoch, total_steps)
-        self.key = jax.random.fold_in(jax.random.key(seed), 1)
         evaluate = make_evaluate(network)
         if isinstance(dataset, StreamingDataset):
             steps = make_streamed_train_steps(network, self.tx, self.schedule, augment)
             self.feed: DeviceFeed | StreamFeed = StreamFeed(
-                dataset, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
+                dataset, batch_size=batch_size, eval_batch_size=eval_batch_size,
                 train_steps=steps, evaluate=evaluate,
             )
         else:
@@ -96,11 +119,32 @@ class Trainer:
             params = jax.eval_shape(network.init, jax.random.key(0))[0]
             self.feed = DeviceFeed(
                 dataset, batch_size=batch_size, total_steps=total_steps,
-                eval_batch_size=eval_batch_size, seed=seed, train_steps=steps, evaluate=evaluate,
+                eval_batch_size=eval_batch_size, train_steps=steps, evaluate=evaluate,
                 max_fused=fused_steps_limit(params),
             )
+        self.use_data_stream(0)
         self._compiled: dict[Any, Any] = {}
         self.timing = Timing()
+
+    def use_data_stream(self, stream: int) -> None:
+        """Draw batch order and augmentation from ``(data_seed, stream)``; a level is a stream.
+
+        Both are functions of (data_seed, stream, step) only, so any stretch of a level can be
+        trained again, or resumed, and see the same data.
+        """
+        self.stream = stream
+        self.feed.use_stream(self.data_seed, stream)
+        base = jax.random.fold_in(jax.random.key(self.data_seed), 1)
+        self.key = jax.random.fold_in(base, stream)
+
+    def init_state(self, step: int, params: Any, batch_stats: Any) -> TrainState:
+        """A state at ``step`` with a fresh optimizer state (``params`` already masked)."""
+        return TrainState.create(step, params, batch_stats, self.tx)
+
+    def start(self, step: int, params: Any, batch_stats: Any, mask: Any) -> RunState:
+        """A fresh :class:`RunState` at ``step``: given weights, fresh optimizer, no history."""
+        device_mask = jax.tree.map(jnp.asarray, mask)
+        return RunState(step, self.init_state(step, params, batch_stats), device_mask)
 
     def _compiled_fn(self, key: Any, jitted: Any, *args: Any, **static: Any) -> Any:
         """Compile ``jitted`` ahead of time once per ``key``, counting the seconds it takes."""
@@ -121,52 +165,31 @@ class Trainer:
         self.timing.eval += time.perf_counter() - start - (self.timing.compile - compile_before)
         return metrics
 
-    def train(
-        self,
-        params: Any,
-        batch_stats: Any,
-        mask: Any,
-        start_step: int,
-        snapshot_step: int | None = None,
-        on_eval: EvalCallback | None = None,
-    ) -> LevelResult:
-        """Train from ``start_step`` to the end under ``mask``, evaluating on the cadence.
+    def train(self, run: RunState, until: int, hooks: Sequence[Hook] = ()) -> RunState:
+        """Train ``run`` to step ``until``, calling each hook at the steps it asks for.
 
-        ``params`` must already be masked. At ``snapshot_step`` (if the run passes it) a host
-        copy of the weights is kept: the rewind point.
+        Hooks run in the order given when several want the same step. Training between two
+        consecutive hook steps is one fused stretch (one host sync, for its loss).
         """
-        before = Timing(**self.timing.as_dict())
-        state = TrainState.create(start_step, params, batch_stats, self.tx)
-        device_mask = jax.tree.map(jnp.asarray, mask)
-        history: list[dict[str, float]] = []
-        snapshot = None
-        points = eval_points(start_step, self.total_steps, self.eval_every, snapshot_step)
-        step, loss = start_step, None
-        for target in points:
-            if target > step:
+        wanted = [
+            {s for s in hook.steps(run.step, until) if run.step <= s <= until} for hook in hooks
+        ]
+        for target in sorted(set().union(*wanted, {until})):
+            if target > run.step:
+                num_steps = target - run.step
                 compile_before, begin = self.timing.compile, time.perf_counter()
-                state, loss = self.feed.run(
-                    self._compiled_fn, state, device_mask, self.key, step, target - step
+                run.state, loss = self.feed.run(
+                    self._compiled_fn, run.state, run.mask, self.key, run.step, num_steps
                 )
-                loss = float(loss)  # the one host sync of a training segment
+                run.loss_sum += float(loss) * num_steps  # the one host sync of a stretch
+                run.loss_steps += num_steps
                 elapsed = time.perf_counter() - begin
                 self.timing.train += elapsed - (self.timing.compile - compile_before)
-                step = target
-            if step == snapshot_step:
-                snapshot = jax.device_get((state.params, state.batch_stats))
-            if step % self.eval_every == 0 or step in (start_step, self.total_steps):
-                record: dict[str, float] = {"iteration": step}
-                if loss is not None:
-                    record["train/loss"] = loss
-                record.update(self.evaluate(state.params, state.batch_stats))
-                history.append(record)
-                if on_eval is not None:
-                    on_eval(record)
-        params_out, stats_out = jax.device_get((state.params, state.batch_stats))
-        timing = Timing(**{k: v - getattr(before, k) for k, v in self.timing.as_dict().items()})
-        return LevelResult(
-            params_out, stats_out, history, snapshot, timing, self.total_steps - start_step
-        )
+                run.step = target
+            for hook, steps in zip(hooks, wanted, strict=True):
+                if target in steps:
+                    hook(run, self)
+        return run
 
 
 def host_tree(tree: Any) -> Any:

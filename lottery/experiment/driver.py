@@ -1,0 +1,246 @@
+"""Iterative pruning with weight rewinding, level by level: the experiment driver.
+
+Level 0 trains the dense network from θ_0 in the experiment's dense folder, shared by every
+pruning setting of the same training (see :mod:`lottery.store.hashing`), and keeps θ_k, the
+weights and BatchNorm statistics at the rewind step k, the moment training passes it. Every
+level L >= 1 is two steps, each skipped when its output exists:
+
+1. ``prune(L)``: the strategy prunes level L-1's final weights, giving mask_L, written first;
+2. ``train(L)``: θ_k ⊙ mask_L trains from step k to the end with a fresh optimizer state, the
+   learning-rate schedule going on from step k, and its own batch order and augmentation,
+   drawn from (data_seed, L) (or level 0's with ``train.replay_data_order``).
+
+k = 0 is the original lottery ticket (Frankle & Carbin 2019); k > 0 is rewinding (Frankle et
+al. 2020). A level killed at any moment resumes from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from lottery.config import Config
+from lottery.data.augment import crop_flip
+from lottery.experiment.levels import LevelRun, LevelStart, boundary_steps, train_level
+from lottery.experiment.plan import Plan, prepare
+from lottery.experiment.summary import summarize
+from lottery.logging import RunLogger, console, make_loggers
+from lottery.pruning import apply_mask, full_mask
+from lottery.store import (
+    ExperimentStore,
+    PartialFolder,
+    ReplicateStore,
+    dense_values,
+    locked,
+)
+from lottery.train import AtSteps, RunState, Timing, Trainer, host_tree
+
+
+class Experiment:
+    """One replicate of an iterative pruning experiment, level by level."""
+
+    def __init__(self, plan: Plan, loggers: list[RunLogger] | None = None) -> None:
+        self.plan = plan
+        self.loggers = list(loggers or [])
+        cfg = plan.cfg
+        self.store = ExperimentStore(cfg.results_root, cfg.name, plan.digest, plan.dense_digest)
+        self.replicate: ReplicateStore = self.store.replicate(cfg.seed)
+        self.dense: ReplicateStore = self.store.dense_replicate(cfg.seed)
+        self._trainer: Trainer | None = None
+
+    @property
+    def trainer(self) -> Trainer:
+        """Built on first use, so a finished experiment compiles nothing."""
+        if self._trainer is None:
+            plan, cfg = self.plan, self.plan.cfg
+            self._trainer = Trainer(
+                plan.network,
+                plan.dataset,
+                cfg.optimizer,
+                batch_size=cfg.train.batch_size,
+                total_steps=plan.total_steps,
+                steps_per_epoch=plan.steps_per_epoch,
+                eval_batch_size=cfg.train.eval_batch_size,
+                data_seed=plan.data_seed,
+                augment=crop_flip if cfg.dataset.augment else None,
+            )
+        return self._trainer
+
+    # -- level 0 and the rewind point -----------------------------------------------------
+
+    def _save_rewind_point(self, run: RunState) -> None:
+        params, batch_stats = host_tree((run.state.params, run.state.batch_stats))
+        self.dense.save_rewind_point(run.step, params, batch_stats)
+
+    def dense_level(self) -> dict[str, Any] | None:
+        """Train level 0 in the dense folder unless done; link it into this experiment.
+
+        Returns its summary if this run trained it, else None.
+        """
+        plan = self.plan
+        summary = None
+        with locked(self.dense.path):
+            if not self.dense.is_done(0):
+                folder = self.dense.partial_level(0)
+                mask = self._prune_into(folder, lambda: full_mask(plan.init_params))
+                start = LevelStart(0, plan.init_params, plan.init_batch_stats, mask)
+                rewind = AtSteps([plan.rewind_step], self._save_rewind_point)
+                summary = self._train_into(folder, 0, start, [rewind], plan.dense_digest)
+        newly_linked = not self.replicate.level_path(0).is_symlink()
+        self.replicate.link_level(0, self.dense.level_path(0))
+        if summary is None and newly_linked:
+            console.print(
+                f"level  0: reusing the dense training in {self.store.dense_path.name} "
+                "(same data, model, optimizer and training)"
+            )
+            self._replay_to_loggers(0)
+        return summary
+
+    def rewind_point(self) -> tuple[Any, Any]:
+        """θ_k and its BatchNorm statistics; made again from θ_0 if the file is missing.
+
+        Training to step k is a function of the seeds, so level 0's first k steps are run
+        again (stopping at the same steps as level 0 did) and give the same bits.
+        """
+        plan, k = self.plan, self.plan.rewind_step
+        point = self.dense.rewind_point(k)
+        if point is not None:
+            return point
+        console.print(f"level  0: making the rewind point at step {k:,} (training to it again)")
+        trainer = self.trainer
+        trainer.use_data_stream(plan.data_stream(0))
+        run = trainer.start(0, plan.init_params, plan.init_batch_stats,
+                            full_mask(plan.init_params))
+        stops = AtSteps(boundary_steps(plan, 0, plan.total_steps), lambda run: None)
+        with locked(self.dense.path):
+            trainer.train(run, k, [stops, AtSteps([k], self._save_rewind_point)])
+        point = self.dense.rewind_point(k)
+        assert point is not None
+        return point
+
+    # -- levels >= 1: prune, then train ----------------------------------------------------
+
+    def _prune_into(self, folder: PartialFolder, make_mask: Any) -> Any:
+        """The folder's mask: read if written, else made by ``make_mask()`` and written."""
+        if folder.has_mask():
+            try:
+                return folder.load_mask()
+            except Exception:  # a truncated mask (killed mid-write): make it again
+                pass
+        folder.path.mkdir(parents=True, exist_ok=True)
+        mask = make_mask()
+        folder.save_mask(mask)
+        return mask
+
+    def prune(self, level: int) -> tuple[PartialFolder, Any, float]:
+        """Write level ``level``'s mask first (unless written); (folder, mask, seconds)."""
+        plan = self.plan
+        folder = self.replicate.partial_level(level)
+        begin = time.perf_counter()
+
+        def make_mask() -> Any:
+            previous, _ = self.replicate.params(level - 1)
+            return plan.strategy.prune(
+                previous, self.replicate.mask(level - 1), plan.prunable, plan.strategy_settings
+            )
+
+        mask = self._prune_into(folder, make_mask)
+        return folder, mask, time.perf_counter() - begin
+
+    def train(self, level: int) -> dict[str, Any]:
+        """Prune (if needed) and train level ``level`` >= 1 from the rewind point."""
+        folder, mask, prune_seconds = self.prune(level)
+        if folder.is_whole():  # killed between its last write and the rename
+            folder.publish()
+            return self.replicate.summary(level)
+        params, batch_stats = self.rewind_point()
+        start = LevelStart(
+            self.plan.rewind_step, host_tree(apply_mask(params, mask)), batch_stats, mask
+        )
+        return self._train_into(folder, level, start, [], self.plan.digest, prune_seconds)
+
+    def _train_into(
+        self,
+        folder: PartialFolder,
+        level: int,
+        start: LevelStart,
+        hooks: list[Any],
+        digest: str,
+        prune_seconds: float = 0.0,
+    ) -> dict[str, Any]:
+        plan, wall = self.plan, time.perf_counter()
+        trainer = self.trainer
+        before = Timing(**trainer.timing.as_dict())
+        result: LevelRun = train_level(plan, trainer, folder, level, start, self.loggers, hooks)
+        begin_store = time.perf_counter()
+        run = result.run
+        mask, params, batch_stats = host_tree((run.mask, run.state.params, run.state.batch_stats))
+        folder.save_weights(params, batch_stats)
+        summary = summarize(plan, level, start.step, mask, run.history, digest=digest)
+        timing: dict[str, Any] = trainer.timing.since(before).as_dict()
+        steps = plan.total_steps - (result.resumed_from or start.step)
+        timing.update(
+            prune=prune_seconds,
+            checkpoint=result.checkpoint_seconds,
+            checkpoints=result.checkpoints,
+            resumed_from=result.resumed_from,
+            steps_per_second=steps / timing["train"] if timing["train"] else None,
+        )
+        timing["store"] = time.perf_counter() - begin_store
+        timing["wall"] = time.perf_counter() - wall
+        summary["timing"] = timing
+        folder.finish(summary)
+        for logger in self.loggers:
+            logger.log_level(summary)
+        return summary
+
+    def _replay_to_loggers(self, level: int) -> None:
+        """Send a level trained by another run to this run's loggers (W&B), from the store."""
+        if not self.loggers:
+            return
+        summary = self.replicate.summary(level)
+        metrics = self.replicate.level_path(level) / "metrics.jsonl"
+        records = [json.loads(line) for line in metrics.read_text().splitlines() if line]
+        for logger in self.loggers:
+            logger.begin_level(level, summary["weights_remaining_pct"])
+            for record in records:
+                logger.log_eval(level, record)
+            logger.log_level(summary)
+
+    # -- the whole run --------------------------------------------------------------------
+
+    def run(self) -> list[dict[str, Any]]:
+        """Run every level not yet finished; returns the experiment's curve rows."""
+        cfg, plan = self.plan.cfg, self.plan
+        config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+        self.store.write_config(config_yaml, plan.hashed, dense_values(plan.hashed))
+        console.print(f"results: {self.store.path}")
+        with locked(self.replicate.path):
+            for level in range(cfg.pruning.levels + 1):
+                if level == 0:
+                    summary = self.dense_level()
+                elif self.replicate.is_done(level):
+                    continue
+                else:
+                    summary = self.train(level)
+                if summary is not None:
+                    console.print(
+                        f"level {level:>2}: {summary['weights_remaining_pct']:6.2f}% weights "
+                        f"left, test accuracy {100 * summary['test_accuracy']:.2f}% "
+                        f"({summary['timing']['wall']:.1f} s)"
+                    )
+                    self.store.write_curve()
+            rows = self.store.write_curve()
+        for logger in self.loggers:
+            logger.finish(rows)
+        return rows
+
+
+def run(cfg: Config) -> tuple[ExperimentStore, list[dict[str, Any]]]:
+    """Validate ``cfg`` and run (or finish) its experiment; returns the store and curve."""
+    plan = prepare(cfg)
+    experiment = Experiment(plan, make_loggers(cfg, plan.digest))
+    return experiment.store, experiment.run()

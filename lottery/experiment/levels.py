@@ -1,0 +1,102 @@
+"""Training one level (or branch) in its unfinished folder, resuming from its checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lottery.experiment.plan import Plan
+from lottery.logging import LevelProgress, RunLogger, console
+from lottery.pruning import sparsity_report
+from lottery.store import PartialFolder
+from lottery.train import Checkpoint, Evaluate, Hook, RunState, Trainer
+from lottery.train.checkpoint import Checkpointer
+from lottery.train.hooks import multiples
+
+
+@dataclass
+class LevelStart:
+    """Where a level's training starts when it has no checkpoint: step, weights, mask."""
+
+    step: int
+    params: Any  # already masked
+    batch_stats: Any
+    mask: Any
+
+
+@dataclass
+class LevelRun:
+    """A level's training as it ended, with what it cost."""
+
+    run: RunState
+    resumed_from: int | None
+    checkpoint_seconds: float = 0.0
+    checkpoints: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def boundary_steps(plan: Plan, start: int, end: int) -> set[int]:
+    """The steps at which level training stops anyway (evaluations, step-cadence checkpoints).
+
+    Training again to a step (the rewind point of a finished level 0) stops at the same
+    steps, so it computes the same bits.
+    """
+    steps = {start, end, *multiples(plan.eval_every, start, end)}
+    if plan.checkpoint_steps:
+        steps |= {s for s in multiples(plan.checkpoint_steps, start, end) if s < end}
+    return steps
+
+
+def checkpoint_hook(plan: Plan, checkpointer: Checkpointer) -> Checkpoint:
+    """Checkpoints at the configured cadence (steps, or time at evaluations)."""
+    if plan.checkpoint_steps:
+        return Checkpoint(checkpointer, every_steps=plan.checkpoint_steps)
+    return Checkpoint(
+        checkpointer, every_seconds=plan.checkpoint_seconds, boundaries=plan.eval_every
+    )
+
+
+def train_level(
+    plan: Plan,
+    trainer: Trainer,
+    folder: PartialFolder,
+    level: int,
+    start: LevelStart,
+    loggers: Sequence[RunLogger] = (),
+    hooks: Sequence[Hook] = (),
+) -> LevelRun:
+    """Train ``level`` to the end in ``folder``: from its newest readable checkpoint if it
+    has one (saying so in one line), else from ``start``. ``hooks`` run after evaluation
+    and before the checkpoint at a step."""
+    trainer.use_data_stream(plan.data_stream(level))
+    checkpointer = Checkpointer(folder.checkpoint_dir, plan.cfg.train.keep_checkpoints)
+    try:
+        run = trainer.start(start.step, start.params, start.batch_stats, start.mask)
+        restored = checkpointer.restore_latest(run)
+        resumed_from = None
+        if restored is not None:
+            run, resumed_from = restored, restored.step
+            console.print(f"level {level}: resuming from step {run.step:,}")
+        folder.write_metrics(run.history)
+        weights_pct = sparsity_report(start.mask, plan.prunable)["weights_remaining_pct"]
+        for logger in loggers:
+            logger.begin_level(level, weights_pct)
+        with LevelProgress(
+            level, weights_pct, start.step, plan.total_steps, plan.cfg.progress
+        ) as bar:
+
+            def on_record(record: dict[str, float]) -> None:
+                folder.log(record)
+                bar.update(record)
+                for logger in loggers:
+                    logger.log_eval(level, record)
+
+            saver = checkpoint_hook(plan, checkpointer)
+            all_hooks = [Evaluate(plan.eval_every, on_record), *hooks, saver]
+            trainer.train(run, plan.total_steps, all_hooks)
+        return LevelRun(run, resumed_from, saver.seconds, saver.saves)
+    finally:
+        checkpointer.close()
+        folder.close()
+

@@ -1,0 +1,112 @@
+"""The plan of a run: the config checked against the data and the model, before any writing.
+
+Everything that can be wrong with the input (a bad value, a key that does not apply, a
+dataset that is missing, a rewind step past the end) is found here and raised as one
+:class:`ConfigError` line; nothing is written until :func:`prepare` has returned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+
+from lottery import data, models
+from lottery.config import Config, ConfigError, Step, parse_cadence, to_iterations, validate
+from lottery.config.applicability import check_applicable
+from lottery.pruning import Strategy, prunable_paths, strategy_for
+from lottery.store import dense_values, digest, hashed_values
+from lottery.train import host_tree
+from lottery.train.optim import make_optimizer, make_schedule
+
+
+@dataclass
+class Plan:
+    """Everything a run needs, checked before anything is written."""
+
+    cfg: Config
+    dataset: data.Dataset | data.StreamingDataset
+    network: models.Network
+    steps_per_epoch: int
+    total_steps: int
+    eval_every: int
+    rewind_step: int
+    # Checkpoint cadence: a number of steps, or seconds between checkpoints at evaluations.
+    checkpoint_steps: int | None
+    checkpoint_seconds: float | None
+    init_params: Any
+    init_batch_stats: Any
+    prunable: list[str]
+    strategy: Strategy
+    strategy_settings: Any
+    fingerprint: str
+    hashed: dict[str, Any]
+    digest: str
+    dense_digest: str
+
+    @property
+    def data_seed(self) -> int:
+        return self.cfg.seed if self.cfg.data_seed is None else self.cfg.data_seed
+
+    def data_stream(self, level: int) -> int:
+        """Which level's batch order and augmentation ``level`` trains with."""
+        return 0 if self.cfg.train.replay_data_order else level
+
+
+def prepare(cfg: Config) -> Plan:
+    """Validate the config against the data and model; raise :class:`ConfigError` if bad."""
+    validate(cfg)
+    data.check_name(cfg.dataset.name)
+    models.check_name(cfg.model.name)
+    strategy, settings = strategy_for(cfg.pruning)
+    dataset = data.load(cfg.dataset)
+    check_applicable(cfg, tuple(dataset.input_shape))
+    batch = cfg.train.batch_size
+    if batch > dataset.num_train:
+        raise ConfigError(
+            f"train.batch_size={batch} is larger than the {dataset.num_train} training examples "
+            f"of {cfg.dataset.name}; choose a smaller batch"
+        )
+    steps_per_epoch = dataset.num_train // batch
+    total = to_iterations(cfg.train.steps, steps_per_epoch, "train.steps")
+    eval_every = to_iterations(cfg.train.eval_every, steps_per_epoch, "train.eval_every")
+    rewind = to_iterations(cfg.pruning.rewind_step, steps_per_epoch, "pruning.rewind_step")
+    if rewind >= total:
+        raise ConfigError(
+            f"pruning.rewind_step={cfg.pruning.rewind_step!r} ({rewind} iterations) is at or past "
+            f"the end of training (train.steps={cfg.train.steps!r} = {total} iterations); "
+            f"choose a rewind step below {total}"
+        )
+    cadence = parse_cadence(cfg.train.checkpoint_every, "train.checkpoint_every")
+    checkpoint_steps = cadence.to_iterations(steps_per_epoch) if isinstance(cadence, Step) else None
+    checkpoint_seconds = None if isinstance(cadence, Step) else cadence
+    make_optimizer(cfg.optimizer)
+    make_schedule(cfg.optimizer, steps_per_epoch, total)
+    network = models.build(cfg.model, dataset.input_shape, dataset.num_classes)
+    params, batch_stats = network.init(jax.random.fold_in(jax.random.key(cfg.seed), 0))
+    params, batch_stats = host_tree(params), host_tree(batch_stats)
+    prunable = prunable_paths(params, cfg.pruning.prunable)
+    strategy.check(params, prunable, settings)
+    fingerprint = data.fingerprint(dataset)
+    hashed = hashed_values(cfg, fingerprint)
+    return Plan(
+        cfg,
+        dataset,
+        network,
+        steps_per_epoch,
+        total,
+        eval_every,
+        rewind,
+        checkpoint_steps,
+        checkpoint_seconds,
+        params,
+        batch_stats,
+        prunable,
+        strategy,
+        settings,
+        fingerprint,
+        hashed,
+        digest(hashed),
+        digest(dense_values(hashed)),
+    )

@@ -1,0 +1,56 @@
+"""A finished level's (or branch's) ``summary.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lottery.experiment.plan import Plan
+from lottery.pruning import sparsity_report
+from lottery.store import MAIN_BRANCH
+
+
+def summarize(
+    plan: Plan,
+    level: int,
+    start: int,
+    mask: Any,
+    history: list[dict[str, float]],
+    *,
+    digest: str,
+    branch: str = MAIN_BRANCH,
+) -> dict[str, Any]:
+    """The summary of a training from ``start`` under ``mask`` (timings added by the caller).
+
+    Records what :func:`lottery.load` needs to rebuild the network without the dataset (the
+    input shape and number of classes) and where the data order came from.
+    """
+    final = history[-1]
+    best = max(history, key=lambda r: r["test/accuracy"])
+    summary: dict[str, Any] = {
+        "experiment": plan.cfg.name,
+        "hash": digest,
+        "dense_hash": plan.dense_digest,
+        "replicate": plan.cfg.seed,
+        "data_seed": plan.data_seed,
+        "data_stream": plan.data_stream(level),
+        "level": level,
+        "branch": branch,
+        "input_shape": list(plan.dataset.input_shape),
+        "num_classes": plan.dataset.num_classes,
+        "start_iteration": start,
+        "train_iterations": plan.total_steps - start,
+        "test_accuracy": final["test/accuracy"],
+        "test_loss": final["test/loss"],
+        "best_test_accuracy": best["test/accuracy"],
+        "best_test_iteration": best["iteration"],
+        "early_stop_iteration": None,
+        "early_stop_val_loss": None,
+        "early_stop_test_accuracy": None,
+        **sparsity_report(mask, plan.prunable),
+    }
+    if "val/loss" in final:
+        early = min(history, key=lambda r: r["val/loss"])  # first minimum on ties
+        summary["early_stop_iteration"] = early["iteration"]
+        summary["early_stop_val_loss"] = early["val/loss"]
+        summary["early_stop_test_accuracy"] = early["test/accuracy"]
+    return summary
