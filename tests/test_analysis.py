@@ -63,7 +63,7 @@ def test_load_results_has_the_documented_schema_and_the_summaries(store3):
         load_results(root / "missing")
     with pytest.raises(FileNotFoundError):
         load_results(f"{root}/nothing*")
-    empty = load_results(experiment / "replicate_0" / "rewind_point.npz")
+    empty = load_results(experiment / "replicate_0" / "level_1" / "mask.npz")
     assert empty.empty and tuple(empty.columns) == RESULT_COLUMNS
 
 

@@ -86,6 +86,7 @@ METRIC_COLUMNS = (
 DEFAULT_BRANCH = "imp"
 
 _LEVEL_DIR = re.compile(r"level_\d+")
+_BRANCH_DIR = re.compile(r"branch_[A-Za-z0-9_]+_[0-9a-f]+")
 _REPLICATE_DIR = re.compile(r"replicate_\d+")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -103,21 +104,41 @@ def summary_files(*paths: str | Path) -> list[Path]:
             if path.is_file():
                 candidates = [path] if path.name == "summary.json" else []
             elif path.is_dir():
-                candidates = sorted(path.rglob("summary.json"))
+                # glob, not rglob: it follows the level_0 links into the dense folders.
+                pattern = os.path.join(glob.escape(str(path)), "**", "summary.json")
+                candidates = sorted(Path(f) for f in glob.glob(pattern, recursive=True))
             else:
                 raise FileNotFoundError(f"{match}: no such file or folder")
             for file in candidates:
-                # Only the store's level folders: not `.partial` ones, not W&B's files.
-                level, replicate = file.parent, file.parent.parent
-                if _LEVEL_DIR.fullmatch(level.name) and _REPLICATE_DIR.fullmatch(replicate.name):
-                    found[file.resolve()] = None
+                if _level_folder(file.parent) is not None:
+                    found[file.absolute()] = None
     return list(found)
+
+
+def _level_folder(folder: Path) -> Path | None:
+    """The level folder of a finished level or branch folder of an experiment, else None.
+
+    Not ``.partial`` or set-aside folders, not W&B's files, and not the ``dense_*`` folders,
+    whose level 0 each experiment shows through its ``level_0`` link.
+    """
+    level = folder.parent if _BRANCH_DIR.fullmatch(folder.name) else folder
+    replicate = level.parent
+    if not (_LEVEL_DIR.fullmatch(level.name) and _REPLICATE_DIR.fullmatch(replicate.name)):
+        return None
+    return None if replicate.parent.name.startswith("dense_") else level
+
+
+def _experiment_hash(folder: Path) -> str:
+    """The hash of the experiment whose store holds ``folder`` (the folder it was found in)."""
+    level = _level_folder(folder)
+    assert level is not None
+    return level.parent.parent.name
 
 
 def _row(summary: dict[str, Any], folder: Path) -> dict[str, Any]:
     return {
         "experiment": summary["experiment"],
-        "hash": summary["hash"],
+        "hash": _experiment_hash(folder),
         "replicate": summary["replicate"],
         "level": summary["level"],
         "branch": summary.get("branch", DEFAULT_BRANCH),
