@@ -14,8 +14,8 @@ def make_trainer(augment):
     dataset = data.load(DatasetConfig(name="digits", validation_size=200))
     network = models.build(ModelConfig(name="mlp", hidden=[32]), dataset.input_shape, 10)
     trainer = Trainer(network, dataset, OptimizerConfig(name="sgd", lr=0.1), batch_size=50,
-                      total_steps=20, steps_per_epoch=26, eval_every=10, eval_batch_size=100,
-                      seed=0, augment=augment)
+                      total_steps=20, steps_per_epoch=26, eval_batch_size=100,
+                      data_seed=0, augment=augment)
     return trainer, network.init(jax.random.key(0))
 
 
@@ -27,10 +27,14 @@ def test_evaluation_is_the_same_with_augmentation_on_or_off():
 def test_training_sees_augmented_batches_that_change_from_step_to_step():
     (on, (params, stats)), (off, _) = make_trainer(crop_flip), make_trainer(None)
     mask = full_mask(params)
-    with_aug = on.train(params, stats, mask, 0).params
-    without = off.train(params, stats, mask, 0).params
+
+    def trained(trainer):
+        return trainer.train(trainer.start(0, params, stats, mask), 20).state.params
+
+    with_aug = trained(on)
+    without = trained(off)
     assert not np.array_equal(with_aug["fc1"]["kernel"], without["fc1"]["kernel"])
-    again = make_trainer(crop_flip)[0].train(params, stats, mask, 0).params
+    again = trained(make_trainer(crop_flip)[0])
     np.testing.assert_array_equal(with_aug["fc1"]["kernel"], again["fc1"]["kernel"])
     key = jax.random.key(3)
     images = np.broadcast_to(np.arange(64, dtype=np.float32).reshape(1, 8, 8, 1), (16, 8, 8, 1))

@@ -35,7 +35,7 @@ def test_each_level_draws_its_own_data_order_unless_replayed(
 ):
     overrides = [*digits_overrides, f"train.replay_data_order={str(replay).lower()}"]
     orders = recorded_orders(monkeypatch)
-    store, rows = experiment.run(make_config(overrides, tmp_path / "a"))
+    _, rows = experiment.run(make_config(overrides, tmp_path / "a"))
     # Trainer built (stream 0), then level 0, 1, 2 each select theirs.
     by_level = {level: orders[level + 1] for level in range(3)}
     if replay:
@@ -99,7 +99,9 @@ def test_two_idx_directories_with_different_contents_hash_apart(tmp_path):
     "override",
     ["optimizer.momentum=0.9", "model.width=8", "dataset.augment=true", "optimizer.milestones=[10it]"],
 )
-def test_a_key_that_does_not_apply_stops_with_one_line_and_writes_nothing(tmp_path, override):
+def test_a_key_that_does_not_apply_stops_with_one_line_and_writes_nothing(
+    tmp_path, override
+):
     key = override.split("=")[0]
     result = run_cli([override, "results_root=out"], cwd=tmp_path)
     assert result.returncode == 2
@@ -110,7 +112,7 @@ def test_a_key_that_does_not_apply_stops_with_one_line_and_writes_nothing(tmp_pa
 
 
 def test_an_unknown_pruning_method_is_one_line(tmp_path):
-    with pytest.raises(ConfigError, match="unknown pruning.method 'snipp'; choose one of magnitude"):
+    with pytest.raises(ConfigError, match=r"unknown pruning\.method 'snipp'; choose one of magn"):
         experiment.prepare(make_config(["pruning.method=snipp"], tmp_path))
 
 
@@ -170,7 +172,9 @@ def test_a_sweep_over_pruning_settings_trains_level_0_once(tmp_path, digits_over
     assert result.returncode == 0, result.stderr
     root = tmp_path / "out" / "mnist1d_imp"
     dense = [p for p in root.iterdir() if p.name.startswith("dense_")]
-    experiments = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("dense_", "_"))]
+    experiments = [
+        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("dense_", "_"))
+    ]
     assert len(dense) == 1 and len(experiments) == 2
     assert result.stdout.count("level  0: 100.00% weights left") == 1  # trained once
     assert result.stdout.count("level  0: reusing the dense training") == 1

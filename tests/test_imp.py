@@ -33,7 +33,7 @@ def test_level_one_starts_from_the_step_k_weights_under_its_mask(
         return original(self, step, params, batch_stats, mask)
 
     monkeypatch.setattr(Trainer, "start", recording_start)
-    store, _ = imp.run(cfg)
+    imp.run(cfg)
     experiment = imp.Experiment(imp.prepare(cfg))
     replicate = experiment.replicate
 

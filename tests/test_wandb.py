@@ -13,6 +13,7 @@ import wandb
 
 from lottery import imp
 from lottery.logging.wandb_file import iter_payloads, read_run
+from lottery.store import CURVE_COLUMNS
 
 from conftest import DIGITS, make_config, summaries
 
@@ -81,7 +82,7 @@ def test_offline_run_holds_the_store_metrics_config_and_curve(tmp_path, capsys):
         assert row["curve/early_stop_iteration"] == summary["early_stop_iteration"]
         assert row["prune/weights_remaining"] == summary["weights_remaining_pct"]
     assert run.summary["curve/table"]["nrows"] == len(rows) == 3
-    assert run.summary["curve/table"]["ncols"] == 7
+    assert run.summary["curve/table"]["ncols"] == len(CURVE_COLUMNS) == 8
     assert "curve/sparsity_accuracy" in run.config["_wandb"]["visualize"]
     assert any(f.startswith("media/table/curve/table") for f in run.files)
     steps = {m.get("name") or m.get("glob_name"): m.get("step_metric") for m in run.metrics}

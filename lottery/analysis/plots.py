@@ -36,30 +36,37 @@ def plot_sparsity_accuracy(
     The x axis runs from dense (100%) on the left to sparse on the right, log-scaled, as in
     Frankle & Carbin (2019).
     """
-    by_level: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    by_branch: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        by_level[int(row["level"])].append(row)
-    levels = sorted(by_level)
-    x = np.array(
-        [np.mean([float(r["weights_remaining_pct"]) for r in by_level[lv]]) for lv in levels]
-    )
+        by_branch[str(row.get("branch") or "imp")][int(row["level"])].append(row)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for key, label in (("test_accuracy", "final"), ("early_stop_test_accuracy", "at early stop")):
-        values = [
-            [float(r[key]) * 100 for r in by_level[lv] if r.get(key) not in (None, "")]
-            for lv in levels
-        ]
-        if not all(values):
-            continue
-        mean = np.array([np.mean(v) for v in values])
-        std = np.array([np.std(v) for v in values])
-        replicates = max(len(v) for v in values)
-        ax.plot(x, mean, marker="o", label=f"test accuracy, {label} (n={replicates})")
-        if replicates > 1:
-            ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+    ticks: set[float] = set()
+    for branch, by_level in sorted(by_branch.items(), key=lambda item: item[0] != "imp"):
+        prefix = "" if len(by_branch) == 1 else f"{branch}: "
+        levels = sorted(by_level)
+        x = np.array(
+            [np.mean([float(r["weights_remaining_pct"]) for r in by_level[lv]]) for lv in levels]
+        )
+        ticks.update(x.tolist())
+        series = (("test_accuracy", "final"), ("early_stop_test_accuracy", "at early stop"))
+        for key, label in series:
+            values = [
+                [float(r[key]) * 100 for r in by_level[lv] if r.get(key) not in (None, "")]
+                for lv in levels
+            ]
+            if not all(values):
+                continue
+            mean = np.array([np.mean(v) for v in values])
+            std = np.array([np.std(v) for v in values])
+            replicates = max(len(v) for v in values)
+            name = f"{prefix}test accuracy, {label} (n={replicates})"
+            ax.plot(x, mean, marker="o", label=name)
+            if replicates > 1:
+                ax.fill_between(x, mean - std, mean + std, alpha=0.2)
     ax.set_xscale("log")
     ax.invert_xaxis()
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    x = np.array(sorted(ticks, reverse=True))
     ax.set_xticks(x[:: max(1, len(x) // 8)])
     ax.minorticks_off()
     ax.set_xlabel("weights remaining (%)")

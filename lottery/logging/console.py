@@ -64,11 +64,15 @@ class LevelProgress:
 
 
 def summary_table(rows: Iterable[dict[str, Any]], title: str) -> Table:
-    """One row per replicate and level, as in ``curve.csv``."""
+    """One row per replicate, level and branch, as in ``curve.csv`` (the branch column only
+    when there are branches besides the main ``imp`` line)."""
+    rows = list(rows)
+    branches = any(row.get("branch", "imp") != "imp" for row in rows)
     table = Table(title=title)
     for column in (
         "replicate",
         "level",
+        *(["branch"] if branches else []),
         "weights left %",
         "test acc %",
         "best test acc %",
@@ -80,6 +84,7 @@ def summary_table(rows: Iterable[dict[str, Any]], title: str) -> Table:
         table.add_row(
             str(row["replicate"]),
             str(row["level"]),
+            *([str(row.get("branch", "imp"))] if branches else []),
             f"{row['weights_remaining_pct']:.2f}",
             f"{100 * row['test_accuracy']:.2f}",
             f"{100 * row['best_test_accuracy']:.2f}",
