@@ -97,7 +97,12 @@ def test_two_idx_directories_with_different_contents_hash_apart(tmp_path):
 
 @pytest.mark.parametrize(
     "override",
-    ["optimizer.momentum=0.9", "model.width=8", "dataset.augment=true", "optimizer.milestones=[10it]"],
+    [
+        "optimizer.momentum=0.9",
+        "model.width=8",
+        "dataset.augment=true",
+        "optimizer.milestones=[10it]",
+    ],
 )
 def test_a_key_that_does_not_apply_stops_with_one_line_and_writes_nothing(
     tmp_path, override
