@@ -9,7 +9,7 @@ import pytest
 import lottery
 from lottery import experiment
 from lottery.config import ConfigError
-from lottery.data import load
+from lottery.data import fingerprint, load
 from lottery.pruning import flatten, full_mask, prune_count
 from lottery.train import Trainer, UpdateMask
 
@@ -93,6 +93,8 @@ def test_two_idx_directories_with_different_contents_hash_apart(tmp_path):
     assert plans["a"].digest != plans["b"].digest
     assert plans["a"].dense_digest != plans["b"].dense_digest
     assert plans["a"].digest == plans["copy"].digest  # the same bytes elsewhere: same results
+    no_validation = load(make_config(["dataset=digits", "dataset.validation_size=0"]).dataset)
+    assert len(fingerprint(no_validation)) == 16  # an empty split hashes too
 
 
 @pytest.mark.parametrize(
