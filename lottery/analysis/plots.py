@@ -15,6 +15,7 @@ The last three take the DataFrames of :mod:`lottery.analysis.results` and write 
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -26,6 +27,8 @@ matplotlib.use("Agg")  # files only; no display is assumed
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import FuncFormatter
+
+from lottery.atomic import atomic_write_bytes
 
 
 def plot_sparsity_accuracy(
@@ -76,17 +79,22 @@ def plot_sparsity_accuracy(
     ax.legend()
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    _save_atomically(fig, path, "png")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
 # -- figures from the DataFrames of lottery.analysis.results ----------------------------------
 
 BANDS = ("std", "minmax", None)
+
+
+def _save_atomically(fig: Any, path: Path, fmt: str) -> None:
+    """Render ``fig`` and write it through a temp file of its own (two runs drawing the same
+    plot at once never trip over each other's temp file)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def save_figure(fig: Any, path: str | Path) -> tuple[Path, Path]:
@@ -97,9 +105,7 @@ def save_figure(fig: Any, path: str | Path) -> tuple[Path, Path]:
     written = []
     for suffix in (".png", ".pdf"):
         final = stem.with_name(stem.name + suffix)
-        tmp = final.with_name(f".{final.name}.tmp{suffix}")
-        fig.savefig(tmp)
-        tmp.replace(final)
+        _save_atomically(fig, final, suffix[1:])
         written.append(final)
     plt.close(fig)
     return written[0], written[1]
