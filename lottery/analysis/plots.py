@@ -44,15 +44,20 @@ def plot_sparsity_accuracy(
         by_branch[str(row.get("branch") or "imp")][int(row["level"])].append(row)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ticks: set[float] = set()
-    for branch, by_level in sorted(by_branch.items(), key=lambda item: item[0] != "imp"):
+    ordered = sorted(by_branch.items(), key=lambda item: (item[0] != "imp", item[0]))
+    for index, (branch, by_level) in enumerate(ordered):
+        color = f"C{index % 10}"  # one colour per branch, one line style per metric
         prefix = "" if len(by_branch) == 1 else f"{branch}: "
         levels = sorted(by_level)
         x = np.array(
             [np.mean([float(r["weights_remaining_pct"]) for r in by_level[lv]]) for lv in levels]
         )
         ticks.update(x.tolist())
-        series = (("test_accuracy", "final"), ("early_stop_test_accuracy", "at early stop"))
-        for key, label in series:
+        series = (
+            ("test_accuracy", "final", "-"),
+            ("early_stop_test_accuracy", "at early stop", "--"),
+        )
+        for key, label, style in series:
             values = [
                 [float(r[key]) * 100 for r in by_level[lv] if r.get(key) not in (None, "")]
                 for lv in levels
@@ -63,9 +68,9 @@ def plot_sparsity_accuracy(
             std = np.array([np.std(v) for v in values])
             replicates = max(len(v) for v in values)
             name = f"{prefix}test accuracy, {label} (n={replicates})"
-            ax.plot(x, mean, marker="o", label=name)
+            ax.plot(x, mean, style, color=color, marker="o", label=name)
             if replicates > 1:
-                ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+                ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)
     ax.set_xscale("log")
     ax.invert_xaxis()
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
