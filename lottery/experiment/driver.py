@@ -16,7 +16,6 @@ al. 2020). A level killed at any moment resumes from its newest checkpoint.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -96,7 +95,6 @@ class Experiment:
                 f"level  0: reusing the dense training in {self.store.dense_path.name} "
                 "(same data, model, optimizer and training)"
             )
-            self._replay_to_loggers(0)
         return summary
 
     def rewind_point(self) -> tuple[Any, Any]:
@@ -193,22 +191,15 @@ class Experiment:
         timing["wall"] = time.perf_counter() - wall
         summary["timing"] = timing
         folder.finish(summary)
-        for logger in self.loggers:
-            logger.log_level(summary)
         return summary
 
-    def _replay_to_loggers(self, level: int) -> None:
-        """Send a level trained by another run to this run's loggers (W&B), from the store."""
-        if not self.loggers:
-            return
-        summary = self.replicate.summary(level)
-        metrics = self.replicate.level_path(level) / "metrics.jsonl"
-        records = [json.loads(line) for line in metrics.read_text().splitlines() if line]
-        for logger in self.loggers:
-            logger.begin_level(level, summary["weights_remaining_pct"])
-            for record in records:
-                logger.log_eval(level, record)
-            logger.log_level(summary)
+    def _send_to_loggers(self, level: int) -> None:
+        """Give a finished level (trained now or by an earlier run) to the loggers."""
+        if self.loggers and self.replicate.is_done(level):
+            summary = self.replicate.summary(level)
+            summary["hash"] = self.plan.digest  # level 0 is named by this experiment too
+            for logger in self.loggers:
+                logger.log_level(summary, self.replicate.level_path(level))
 
     # -- the whole run --------------------------------------------------------------------
 
@@ -223,9 +214,10 @@ class Experiment:
                 if level == 0:
                     summary = self.dense_level()
                 elif self.replicate.is_done(level):
-                    continue
+                    summary = None
                 else:
                     summary = self.train(level)
+                self._send_to_loggers(level)
                 if summary is not None:
                     console.print(
                         f"level {level:>2}: {summary['weights_remaining_pct']:6.2f}% weights "

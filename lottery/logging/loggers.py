@@ -6,6 +6,7 @@ training: one that fails warns once and goes quiet (see each implementation).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 from lottery.config import Config, ConfigError
@@ -20,8 +21,10 @@ class RunLogger(Protocol):
     def log_eval(self, level: int, record: dict[str, float]) -> None:
         """One evaluation of a level (``iteration``, ``train/loss``, ``test/accuracy``, ...)."""
 
-    def log_level(self, summary: dict[str, Any]) -> None:
-        """A finished level's summary."""
+    def log_level(self, summary: dict[str, Any], folder: Path) -> None:
+        """A finished level (or branch): its summary, and its folder in the store (with
+        ``metrics.jsonl``). Called for every finished level on every run, trained now or
+        before: a logger that copies the store (W&B) sends what it has not sent yet."""
 
     def finish(self, rows: list[dict[str, Any]]) -> None:
         """The run is over; ``rows`` is the experiment's curve (curve.csv)."""

@@ -170,7 +170,7 @@ class WandbLogger:
         row.update({key: record[key] for key in EVAL_KEYS if key in record})
         self._log(row)
 
-    def log_level(self, summary: dict[str, Any]) -> None:
+    def log_level(self, summary: dict[str, Any], folder: Path | None = None) -> None:
         if self.failed:
             return
         level = summary["level"]
