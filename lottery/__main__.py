@@ -11,7 +11,9 @@ from lottery.config import register
 register()
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+# An absolute path: the same folder for `python -m lottery` and the `lottery` script, which
+# Hydra would otherwise resolve differently (file-relative vs. package-relative).
+@hydra.main(config_path=str(cli.CONFIG_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     code = cli.run(cfg)
     if code:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -9,10 +10,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from lottery import experiment
 from lottery.analysis import plot_sparsity_accuracy
-from lottery.config import Config, ConfigError, register
+from lottery.config import Config, ConfigError, RunError, register
 from lottery.logging import console, error_line, summary_table
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package
 
 
 def _first_line(error: BaseException) -> str:
@@ -60,14 +61,24 @@ def to_config(cfg: DictConfig) -> Config:
     return OmegaConf.to_object(cfg)
 
 
+def quiet_libraries() -> None:
+    """Hydra's job logging shows INFO records; JAX's probe of absent backends ("Unable to
+    initialize backend 'tpu'") is one of them and means nothing to a user on a CPU or GPU."""
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+
+
 def run(cfg: DictConfig) -> int:
     """Run the experiment; print the table and draw the plot. Returns the exit code."""
+    quiet_libraries()
     config = to_config(cfg)
     try:
         store, rows = experiment.run(config)
     except ConfigError as error:
         error_line(str(error))
         return 2
+    except RunError as error:
+        error_line(str(error))
+        return 130 if str(error).startswith("interrupted") else 1
     title = f"{config.name} [{store.path.name}]"
     plot = plot_sparsity_accuracy(rows, store.path / "sparsity_accuracy.png", title)
     console.print(summary_table(rows, title))

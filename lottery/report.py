@@ -66,7 +66,6 @@ def results_table(
         "weights left %",
         "n",
         "test acc %",
-        "best test acc %",
         "early-stop it",
         "acc at early stop %",
     ):
@@ -80,7 +79,6 @@ def results_table(
             f"{row['weights_remaining_pct']:.2f}",
             str(row["count"]),
             _mean_std(row, "test_accuracy", 100, 2),
-            _mean_std(row, "best_test_accuracy", 100, 2),
             _mean_std(row, "early_stop_iteration", 1, 0),
             _mean_std(row, "early_stop_test_accuracy", 100, 2),
         )

@@ -170,7 +170,7 @@ def plot_accuracy_vs_weights(
     ``df`` is :func:`~lottery.analysis.results.load_results`'s frame; lines are means over
     replicates with a band of ± one standard deviation (``band="std"``), the range
     (``"minmax"``, as Frankle & Carbin's error bars) or none (``None``). ``metric`` is one or
-    more of ``test_accuracy``, ``best_test_accuracy``, ``early_stop_test_accuracy``.
+    more of ``test_accuracy``, ``early_stop_test_accuracy``.
     """
     from lottery.analysis.results import aggregate
 

@@ -15,7 +15,6 @@ level                      int       pruning level (0 = dense)
 branch                     str       what was trained at the level; ``"imp"`` (the only one now)
 weights_remaining_pct      float     prunable weights alive, % of all prunable weights
 test_accuracy              float     test accuracy at the end of training, in [0, 1]
-best_test_accuracy         float     best test accuracy over the evaluations
 early_stop_iteration       Int64     iteration of minimum validation loss (<NA>: no val set)
 early_stop_test_accuracy   float     test accuracy there (NaN: no validation set)
 params_remaining           int       parameters alive, biases and normalisation included
@@ -53,7 +52,6 @@ DTYPES = {
     "branch": "string",
     "weights_remaining_pct": "float64",
     "test_accuracy": "float64",
-    "best_test_accuracy": "float64",
     "early_stop_iteration": "Int64",
     "early_stop_test_accuracy": "float64",
     "params_remaining": "Int64",
@@ -68,7 +66,6 @@ GROUP = (*SERIES, "level")
 # Columns aggregate() summarises over replicates.
 METRICS = (
     "test_accuracy",
-    "best_test_accuracy",
     "early_stop_iteration",
     "early_stop_test_accuracy",
     "params_remaining",
@@ -144,7 +141,6 @@ def _row(summary: dict[str, Any], folder: Path) -> dict[str, Any]:
         "branch": summary.get("branch", DEFAULT_BRANCH),
         "weights_remaining_pct": summary["weights_remaining_pct"],
         "test_accuracy": summary["test_accuracy"],
-        "best_test_accuracy": summary.get("best_test_accuracy"),
         "early_stop_iteration": summary.get("early_stop_iteration"),
         "early_stop_test_accuracy": summary.get("early_stop_test_accuracy"),
         "params_remaining": summary.get("params_remaining"),

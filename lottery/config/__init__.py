@@ -1,6 +1,6 @@
 """Typed, validated configuration: the schema, step strings, and the error for bad input."""
 
-from lottery.config.errors import ConfigError
+from lottery.config.errors import ConfigError, RunError
 from lottery.config.schema import (
     Config,
     DatasetConfig,
@@ -22,6 +22,7 @@ __all__ = [
     "ModelConfig",
     "OptimizerConfig",
     "PruningConfig",
+    "RunError",
     "Step",
     "TrainConfig",
     "parse_cadence",

@@ -3,3 +3,8 @@
 
 class ConfigError(ValueError):
     """A bad configuration or missing input, detected before any training or writing."""
+
+
+class RunError(RuntimeError):
+    """A run that cannot go on (training diverged, the disk is full, ...): one line saying
+    what happened, where, and what to do; what was already written stays intact."""

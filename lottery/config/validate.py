@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import re
+
 from lottery.config.errors import ConfigError
 from lottery.config.schema import Config
 from lottery.config.steps import Step, parse_cadence
+
+# A results folder name: one path component, no hidden or parent folders.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 
 def validate(cfg: Config) -> None:
     """Raise :class:`ConfigError` for the first bad value found."""
     pruning, train = cfg.pruning, cfg.train
+    if not _NAME_RE.fullmatch(cfg.name) or ".." in cfg.name:
+        raise ConfigError(
+            f"name={cfg.name!r} must be a single folder name (letters, digits, '.', '_', '+', "
+            "'-'; up to 100 characters, not starting with '.' or '-'), e.g. name=resnet20_imp"
+        )
     if not 0.0 <= pruning.fraction < 1.0:
         raise ConfigError(
             f"pruning.fraction={pruning.fraction} must be in [0, 1): it is the fraction of the "

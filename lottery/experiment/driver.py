@@ -16,26 +16,35 @@ al. 2020). A level killed at any moment resumes from its newest checkpoint.
 
 from __future__ import annotations
 
+import errno
+import os
 import time
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import OmegaConf
 
-from lottery.config import Config
+from lottery.config import Config, ConfigError, RunError
 from lottery.data.augment import crop_flip
-from lottery.experiment.levels import LevelRun, LevelStart, boundary_steps, train_level
+from lottery.experiment.levels import LevelStart, boundary_steps, train_level
 from lottery.experiment.plan import Plan, prepare
 from lottery.experiment.summary import summarize
 from lottery.logging import RunLogger, console, make_loggers
-from lottery.pruning import apply_mask, full_mask
+from lottery.pruning import apply_mask, count_alive, flatten, full_mask
 from lottery.store import (
     ExperimentStore,
     PartialFolder,
     ReplicateStore,
     dense_values,
     locked,
+    warn,
 )
-from lottery.train import AtSteps, RunState, Timing, Trainer, host_tree
+from lottery.train import AtSteps, DivergedError, RunState, Timing, Trainer, host_tree
+
+
+class NothingLeftToPrune(Exception):
+    """The strategy removes no weight any more: later levels would repeat the last one."""
 
 
 class Experiment:
@@ -128,8 +137,8 @@ class Experiment:
                 return folder.load_mask()
             except Exception:  # a truncated mask (killed mid-write): make it again
                 pass
-        folder.path.mkdir(parents=True, exist_ok=True)
         mask = make_mask()
+        folder.path.mkdir(parents=True, exist_ok=True)
         folder.save_mask(mask)
         return mask
 
@@ -141,11 +150,26 @@ class Experiment:
 
         def make_mask() -> Any:
             previous, _ = self.replicate.params(level - 1)
-            return plan.strategy.prune(
-                previous, self.replicate.mask(level - 1), plan.prunable, plan.strategy_settings
+            previous_mask = self.replicate.mask(level - 1)
+            mask = plan.strategy.prune(
+                previous, previous_mask, plan.prunable, plan.strategy_settings
             )
+            alive = count_alive(mask, plan.prunable)
+            if alive == count_alive(previous_mask, plan.prunable):
+                raise NothingLeftToPrune(
+                    f"stopped before level {level}: pruning removes no more weights "
+                    f"({alive:,} left); levels {level}..{plan.cfg.pruning.levels} would repeat "
+                    f"level {level - 1}"
+                )
+            return mask
 
         mask = self._prune_into(folder, make_mask)
+        collapsed = [p for p in plan.prunable if not np.any(flatten(mask)[p])]
+        if collapsed:
+            warn(
+                f"level {level}: {', '.join(collapsed)} has no weight left (layer collapse): "
+                "the output no longer depends on the input through it"
+            )
         return folder, mask, time.perf_counter() - begin
 
     def train(self, level: int) -> dict[str, Any]:
@@ -172,7 +196,14 @@ class Experiment:
         plan, wall = self.plan, time.perf_counter()
         trainer = self.trainer
         before = Timing(**trainer.timing.as_dict())
-        result: LevelRun = train_level(plan, trainer, folder, level, start, self.loggers, hooks)
+        try:
+            result = train_level(plan, trainer, folder, level, start, self.loggers, hooks)
+        except DivergedError as error:
+            raise RunError(
+                f"level {level} diverged: {error} (optimizer.lr={plan.cfg.optimizer.lr}); "
+                "lower the learning rate or add optimizer.warmup; nothing of this level was kept "
+                "as finished"
+            ) from None
         begin_store = time.perf_counter()
         run = result.run
         mask, params, batch_stats = host_tree((run.mask, run.state.params, run.state.batch_stats))
@@ -204,19 +235,47 @@ class Experiment:
     # -- the whole run --------------------------------------------------------------------
 
     def run(self) -> list[dict[str, Any]]:
-        """Run every level not yet finished; returns the experiment's curve rows."""
+        """Run every level not yet finished; returns the experiment's curve rows.
+
+        Ctrl-C and a full disk end in one line (a :class:`RunError`): finished levels and
+        the checkpoints of the unfinished one stay, and the same command resumes.
+        """
+        self.level = 0
+        try:
+            return self._run()
+        except KeyboardInterrupt:
+            step = f" step {self.trainer.last_step:,}" if self._trainer is not None else ""
+            raise RunError(
+                f"interrupted at level {self.level}{step}; run the same command to resume "
+                "(finished levels are kept, the level resumes from its newest checkpoint)"
+            ) from None
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            raise RunError(
+                f"the disk is full (writing {error.filename or self.store.path}); finished "
+                "levels are intact: free some space and run the same command to resume"
+            ) from None
+
+    def _run(self) -> list[dict[str, Any]]:
         cfg, plan = self.plan.cfg, self.plan
+        ensure_writable(Path(cfg.results_root))
         config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
         self.store.write_config(config_yaml, plan.hashed, dense_values(plan.hashed))
         console.print(f"results: {self.store.path}")
         with locked(self.replicate.path):
             for level in range(cfg.pruning.levels + 1):
+                self.level = level
                 if level == 0:
                     summary = self.dense_level()
                 elif self.replicate.is_done(level):
                     summary = None
                 else:
-                    summary = self.train(level)
+                    try:
+                        summary = self.train(level)
+                    except NothingLeftToPrune as stop:
+                        console.print(str(stop))
+                        break
                 self._send_to_loggers(level)
                 if summary is not None:
                     console.print(
@@ -229,6 +288,22 @@ class Experiment:
         for logger in self.loggers:
             logger.finish(rows)
         return rows
+
+
+def ensure_writable(root: Path) -> None:
+    """Fail with one line if results cannot be written under ``root`` (before writing)."""
+    root = root.expanduser()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write_test_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(
+            f"results_root={str(root)!r} is not a writable folder ({reason}); "
+            "choose another with results_root=PATH"
+        ) from None
 
 
 def run(cfg: Config) -> tuple[ExperimentStore, list[dict[str, Any]]]:

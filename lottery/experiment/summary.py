@@ -41,13 +41,20 @@ def summarize(
         "train_iterations": plan.total_steps - start,
         "test_accuracy": final["test/accuracy"],
         "test_loss": final["test/loss"],
-        "best_test_accuracy": best["test/accuracy"],
-        "best_test_iteration": best["iteration"],
+        # The best test accuracy over training is an oracle (test data choosing a stopping
+        # point); kept under a name that says so, and shown nowhere else.
+        "oracle_best_test_accuracy": best["test/accuracy"],
+        "oracle_best_test_iteration": best["iteration"],
         "early_stop_iteration": None,
         "early_stop_val_loss": None,
         "early_stop_test_accuracy": None,
         **sparsity_report(mask, plan.prunable),
     }
+    # Layers pruned to nothing: the network's output no longer depends on its input through
+    # them (layer collapse, Tanaka et al. 2020).
+    summary["collapsed_layers"] = [
+        path for path, layer in summary["layers"].items() if layer["remaining"] == 0
+    ]
     if "val/loss" in final:
         early = min(history, key=lambda r: r["val/loss"])  # first minimum on ties
         summary["early_stop_iteration"] = early["iteration"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,18 +26,25 @@ def error_line(message: str) -> None:
 
 
 class LevelProgress:
-    """A progress bar for one level's training: step, train loss, accuracy, steps/s."""
+    """Progress of one level's training: step, train loss, accuracy, steps/s.
+
+    On a terminal, a live rich bar. Elsewhere (a Slurm log, CI, a pipe) a live bar is noise,
+    so one plain line per evaluation instead. ``enabled=False`` shows nothing.
+    """
 
     def __init__(self, level: int, weights_pct: float, start: int, end: int, enabled: bool):
         self.start, self.end = start, end
+        self.label = f"level {level:>2} [{weights_pct:6.2f}% left]"
+        self.lines = enabled and not console.is_terminal
+        self.began = time.perf_counter()
         self.progress = Progress(
-            TextColumn(f"level {level:>2} [{weights_pct:6.2f}% left]"),
+            TextColumn(self.label),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"),
             TimeElapsedColumn(),
             console=console,
-            disable=not enabled,
+            disable=not enabled or self.lines,
             transient=False,
         )
         self.task = self.progress.add_task("train", total=end - start, stats="")
@@ -50,9 +58,8 @@ class LevelProgress:
 
     def update(self, record: dict[str, float]) -> None:
         """Advance to an evaluation's iteration and show its numbers."""
-        task = self.progress.tasks[0]
         done = record["iteration"] - self.start
-        elapsed = task.elapsed or 0.0
+        elapsed = time.perf_counter() - self.began
         speed = done / elapsed if elapsed > 0 else 0.0
         parts = []
         if "train/loss" in record:
@@ -60,7 +67,12 @@ class LevelProgress:
         if "test/accuracy" in record:
             parts.append(f"test acc {100 * record['test/accuracy']:.2f}%")
         parts.append(f"{speed:,.0f} steps/s")
-        self.progress.update(self.task, completed=done, stats="  ".join(parts))
+        stats = "  ".join(parts)
+        if self.lines:
+            step = f"{record['iteration']:,}/{self.end:,}"
+            console.print(f"{self.label} step {step}  {stats}", soft_wrap=True)
+        else:
+            self.progress.update(self.task, completed=done, stats=stats)
 
 
 def summary_table(rows: Iterable[dict[str, Any]], title: str) -> Table:
@@ -69,17 +81,17 @@ def summary_table(rows: Iterable[dict[str, Any]], title: str) -> Table:
     rows = list(rows)
     branches = any(row.get("branch", "imp") != "imp" for row in rows)
     table = Table(title=title)
+    # Short headers: the table fits 80 columns (a Slurm log, a narrow terminal).
     for column in (
-        "replicate",
+        "seed",
         "level",
         *(["branch"] if branches else []),
-        "weights left %",
+        "weights %",
         "test acc %",
-        "best test acc %",
-        "early-stop it",
-        "acc at early stop %",
+        "early stop it",
+        "acc there %",
     ):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=True)
     for row in rows:
         table.add_row(
             str(row["replicate"]),
@@ -87,8 +99,7 @@ def summary_table(rows: Iterable[dict[str, Any]], title: str) -> Table:
             *([str(row.get("branch", "imp"))] if branches else []),
             f"{row['weights_remaining_pct']:.2f}",
             f"{100 * row['test_accuracy']:.2f}",
-            f"{100 * row['best_test_accuracy']:.2f}",
-            str(row["early_stop_iteration"]),
+            "-" if row.get("early_stop_iteration") is None else str(row["early_stop_iteration"]),
             _pct(row.get("early_stop_test_accuracy")),
         )
     return table

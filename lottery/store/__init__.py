@@ -19,6 +19,7 @@ from lottery.store.results import (
     read_summary,
     save_tree_npz,
     set_aside,
+    warn,
 )
 
 __all__ = [
@@ -38,4 +39,5 @@ __all__ = [
     "read_summary",
     "save_tree_npz",
     "set_aside",
+    "warn",
 ]

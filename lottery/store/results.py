@@ -50,7 +50,6 @@ CURVE_COLUMNS = (
     "branch",
     "weights_remaining_pct",
     "test_accuracy",
-    "best_test_accuracy",
     "early_stop_iteration",
     "early_stop_test_accuracy",
 )

@@ -14,6 +14,7 @@ one and computes the same bits.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +77,22 @@ class RunState:
         return mean
 
 
+# A mean cross-entropy above this many nats means the run has diverged: it takes logits a
+# million apart, where a fresh network starts near ln(classes) (2.3 for ten classes).
+DIVERGED_LOSS = 1e6
+
+
+class DivergedError(RuntimeError):
+    """Training produced a non-finite or exploding loss: the run stops (one line) instead of
+    going on to prune and report NaN or meaningless weights."""
+
+    def __init__(self, first: int, last: int, loss: float) -> None:
+        super().__init__(
+            f"the training loss became {loss} between steps {first:,} and {last:,}"
+        )
+        self.first, self.last, self.loss = first, last, loss
+
+
 class Hook(Protocol):
     """Something done at chosen steps of training."""
 
@@ -123,6 +140,7 @@ class Trainer:
                 max_fused=fused_steps_limit(params),
             )
         self.use_data_stream(0)
+        self.last_step = 0  # the last step trained to, for messages (Ctrl-C)
         self._compiled: dict[Any, Any] = {}
         self.timing = Timing()
 
@@ -181,7 +199,11 @@ class Trainer:
                 run.state, loss = self.feed.run(
                     self._compiled_fn, run.state, run.mask, self.key, run.step, num_steps
                 )
-                run.loss_sum += float(loss) * num_steps  # the one host sync of a stretch
+                loss = float(loss)  # the one host sync of a stretch
+                if not math.isfinite(loss) or loss > DIVERGED_LOSS:
+                    raise DivergedError(run.step, target, loss)
+                run.loss_sum += loss * num_steps
+                self.last_step = target
                 run.loss_steps += num_steps
                 elapsed = time.perf_counter() - begin
                 self.timing.train += elapsed - (self.timing.compile - compile_before)
