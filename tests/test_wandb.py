@@ -1,21 +1,30 @@
-"""W&B logging: offline runs hold what the local store holds; a failing W&B never stops a run.
+"""W&B logging: one offline run per finished level, sent exactly once; a failing W&B never
+stops a run.
 
-W&B cannot reach its server here, so runs are offline and read back from their transaction
-log (``run-<id>.wandb``) with :mod:`lottery.logging.wandb_file`.
+W&B cannot reach its server here, so runs are offline, and each run's transaction log
+(``run-<id>.wandb``) is read back with W&B's own reader, ``wandb leet inspect --json`` (one
+JSON object per record).
 """
 
+import base64
+import hashlib
 import json
 import os
-from dataclasses import asdict
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pytest
 import wandb
 
-from lottery import imp
-from lottery.logging.wandb_file import iter_payloads, read_run
-from lottery.store import CURVE_COLUMNS
+from lottery import experiment
+from lottery.logging.wandb_logger import SENT_DIR
 
-from conftest import DIGITS, make_config, summaries
+from conftest import DIGITS, make_config, run_cli, summaries
 
 
 @pytest.fixture(autouse=True)
@@ -28,140 +37,294 @@ def wandb_env(tmp_path, monkeypatch):
         monkeypatch.setenv(f"WANDB_{name}_DIR", str(tmp_path / f"wandb-{name.lower()}"))
 
 
-def local_metrics(replicate_dir):
-    """(level, iteration) → the metrics.jsonl record, for every finished level."""
-    found = {}
-    for file in sorted(replicate_dir.glob("level_*/metrics.jsonl")):
-        level = int(file.parent.name.removeprefix("level_"))
-        for line in file.read_text().splitlines():
-            record = json.loads(line)
-            found[(level, record["iteration"])] = record
-    return found
+# -- reading offline runs back with W&B's reader ------------------------------------------
 
 
-def wandb_files(root):
-    return sorted((root / "wandb").glob("offline-run-*/run-*.wandb"))
+@dataclass
+class OfflineRun:
+    """What a ``run-<id>.wandb`` file holds, from its records."""
+
+    file: Path
+    records: list[dict[str, Any]]
+    run: dict[str, Any] = field(init=False)
+    config: dict[str, Any] = field(init=False)
+    summary: dict[str, Any] = field(init=False)
+    history: list[dict[str, Any]] = field(init=False)
+    metrics: list[dict[str, Any]] = field(init=False)
+    artifacts: list[dict[str, Any]] = field(init=False)
+    exit_code: int | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        of = {}
+        for record in self.records:
+            of.setdefault(record["type"], []).append(record[record["type"]])
+        [self.run] = of["run"]
+        self.config = {}
+        for update in [self.run.get("config", {}), *of.get("config", [])]:
+            self.config.update(update.get("update", {}))
+        self.config.pop("_wandb", None)
+        self.summary = {}
+        for update in of.get("summary", []):
+            self.summary.update(update.get("update", {}))
+        # The logged values, without W&B's own (_step, _runtime, _timestamp).
+        self.history = [
+            {k: v for k, v in h["item"].items() if not k.startswith("_")}
+            for h in of.get("history", [])
+        ]
+        self.metrics = of.get("metric", [])
+        self.artifacts = of.get("artifact", [])
+        exits = of.get("exit", [])
+        self.exit_code = exits[-1].get("exit_code", 0) if exits else None
+
+    @property
+    def run_id(self) -> str:
+        return self.run["run_id"]
 
 
-def test_offline_run_holds_the_store_metrics_config_and_curve(tmp_path, capsys):
+def read_run(file: Path) -> OfflineRun:
+    """A run's transaction log, read by ``wandb leet inspect --json FILE``."""
+    env = {**os.environ, "WANDB_MODE": "offline"}  # no telemetry upload from the reader
+    result = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(file)],
+        capture_output=True, text=True, env=env, timeout=120, check=True,
+    )
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert records and records[0]["type"] == "header", result.stdout[:500]
+    return OfflineRun(file, records)
+
+
+def offline_runs(root: Path) -> dict[str, OfflineRun]:
+    """Every offline run under ``<root>/wandb``, by run id (each id once)."""
+    runs = [read_run(f) for f in sorted((root / "wandb").glob("offline-run-*/run-*.wandb"))]
+    by_id = {run.run_id: run for run in runs}
+    assert len(by_id) == len(runs), sorted(run.run_id for run in runs)
+    return by_id
+
+
+def local_history(replicate_dir: Path) -> dict[int, list[dict[str, Any]]]:
+    """Every finished level's metrics.jsonl records, by level."""
+    return {
+        int(file.parent.name.removeprefix("level_")): [
+            json.loads(line) for line in file.read_text().splitlines()
+        ]
+        for file in sorted(replicate_dir.glob("level_*/metrics.jsonl"))
+        if (file.parent / "summary.json").is_file()
+    }
+
+
+def assert_each_level_sent_once(root: Path, digest: str, seed: int, levels: int) -> None:
+    """One finished W&B run per level, whose history is the level's metrics.jsonl, and no
+    other history anywhere in the offline files."""
+    runs = offline_runs(root)
+    expected = {f"{digest}-r{seed}-L{level}": level for level in range(levels + 1)}
+    assert set(runs) == set(expected)
+    local = local_history(root / "mnist1d_imp" / digest / f"replicate_{seed}")
+    for rid, level in expected.items():
+        assert runs[rid].exit_code == 0, rid
+        assert runs[rid].config["level"] == level
+        assert runs[rid].history == local[level], rid
+
+
+# -- the tests ----------------------------------------------------------------------------
+
+
+def test_one_offline_run_per_level_with_its_metrics_config_and_summary(tmp_path, capsys):
     root = tmp_path / "results"
     cfg = make_config([*DIGITS, "logger=wandb"], root)
-    store, rows = imp.run(cfg)
+    store, _ = experiment.run(cfg)
     digest = store.path.name
-    assert f"wandb sync {root / 'wandb'}" in capsys.readouterr().out
+    assert f"upload with `wandb sync {root / 'wandb'}`" in capsys.readouterr().out
 
-    [file] = wandb_files(root)
-    run = read_run(file)
-    assert run.run_id == f"{digest}-r0"
-    assert run.project == "lottery"
-    assert run.group == f"{cfg.name}/{digest}"
-    assert run.name == f"{cfg.name}-{digest}-r0"
-    assert run.exit_code == 0
-    logged = {k: v for k, v in run.config.items() if k != "_wandb"}
-    assert logged == {**json.loads(json.dumps(asdict(cfg))), "hash": digest}
-
-    # Every evaluation, at every level, with the values of metrics.jsonl exactly.
-    local = local_metrics(store.replicate(0).path)
-    evals = {(row["level"], row["iteration"]): row for row in run.rows_with("test/accuracy")}
-    assert set(evals) == set(local)
-    assert len(local) == 3 * 5  # levels 0-2, iterations 0, 50, ..., 200
-    for key, record in local.items():
-        for metric, value in record.items():
-            assert evals[key][metric] == value, (key, metric)
-        assert ("train/loss" in evals[key]) == (key[1] > 0)
+    runs = offline_runs(root)
+    assert sorted(runs) == [f"{digest}-r0-L{level}" for level in range(3)]
     stored = summaries(root)
-    for (level, _), row in evals.items():
-        assert row["prune/weights_remaining"] == stored[(0, level)]["weights_remaining_pct"]
+    local = local_history(store.replicate(0).path)
+    assert [len(local[level]) for level in range(3)] == [5, 5, 5]  # iterations 0, 50, ..., 200
+    for level in range(3):
+        run, summary = runs[f"{digest}-r0-L{level}"], stored[(0, level)]
+        # Every record of metrics.jsonl, every value, in order, and nothing else.
+        assert run.history == local[level]
+        assert run.run["project"] == "lottery"
+        assert run.run["run_group"] == f"{cfg.name}/{digest}"
+        assert run.run["job_type"] == "replicate_0"
+        assert run.run["display_name"] == f"{cfg.name}-{digest}-r0-L{level}"
+        assert run.exit_code == 0
+        assert run.config == {
+            **json.loads(json.dumps(asdict(cfg))),
+            "hash": digest,
+            "level": level,
+            "weights_remaining_pct": summary["weights_remaining_pct"],
+            "branch": "imp",
+            "seed": 0,
+        }
+        for key in ("test_accuracy", "best_test_accuracy", "early_stop_iteration",
+                    "early_stop_test_accuracy", "weights_remaining_pct", "params_remaining"):
+            assert run.summary[key] == summary[key], (level, key)
+        assert run.summary["wall_seconds"] == summary["timing"]["wall"]
+        steps = {m.get("name") or m.get("glob_name"): m.get("step_metric") for m in run.metrics}
+        assert steps == {"iteration": None, "train/*": "iteration", "val/*": "iteration",
+                         "test/*": "iteration"}
+        assert run.artifacts == []  # logger.artifacts is off by default
+    assert [runs[f"{digest}-r0-L{level}"].config["weights_remaining_pct"]
+            for level in range(3)] == pytest.approx([100.0, 80.0, 64.0])
 
-    # One row per finished level, and the curve as a table and a plot at the end.
-    per_level = {row["level"]: row for row in run.rows_with("curve/test_accuracy")}
-    assert sorted(per_level) == [0, 1, 2]
-    for level, row in per_level.items():
-        summary = stored[(0, level)]
-        assert row["curve/test_accuracy"] == summary["test_accuracy"]
-        assert row["curve/early_stop_iteration"] == summary["early_stop_iteration"]
-        assert row["prune/weights_remaining"] == summary["weights_remaining_pct"]
-    assert run.summary["curve/table"]["nrows"] == len(rows) == 3
-    assert run.summary["curve/table"]["ncols"] == len(CURVE_COLUMNS) == 8
-    assert "curve/sparsity_accuracy" in run.config["_wandb"]["visualize"]
-    assert any(f.startswith("media/table/curve/table") for f in run.files)
-    steps = {m.get("name") or m.get("glob_name"): m.get("step_metric") for m in run.metrics}
-    assert steps["iteration"] is None and steps["level"] is None
-    for prefix in ("train", "val", "test"):
-        assert steps[f"{prefix}/*"] == "iteration"
-    assert steps["prune/*"] == steps["curve/*"] == "level"
+    # Running the finished experiment again sends nothing: no new run, no new rows.
+    files = {f: f.read_bytes() for f in (root / "wandb").glob("offline-run-*/run-*.wandb")}
+    experiment.run(cfg)
+    assert "wandb sync" not in capsys.readouterr().out
+    assert {f: f.read_bytes() for f in (root / "wandb").glob("offline-run-*/*.wandb")} == files
 
-    # Running on (one more level) resumes the same W&B run, logging only the new level.
-    imp.run(make_config([*DIGITS, "logger=wandb", "pruning.levels=3"], root))
-    first, second = wandb_files(root)
-    assert first == file
-    resumed = read_run(second)
-    assert resumed.run_id == run.run_id
-    assert {row["level"] for row in resumed.rows_with("test/accuracy")} == {3}
-    assert resumed.summary["curve/table"]["nrows"] == 4
-
-
-def test_transaction_log_checksums_are_verified(tmp_path):
-    cfg = make_config([*DIGITS, "logger=wandb", "pruning.levels=0"], tmp_path)
-    imp.run(cfg)
-    [file] = wandb_files(tmp_path)
-    assert sum(1 for _ in iter_payloads(file)) > 5
-    data = bytearray(file.read_bytes())
-    data[20] ^= 0xFF  # inside the first record
-    broken = tmp_path / "broken.wandb"
-    broken.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="checksum"):
-        list(iter_payloads(broken))
-
-
-def unreachable_server(monkeypatch):
-    """Online mode, credentials, and a server address where nothing listens."""
-    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
-    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
-    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "3")
-    return ["logger.mode=online"]
+    # One more level: one more run, for that level alone.
+    experiment.run(make_config([*DIGITS, "logger=wandb", "pruning.levels=3"], root))
+    new = set((root / "wandb").glob("offline-run-*/run-*.wandb")) - set(files)
+    [run] = [read_run(f) for f in new]
+    assert run.run_id == f"{digest}-r0-L3"
+    assert run.history == local_history(store.replicate(0).path)[3]
 
 
-def log_fails_midway(monkeypatch):
-    """W&B starts, then its fourth ``log`` call raises."""
+# Runs ``python -m lottery ARGS`` after arranging a SIGKILL of itself right after level 1
+# evaluated step 100 (as in test_resume.py).
+KILLER = """
+import os, runpy, signal, sys
+sys.argv = ["lottery", *sys.argv[1:]]
+from lottery.train import hooks
+evaluate = hooks.Evaluate.__call__
+def killing_evaluate(self, run, trainer):
+    evaluate(self, run, trainer)
+    if trainer.stream == 1 and run.step == 100:
+        os.kill(os.getpid(), signal.SIGKILL)
+hooks.Evaluate.__call__ = killing_evaluate
+runpy.run_module("lottery", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_in_level_1_then_rerun_sends_every_level_exactly_once(tmp_path):
+    args = [*DIGITS, "logger=wandb", f"results_root={tmp_path}"]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    [partial] = tmp_path.rglob("level_1.partial")
+    digest = partial.parent.parent.name
+    assert set(offline_runs(tmp_path)) == {f"{digest}-r0-L0"}  # level 0 only: it finished
+
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stderr == ""
+    assert_each_level_sent_once(tmp_path, digest, 0, 2)
+
+
+def test_a_cut_off_level_is_sent_again_in_full_and_once(tmp_path, monkeypatch, capfd):
+    """W&B fails inside level 1's run (its offline folder holds part of the level and no
+    marker): the next run replaces that folder, and sends what was never sent."""
     original = wandb.Run.log
     calls = []
 
     def failing_log(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 4:
+        if len(calls) == 8:  # level 0 has 5 rows: the third row of level 1
             raise RuntimeError("disk full\nsecond line of the error")
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(wandb.Run, "log", failing_log)
-    return []
-
-
-@pytest.mark.parametrize(
-    ("failure", "seed"),
-    [(unreachable_server, 1), (log_fails_midway, 2)],
-    ids=["unreachable_server", "log_fails_midway"],
-)
-def test_a_failing_wandb_warns_once_and_training_finishes(
-    tmp_path, monkeypatch, capfd, failure, seed
-):
-    overrides = failure(monkeypatch)
-    cfg = make_config([*DIGITS, "logger=wandb", f"seed={seed}", *overrides], tmp_path)
-    store, rows = imp.run(cfg)
-
-    assert sorted(summaries(tmp_path)) == [(seed, 0), (seed, 1), (seed, 2)]
-    assert len(rows) == 3
-    assert (store.path / "curve.csv").is_file()
+    cfg = make_config([*DIGITS, "logger=wandb", "seed=2"], tmp_path)
+    store, rows = experiment.run(cfg)
+    digest = store.path.name
+    assert len(rows) == 3  # the store is whole
     out, err = capfd.readouterr()
-    warnings = [line for line in (out + err).splitlines() if "warning" in line.lower()]
+    [warning] = err.splitlines()
+    assert warning.startswith("warning: W&B logging stopped (RuntimeError: disk full)")
+    assert "1 offline run in" in out  # level 0's
+    cut = offline_runs(tmp_path)
+    assert set(cut) == {f"{digest}-r2-L0", f"{digest}-r2-L1"}  # then W&B went quiet
+    assert cut[f"{digest}-r2-L1"].exit_code == 1
+    assert len(cut[f"{digest}-r2-L1"].history) == 2
+    sent = sorted(p.stem for p in (tmp_path / "wandb" / SENT_DIR).rglob("*.json"))
+    assert sent == [f"{digest}-r2-L0"]
+
+    monkeypatch.setattr(wandb.Run, "log", original)
+    experiment.run(cfg)
+    assert "warning" not in capfd.readouterr().err
+    assert_each_level_sent_once(tmp_path, digest, 2, 2)
+
+
+@pytest.mark.parametrize(("env_mode", "cfg_mode"), [("disabled", "offline"),
+                                                    ("offline", "disabled")])
+def test_wandb_environment_beats_the_config(tmp_path, monkeypatch, env_mode, cfg_mode):
+    monkeypatch.setenv("WANDB_MODE", env_mode)
+    monkeypatch.setenv("WANDB_PROJECT", "from-env")
+    overrides = [*DIGITS, "logger=wandb", f"logger.mode={cfg_mode}", "pruning.levels=0",
+                 "logger.project=from-config"]
+    store, rows = experiment.run(make_config(overrides, tmp_path))
+    assert len(rows) == 1
+    if env_mode == "disabled":
+        assert not (tmp_path / "wandb").exists()
+    else:
+        [run] = offline_runs(tmp_path).values()
+        assert run.run["project"] == "from-env"
+        assert run.history == local_history(store.replicate(0).path)[0]
+
+
+def test_artifacts_hold_the_mask_and_weights_of_the_level(tmp_path):
+    cfg = make_config([*DIGITS, "logger=wandb", "pruning.levels=0", "seed=3"], tmp_path)
+    cfg.logger.artifacts = True  # read with getattr: not (yet) in LoggerConfig
+    store, _ = experiment.run(cfg)
+    [run] = offline_runs(tmp_path).values()
+    [artifact] = run.artifacts
+    assert artifact["name"] == f"ticket-{run.run_id}" and artifact["type"] == "model"
+    folder = store.replicate(3).level_path(0)
+    contents = {entry["path"]: entry["digest"] for entry in artifact["manifest"]["contents"]}
+    assert contents == {
+        name: base64.b64encode(hashlib.md5((folder / name).read_bytes()).digest()).decode()
+        for name in ("mask.npz", "params.npz")
+    }
+
+
+def timed_lines(process: subprocess.Popen) -> list[tuple[float, str]]:
+    """The lines of a process's (merged) output, each with the second it arrived."""
+    lines: list[tuple[float, str]] = []
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.append((time.monotonic(), line.rstrip("\n")))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    process.wait(timeout=600)
+    reader.join()
+    return lines
+
+
+@pytest.mark.slow
+def test_an_unreachable_server_warns_once_and_training_finishes(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "online")  # beats logger.mode=offline
+    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "3")
+    args = [*DIGITS, "logger=wandb", "seed=1", f"results_root={tmp_path}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lottery", *args], cwd=tmp_path, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    lines = timed_lines(process)
+    output = "\n".join(line for _, line in lines)
+    assert process.returncode == 0, output[-2000:]
+
+    stored = summaries(tmp_path)
+    assert sorted(stored) == [(1, 0), (1, 1), (1, 2)]
+    [curve] = tmp_path.rglob("curve.csv")
+    assert len(curve.read_text().splitlines()) == 4
+    warnings = [(t, line) for t, line in lines if "warning" in line.lower() or "wandb" in line]
     assert len(warnings) == 1, warnings
-    assert warnings[0].startswith("warning: W&B")
-    assert warnings[0] in err.splitlines()
-    assert "Traceback" not in out + err
-    if failure is log_fails_midway:
-        # W&B got the first three rows, then nothing: the run was closed as failed.
-        assert "RuntimeError: disk full" in warnings[0]
-        [file] = wandb_files(tmp_path)
-        run = read_run(file)
-        assert [row["iteration"] for row in run.history] == [0, 50, 100]
-        assert run.exit_code == 1
+    [(warned_at, warning)] = warnings
+    assert warning.startswith("warning: W&B logging stopped (")
+    assert "Traceback" not in output
+    # W&B is tried once, after level 0: its wait is the time from the start of level 0 to
+    # the warning, less level 0's training.
+    [started_at] = [t for t, line in lines if line.startswith("results: ")]
+    waited = warned_at - started_at - stored[(1, 0)]["timing"]["wall"]
+    assert waited < 9, waited  # the 3 s timeout, W&B's start, and slack; not 20 s
+    assert not (tmp_path / "wandb" / SENT_DIR).exists()  # nothing was sent

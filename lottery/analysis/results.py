@@ -38,6 +38,7 @@ import glob
 import json
 import os
 import re
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -166,8 +167,48 @@ def load_results(*paths: str | Path) -> pd.DataFrame:
     """
     rows = []
     for file in summary_files(*(paths or ("results",))):
-        rows.append(_row(json.loads(file.read_text()), file.parent))
+        summary = _read_summary(file)
+        if summary is not None:
+            rows.append(_row(summary, file.parent))
     return _frame(rows)
+
+
+def _skip(file: Path, what: str, error: Exception) -> None:
+    reason = " ".join(str(error).split())[:120] or type(error).__name__
+    print(f"warning: skipped {what} of {file} ({reason})", file=sys.stderr, flush=True)
+
+
+def _read_summary(file: Path) -> dict[str, Any] | None:
+    """A summary, or None with a warning line naming the file if it cannot be read."""
+    try:
+        summary = json.loads(file.read_text())
+        _row(summary, file.parent)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        _skip(file, "the unreadable summary", error)
+        return None
+    return summary
+
+
+def _read_records(file: Path) -> list[dict[str, Any]]:
+    """The evaluations of a ``metrics.jsonl``; an unreadable line is skipped with a warning."""
+    records = []
+    try:
+        lines = file.read_text().splitlines()
+    except OSError as error:
+        _skip(file, "the unreadable metrics", error)
+        return []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "iteration" not in record:
+                raise ValueError("not an evaluation record")
+        except ValueError as error:
+            _skip(file, f"line {number}", error)
+            continue
+        records.append(record)
+    return records
 
 
 def load_metrics(*paths: str | Path) -> pd.DataFrame:
@@ -180,9 +221,10 @@ def load_metrics(*paths: str | Path) -> pd.DataFrame:
     """
     frames = []
     for file in summary_files(*(paths or ("results",))):
-        summary = json.loads(file.read_text())
-        metrics = file.parent / "metrics.jsonl"
-        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        summary = _read_summary(file)
+        records = _read_records(file.parent / "metrics.jsonl") if summary else []
+        if not records:
+            continue
         frame = pd.DataFrame.from_records(records)
         ident = {k: _row(summary, file.parent)[k] for k in (*KEYS, "weights_remaining_pct")}
         for position, (key, value) in enumerate(ident.items()):

@@ -38,9 +38,20 @@ from lottery.store import (
     ReplicateStore,
     dense_values,
     locked,
+    remove_stale_temp_files,
+    set_aside,
     warn,
 )
 from lottery.train import AtSteps, DivergedError, RunState, Timing, Trainer, host_tree
+
+
+class BrokenLevel(Exception):
+    """A finished level's files cannot be read back: it is set aside and made again (the
+    same bits: training is a function of the config and seeds)."""
+
+    def __init__(self, level: int, reason: str) -> None:
+        super().__init__(reason)
+        self.level = level
 
 
 class NothingLeftToPrune(Exception):
@@ -91,6 +102,7 @@ class Experiment:
         plan = self.plan
         summary = None
         with locked(self.dense.path):
+            remove_stale_temp_files(self.dense.path, older_than=60.0)
             if not self.dense.is_done(0):
                 folder = self.dense.partial_level(0)
                 mask = self._prune_into(folder, lambda: full_mask(plan.init_params))
@@ -149,8 +161,11 @@ class Experiment:
         begin = time.perf_counter()
 
         def make_mask() -> Any:
-            previous, _ = self.replicate.params(level - 1)
-            previous_mask = self.replicate.mask(level - 1)
+            try:
+                previous, _ = self.replicate.params(level - 1)
+                previous_mask = self.replicate.mask(level - 1)
+            except Exception as error:  # truncated or garbled files: redo that level
+                raise BrokenLevel(level - 1, f"{type(error).__name__}: {error}") from None
             mask = plan.strategy.prune(
                 previous, previous_mask, plan.prunable, plan.strategy_settings
             )
@@ -264,18 +279,26 @@ class Experiment:
         self.store.write_config(config_yaml, plan.hashed, dense_values(plan.hashed))
         console.print(f"results: {self.store.path}")
         with locked(self.replicate.path):
-            for level in range(cfg.pruning.levels + 1):
+            remove_stale_temp_files(self.replicate.path, older_than=60.0)
+            remove_stale_temp_files(self.store.path)
+            level = 0
+            while level <= cfg.pruning.levels:
                 self.level = level
-                if level == 0:
-                    summary = self.dense_level()
-                elif self.replicate.is_done(level):
-                    summary = None
-                else:
-                    try:
+                try:
+                    if level == 0:
+                        summary = self.dense_level()
+                    elif self.replicate.is_done(level):
+                        summary = None
+                    else:
                         summary = self.train(level)
-                    except NothingLeftToPrune as stop:
-                        console.print(str(stop))
-                        break
+                except NothingLeftToPrune as stop:
+                    console.print(str(stop))
+                    break
+                except BrokenLevel as broken:
+                    store = self.dense if broken.level == 0 else self.replicate
+                    set_aside(store.level_path(broken.level), "unreadable", str(broken)[:120])
+                    level = broken.level
+                    continue
                 self._send_to_loggers(level)
                 if summary is not None:
                     console.print(
@@ -284,6 +307,7 @@ class Experiment:
                         f"({summary['timing']['wall']:.1f} s)"
                     )
                     self.store.write_curve()
+                level += 1
             rows = self.store.write_curve()
         for logger in self.loggers:
             logger.finish(rows)

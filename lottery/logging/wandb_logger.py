@@ -1,77 +1,208 @@
-"""Weights & Biases logging: one W&B run per experiment hash and replicate.
+"""Weights & Biases: one W&B run per finished level (and branch), copied from the store.
 
-``logger=wandb`` (``conf/logger/wandb.yaml``) sends what the local store records to W&B as
-well, offline by default: W&B writes its files under ``logger.dir`` (default
-``<results_root>/wandb``) and ``wandb sync <dir>`` uploads them later.
+``logger=wandb`` (``conf/logger/wandb.yaml``) copies the local store to W&B, offline by
+default: W&B writes its run folders under ``logger.dir`` (default ``<results_root>/wandb``)
+and ``wandb sync <dir>`` uploads them later. The store is the record; W&B is a copy filled
+from it, and it can be filled again (see *Exactly once*).
 
-* Run: group ``<name>/<hash>``, name ``<name>-<hash>-r<seed>``, id ``<hash>-r<seed>`` (the
-  same on every re-run, with ``resume="allow"``, so finishing more levels or extending a run
-  goes on in the same W&B run), config = the whole resolved config plus ``hash``.
-* History: one row per evaluation — ``level``, ``iteration``, ``prune/weights_remaining``
-  (% of prunable weights alive), ``train/loss``, ``val/loss``, ``val/accuracy``,
-  ``test/loss``, ``test/accuracy`` (``iteration`` is their step metric) — and one row per
-  finished level — ``level``, ``prune/weights_remaining`` and ``curve/…`` (final, best and
-  early-stop test accuracy, early-stop iteration, wall seconds; ``level`` is their step
-  metric).
-* At the end: ``curve/table``, the replicate's rows of ``curve.csv`` as a ``wandb.Table``,
-  and ``curve/sparsity_accuracy``, a line plot of test accuracy against weights remaining.
+* One run per finished level or branch, made in :meth:`WandbLogger.log_level` from the
+  level's folder: ``wandb.init``, the level's whole history from ``metrics.jsonl`` (one row per
+  evaluation: ``iteration``, ``train/loss``, ``val/loss``, ``val/accuracy``, ``test/loss``,
+  ``test/accuracy``; ``iteration`` is their step metric), its results in the run summary
+  (``test_accuracy``, ``best_test_accuracy``, ``early_stop_*``, ``weights_remaining_pct``,
+  ``params_remaining``, ``wall_seconds``, ``layers``, ...), ``finish``. ``begin_level`` and
+  ``log_eval`` do nothing: the console shows live progress.
+* Group ``<name>/<hash>``, job type ``replicate_<seed>``, name
+  ``<name>-<hash>-r<seed>-L<level>[-<branch>]``, config = the whole resolved config plus
+  ``hash``, ``level``, ``weights_remaining_pct``, ``branch`` and ``seed``: a W&B scatter or
+  line panel of ``test_accuracy`` against ``weights_remaining_pct``, grouped by ``hash``, is
+  the sparsity–accuracy curve, across replicates and sweeps. For that reason there is no
+  per-experiment summary run at the end (it would repeat these runs, and change every time a
+  level is added).
+* Run id ``<hash>-r<seed>-L<level>[-<branch>]`` (:func:`run_id`): the same on every run, so
+  a level never gets a second W&B run.
 
-The local store is the record and W&B a copy: if W&B fails at any point (no network, no
-credentials, a full disk, a bug), one line starting ``warning: W&B`` goes to stderr, the
-logger stops sending anything, and training goes on.
+*Exactly once.* After a level's W&B run has finished, a marker
+``<W&B dir>/lottery-sent/[<entity>/]<project>/<run id>.json`` is written (atomically), and
+later runs skip that level; delete markers to send levels again. A level whose W&B run was cut
+off (SIGKILL, Ctrl-C, a W&B error: no marker) is sent again, in full, by the next run.
+
+*Precedence.* W&B's environment variables beat the config: ``WANDB_MODE`` beats
+``logger.mode``, ``WANDB_PROJECT`` and ``WANDB_ENTITY`` beat ``logger.project`` and
+``logger.entity``, ``WANDB_DIR`` beats ``logger.dir``, ``WANDB_INIT_TIMEOUT`` beats the
+default of :data:`INIT_TIMEOUT` seconds, and ``WANDB_SILENT``, ``WANDB_CONSOLE``,
+``WANDB_DISABLE_GIT``, ``WANDB_SAVE_CODE``, ``WANDB__DISABLE_STATS`` and
+``WANDB__SAVE_REQUIREMENTS`` beat this logger's quiet defaults. The id, name, group and job
+type are always the level's (``WANDB_RUN_ID``, ``WANDB_NAME``, ... do not apply).
+
+*Artifacts.* With ``logger.artifacts`` true, the level's ``mask.npz`` and ``params.npz`` go
+to W&B as a ``model`` artifact ``ticket-<run id>`` of the level's run.
+
+A logger must never stop training: if W&B fails at any point (no network, no credentials, a
+full disk, a bug), one line starting ``warning: W&B`` goes to stderr, the logger sends nothing
+more in this process, and training goes on; the next run sends what W&B missed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
+import re
+import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from lottery.atomic import atomic_write_text
 from lottery.config import Config
-from lottery.store import CURVE_COLUMNS
+from lottery.store import MAIN_BRANCH
 
 # Seconds wandb.init may wait for W&B's server (online mode) before giving up; the
 # environment variable WANDB_INIT_TIMEOUT, when set, takes its place.
-INIT_TIMEOUT = 20.0
+INIT_TIMEOUT = 10.0
 
-EVAL_KEYS = ("train/loss", "val/loss", "val/accuracy", "test/loss", "test/accuracy")
-LEVEL_KEYS = (
+# The level's results that go to the run summary (besides ``wall_seconds``).
+SUMMARY_KEYS = (
     "test_accuracy",
+    "test_loss",
     "best_test_accuracy",
+    "best_test_iteration",
     "early_stop_iteration",
+    "early_stop_val_loss",
     "early_stop_test_accuracy",
+    "weights_remaining_pct",
+    "prunable_remaining",
+    "prunable_total",
+    "params_remaining",
+    "params_total",
+    "layers",
 )
 
+# W&B settings this logger sets unless their environment variable is set: quiet, and nothing
+# W&B would collect besides our metrics (no console capture, system metrics, git, code or
+# requirements snapshot).
+QUIET_SETTINGS: dict[str, Any] = {
+    "silent": True,
+    "console": "off",
+    "disable_git": True,
+    "save_code": False,
+    "x_save_requirements": False,
+    "x_disable_stats": True,
+}
 
-def run_id(digest: str, seed: int) -> str:
-    """The W&B run id of a replicate: the same on every run, so W&B resumes it."""
-    return f"{digest}-r{seed}"
+SENT_DIR = "lottery-sent"
+_SAFE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _safe_part(text: str) -> str:
+    """``text`` if it is W&B-id-safe and short, else a safe prefix and a hash of it."""
+    if _SAFE.fullmatch(text) and len(text) <= 48:
+        return text
+    short = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', text)[:32]}_{short}"
+
+
+def branch_of(summary: dict[str, Any], folder: Path | None) -> str:
+    """The branch of a level or branch folder: ``imp`` for the main line, else the folder's
+    ``<name>_<hash>`` (two settings of a branch name get two runs)."""
+    if folder is not None and folder.name.startswith("branch_"):
+        return folder.name.removeprefix("branch_")
+    return str(summary.get("branch") or MAIN_BRANCH)
+
+
+def run_id(digest: str, seed: int, level: int, branch: str = MAIN_BRANCH) -> str:
+    """The W&B run id of one level (or branch) of one replicate: the same on every run."""
+    rid = f"{digest}-r{seed}-L{level}"
+    return rid if branch == MAIN_BRANCH else f"{rid}-{_safe_part(branch)}"
+
+
+def wandb_root(cfg: Config) -> Path:
+    """The folder given to ``wandb.init(dir=...)``: W&B's run folders go in its ``wandb/``.
+
+    ``WANDB_DIR`` if set, else ``logger.dir`` (its parent when it is named ``wandb``, so the
+    run folders go right in it), else ``<results_root>``.
+    """
+    if os.environ.get("WANDB_DIR"):
+        return Path(os.environ["WANDB_DIR"]).expanduser().resolve()
+    if cfg.logger.dir:
+        folder = Path(cfg.logger.dir).expanduser().resolve()
+        return folder.parent if folder.name == "wandb" else folder
+    return Path(cfg.results_root).expanduser().resolve()
 
 
 def wandb_dir(cfg: Config) -> Path:
-    """The folder W&B's run folders go in: ``logger.dir`` or ``<results_root>/wandb``."""
-    if cfg.logger.dir:
-        return Path(cfg.logger.dir).expanduser().resolve()
-    return Path(cfg.results_root).expanduser().resolve() / "wandb"
+    """The folder W&B's run folders go in (what ``wandb sync`` is given)."""
+    root = wandb_root(cfg)
+    return root / ".wandb" if (root / ".wandb").is_dir() else root / "wandb"  # as W&B does
+
+
+def wandb_mode(cfg: Config) -> str:
+    """``WANDB_MODE`` if set, else ``logger.mode``."""
+    return os.environ.get("WANDB_MODE") or cfg.logger.mode
+
+
+def _quiet_settings() -> dict[str, Any]:
+    """:data:`QUIET_SETTINGS` but those whose environment variable is set (W&B reads it)."""
+    chosen = {}
+    for key, value in QUIET_SETTINGS.items():
+        name = "WANDB__" + key[2:].upper() if key.startswith("x_") else "WANDB_" + key.upper()
+        if name in os.environ or (key == "save_code" and "WANDB_DISABLE_CODE" in os.environ):
+            continue
+        chosen[key] = value
+    return chosen
 
 
 class WandbLogger:
-    """A :class:`~lottery.logging.loggers.RunLogger` that copies metrics to W&B.
+    """A :class:`~lottery.logging.loggers.RunLogger` that copies finished levels to W&B.
 
-    W&B starts on the first call, so building the logger costs nothing. Every W&B call goes
+    Nothing W&B happens until a level is sent, so building the logger costs nothing, and a
+    run whose levels were all sent before does not start W&B at all. Every W&B call goes
     through :meth:`_guard`: the first failure warns once and turns the logger off.
     """
 
     def __init__(self, cfg: Config, digest: str) -> None:
         self.cfg = cfg
         self.digest = digest
+        self.mode = wandb_mode(cfg)
+        self.project = os.environ.get("WANDB_PROJECT") or cfg.logger.project
+        self.entity = os.environ.get("WANDB_ENTITY") or cfg.logger.entity
+        self.root = wandb_root(cfg)
         self.dir = wandb_dir(cfg)
+        self.artifacts = bool(getattr(cfg.logger, "artifacts", False))
         self.run: Any = None
         self.failed = False
-        self._weights: dict[int, float] = {0: 100.0}
+        self.offline_runs: list[str] = []  # sync folders written by this process
+
+    @property
+    def offline(self) -> bool:
+        return self.mode in ("offline", "dryrun")
+
+    # -- exactly once --------------------------------------------------------------------
+
+    def marker(self, rid: str) -> Path:
+        """The file that says the run ``rid`` was sent (or written offline) in full."""
+        where = self.dir / SENT_DIR
+        if self.entity:
+            where = where / _safe_part(self.entity)
+        return where / _safe_part(self.project or "uncategorized") / f"{rid}.json"
+
+    def _drop_cut_off_offline_runs(self, rid: str) -> None:
+        """Delete the offline run folders of ``rid`` left by a run that was cut off.
+
+        W&B offline mode ignores ``resume``: ``wandb.init`` with an id that already has an
+        offline folder opens a second folder (``offline-run-<time>-<id>``) beside it, and
+        ``wandb sync`` would upload both, so the level's history would reach W&B twice. The
+        store holds the whole level, so the cut-off copy is deleted and the level sent again
+        in full as a fresh run with the same id. (Online, the server keeps what it got: see
+        :meth:`_send`.)
+        """
+        pattern = re.compile(rf"offline-run-\d{{8}}_\d{{6}}-{re.escape(rid)}")
+        for folder in self.dir.glob(f"offline-run-*-{rid}"):
+            if pattern.fullmatch(folder.name):
+                shutil.rmtree(folder, ignore_errors=True)
 
     # -- W&B calls, guarded -------------------------------------------------------------
 
@@ -81,7 +212,8 @@ class WandbLogger:
         if len(reason) > 200:
             reason = reason[:197] + "..."
         print(
-            f"warning: W&B logging stopped ({reason}); results still go to the local store",
+            f"warning: W&B logging stopped ({reason}); results still go to the local store, "
+            "and the next run sends what W&B missed",
             file=sys.stderr,
             flush=True,
         )
@@ -101,117 +233,124 @@ class WandbLogger:
                     run.finish(exit_code=1)
             return None
 
-    def _start(self) -> None:
+    def _init(self, summary: dict[str, Any], rid: str, branch: str) -> Any:
         import wandb
 
-        cfg = self.cfg
-        if cfg.logger.mode != "disabled":
-            self.dir.mkdir(parents=True, exist_ok=True)
-        # W&B puts its run folders in <dir>/wandb: pass the parent when the name is "wandb".
-        root = self.dir.parent if self.dir.name == "wandb" else self.dir
-        config = asdict(cfg)
-        config["hash"] = self.digest
-        # Quiet, and nothing W&B would collect besides our metrics: no console capture, no
-        # system metrics, no git or code or requirements snapshot.
-        settings: dict[str, Any] = {
-            "silent": True,
-            "console": "off",
-            "disable_git": True,
-            "save_code": False,
-            "x_save_requirements": False,
-            "x_disable_stats": True,
-            # Read here: W&B reads its environment once per process.
-            "init_timeout": float(os.environ.get("WANDB_INIT_TIMEOUT", INIT_TIMEOUT)),
-        }
-        run = wandb.init(
-            project=cfg.logger.project,
-            entity=cfg.logger.entity,
-            group=f"{cfg.name}/{self.digest}",
-            name=f"{cfg.name}-{self.digest}-r{cfg.seed}",
-            id=run_id(self.digest, cfg.seed),
-            resume="allow",
-            job_type="imp",
+        level, seed = int(summary["level"]), int(summary.get("replicate", self.cfg.seed))
+        digest = summary.get("hash") or self.digest
+        name = f"{self.cfg.name}-{digest}-r{seed}-L{level}"
+        if branch != MAIN_BRANCH:
+            name += f"-{branch}"
+        config = asdict(self.cfg)
+        config.update(
+            hash=digest,
+            level=level,
+            weights_remaining_pct=summary["weights_remaining_pct"],
+            branch=branch,
+            seed=seed,
+        )
+        settings = _quiet_settings()
+        if "silent" in settings:
+            # W&B prints some lines (credentials found, ...) unless its *global* settings are
+            # silent: set them before the first run of the process (W&B's setup reads them).
+            wandb.setup(wandb.Settings(silent=True))
+        # Read here, not by W&B: W&B reads its environment once per process.
+        settings["init_timeout"] = float(os.environ.get("WANDB_INIT_TIMEOUT", INIT_TIMEOUT))
+        self.root.mkdir(parents=True, exist_ok=True)
+        return wandb.init(
+            project=self.project,
+            entity=self.entity,
+            group=f"{self.cfg.name}/{digest}",
+            job_type=f"replicate_{seed}",
+            name=name,
+            id=rid,
+            # Online, a run cut off earlier is resumed (see _send); offline ignores resume.
+            resume=None if self.offline else "allow",
             config=config,
-            dir=str(root),
-            mode=cfg.logger.mode,
-            reinit="finish_previous",
+            dir=str(self.root),
+            mode=self.mode,
+            reinit="create_new",  # leaves any run of the caller's alone
             settings=wandb.Settings(**settings),
         )
+
+    def _send(self, summary: dict[str, Any], folder: Path, rid: str, branch: str) -> None:
+        records = [
+            json.loads(line)
+            for line in (folder / "metrics.jsonl").read_text().splitlines()
+            if line.strip()
+        ]
+        self._drop_cut_off_offline_runs(rid)
+        run = self.run = self._init(summary, rid, branch)
         run.define_metric("iteration")
-        run.define_metric("level")
         for prefix in ("train", "val", "test"):
             run.define_metric(f"{prefix}/*", step_metric="iteration")
-        run.define_metric("prune/*", step_metric="level")
-        run.define_metric("curve/*", step_metric="level")
-        run.define_metric("val/loss", step_metric="iteration", summary="min")
-        run.define_metric("test/accuracy", step_metric="iteration", summary="max,last")
-        self.run = run
+        # Online, a resumed run already holds its first ``starting_step`` rows (one W&B step
+        # per record, in the store's order): send only the rest, so each row arrives once.
+        done = run.starting_step if run.resumed else 0
+        for record in records[done:]:
+            run.log(record)
+        results = {k: summary[k] for k in SUMMARY_KEYS if summary.get(k) is not None}
+        wall = (summary.get("timing") or {}).get("wall")
+        if wall is not None:
+            results["wall_seconds"] = wall
+        run.summary.update(results)
+        if self.artifacts:
+            self._log_artifact(run, folder, rid, summary)
+        sync_dir = run.settings.sync_dir
+        self.run = None
+        run.finish()
+        marker = {
+            "run_id": rid,
+            "mode": self.mode,
+            "project": self.project,
+            "entity": self.entity,
+            "sync_dir": sync_dir,
+            "rows": len(records),
+        }
+        atomic_write_text(self.marker(rid), json.dumps(marker, indent=2, sort_keys=True) + "\n")
+        if self.offline:
+            self.offline_runs.append(sync_dir)
 
-    def _ensure_started(self) -> bool:
-        if self.run is None and not self.failed:
-            self._guard(self._start)
-        return self.run is not None
+    def _log_artifact(self, run: Any, folder: Path, rid: str, summary: dict[str, Any]) -> None:
+        import wandb
 
-    def _log(self, row: dict[str, Any]) -> None:
-        if self._ensure_started():
-            self._guard(self.run.log, row)
+        keys = ("level", "replicate", "weights_remaining_pct", "test_accuracy")
+        artifact = wandb.Artifact(
+            f"ticket-{rid}",
+            type="model",
+            description=f"mask and weights of {folder}",
+            metadata={"hash": summary.get("hash"), **{k: summary.get(k) for k in keys}},
+        )
+        for name in ("mask.npz", "params.npz"):
+            artifact.add_file(str(folder / name), name=name)
+        run.log_artifact(artifact)
 
     # -- the RunLogger interface -------------------------------------------------------
 
     def begin_level(self, level: int, weights_remaining_pct: float) -> None:
-        self._weights[level] = weights_remaining_pct
+        """Nothing: a level goes to W&B when it is finished (the console shows progress)."""
 
     def log_eval(self, level: int, record: dict[str, float]) -> None:
-        if self.failed:
-            return
-        row: dict[str, Any] = {"level": level, "iteration": record["iteration"]}
-        if level in self._weights:
-            row["prune/weights_remaining"] = self._weights[level]
-        row.update({key: record[key] for key in EVAL_KEYS if key in record})
-        self._log(row)
+        """Nothing: the level's history goes to W&B from ``metrics.jsonl`` when finished."""
 
-    def log_level(self, summary: dict[str, Any], folder: Path | None = None) -> None:
-        if self.failed:
+    def log_level(self, summary: dict[str, Any], folder: Path) -> None:
+        """Send a finished level (or branch) unless its W&B run was sent in full before."""
+        if self.failed or self.mode == "disabled":
             return
-        level = summary["level"]
-        self._weights[level] = summary["weights_remaining_pct"]
-        row: dict[str, Any] = {
-            "level": level,
-            "prune/weights_remaining": summary["weights_remaining_pct"],
-            "prune/params_remaining": summary.get("params_remaining"),
-        }
-        for key in LEVEL_KEYS:
-            if summary.get(key) is not None:
-                row[f"curve/{key}"] = summary[key]
-        wall = (summary.get("timing") or {}).get("wall")
-        if wall is not None:
-            row["curve/wall_seconds"] = wall
-        self._log({k: v for k, v in row.items() if v is not None})
+        folder = Path(folder)
+        branch = branch_of(summary, folder)
+        seed = int(summary.get("replicate", self.cfg.seed))
+        rid = run_id(summary.get("hash") or self.digest, seed, int(summary["level"]), branch)
+        if self.marker(rid).is_file():
+            return
+        self._guard(self._send, summary, folder, rid, branch)
 
     def finish(self, rows: list[dict[str, Any]]) -> None:
-        if not self._ensure_started():
-            return
-        self._guard(self._finish, rows)
-
-    def _finish(self, rows: list[dict[str, Any]]) -> None:
-        import wandb
-
-        mine = [r for r in rows if int(r["replicate"]) == self.cfg.seed]
-        table = wandb.Table(
-            columns=list(CURVE_COLUMNS), data=[[r.get(c) for c in CURVE_COLUMNS] for r in mine]
-        )
-        title = f"{self.cfg.name} [{self.digest}] replicate {self.cfg.seed}"
-        plot = wandb.plot.line(
-            table, "weights_remaining_pct", "test_accuracy", title=f"{title}: test accuracy"
-        )
-        self.run.log({"curve/table": table, "curve/sparsity_accuracy": plot})
-        mode = self.run.settings.mode
-        sync_dir = self.run.settings.sync_dir
-        run, self.run = self.run, None
-        run.finish()
-        if mode == "offline":
+        """Say how to upload the offline runs this process wrote, if any."""
+        if self.offline_runs:
+            n = len(self.offline_runs)
             print(
-                f"W&B: offline run in {sync_dir}; upload with `wandb sync {self.dir}` "
-                f"(or `wandb sync {sync_dir}` for this run alone)",
+                f"W&B: {n} offline run{'s' if n > 1 else ''} in {self.dir}; "
+                f"upload with `wandb sync {self.dir}`",
                 flush=True,
             )

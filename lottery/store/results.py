@@ -36,6 +36,8 @@ import os
 import re
 import shutil
 import sys
+import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,31 @@ def read_summary(folder: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return summary if isinstance(summary, dict) else None
+
+
+def npz_readable(path: Path) -> bool:
+    """Whether ``path`` is a whole ``.npz``: a zip whose directory (written last) reads."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+    return True
+
+
+def remove_stale_temp_files(folder: Path, older_than: float = 600.0) -> int:
+    """Delete the temp files of atomic writes that a killed run left under ``folder``
+    (``.<name>.<random>.tmp``), if older than ``older_than`` seconds (an atomic write takes
+    far less, so a live writer's file is never taken). Returns how many."""
+    removed, now = 0, time.time()
+    for file in folder.rglob(".*.tmp"):
+        try:
+            if file.is_file() and now - file.stat().st_mtime > older_than:
+                file.unlink()
+                removed += 1
+        except FileNotFoundError:  # its writer finished meanwhile
+            continue
+    return removed
 
 
 def warn(message: str) -> None:
@@ -165,15 +192,17 @@ class PartialFolder:
             self._metrics = None
 
 
-def set_aside(folder: Path, why: str) -> None:
-    """Move an unusable folder out of the way (never delete results), with a warning line."""
+def set_aside(folder: Path, why: str, detail: str = "") -> None:
+    """Move an unusable file or folder out of the way (never delete results), with a warning
+    line; ``why`` is one word that goes into the new name (``level_3.unreadable-1``)."""
     if not folder.exists() and not folder.is_symlink():
         return
     n = 1
     while (aside := folder.with_name(f"{folder.name}.{why}-{n}")).exists():
         n += 1
     folder.rename(aside)
-    warn(f"{folder} was {why}; moved it to {aside.name} and will redo it")
+    detail = f" ({detail})" if detail else ""
+    warn(f"{folder} was {why}{detail}; moved it to {aside.name} and will redo it")
 
 
 class ReplicateStore:
@@ -189,7 +218,13 @@ class ReplicateStore:
         return self.level_path(level) / f"branch_{name}_{digest}"
 
     def is_done(self, level: int) -> bool:
-        return read_summary(self.level_path(level)) is not None
+        """A finished level: its summary parses, its mask and weights are whole files."""
+        folder = self.level_path(level)
+        return (
+            read_summary(folder) is not None
+            and npz_readable(folder / "mask.npz")
+            and npz_readable(folder / "params.npz")
+        )
 
     def summary(self, level: int) -> dict[str, Any]:
         return json.loads((self.level_path(level) / "summary.json").read_text())
@@ -234,9 +269,18 @@ class ReplicateStore:
         except FileNotFoundError:
             return None
         except Exception as error:  # a truncated or garbled file: made again from level 0
-            set_aside(self.rewind_file(step), f"unreadable ({type(error).__name__})")
+            set_aside(self.rewind_file(step), "unreadable", type(error).__name__)
             return None
         return trees.get("params", {}), trees.get("batch_stats", {})
+
+
+def _yaml_readable(path: Path) -> bool:
+    import yaml
+
+    try:
+        return isinstance(yaml.safe_load(path.read_text()), dict)
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
 
 
 class ExperimentStore:
@@ -260,10 +304,10 @@ class ExperimentStore:
     def write_config(
         self, config_yaml: str, hashed: dict[str, Any], dense_hashed: dict[str, Any]
     ) -> None:
-        """Record the config (once: the first run's stays) and the hashed values, for the
-        experiment and for its dense level 0."""
+        """Record the config (once: the first run's stays, unless unreadable) and the hashed
+        values, for the experiment and for its dense level 0."""
         for folder, values in ((self.path, hashed), (self.dense_path, dense_hashed)):
-            if not (folder / "config.yaml").exists():
+            if not _yaml_readable(folder / "config.yaml"):
                 atomic_write_text(folder / "config.yaml", config_yaml)
             atomic_write_json(folder / "hashed.json", values)
 

@@ -1,0 +1,122 @@
+"""Packaging: the configs ship inside the package, the dependencies are ranges that admit the
+versions CI tests (constraints.txt), and a built wheel installs and runs from any folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+import lottery
+from lottery.cli import CONFIG_DIR
+
+REPO = Path(__file__).resolve().parent.parent
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+SMOKE = ["train.steps=300it", "pruning.levels=1", "progress=false"]
+
+
+def constraints() -> dict[str, str]:
+    """constraints.txt as {canonical name: exact version}."""
+    pinned = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and version, f"constraints.txt: not an exact pin: {line!r}"
+            pinned[canonicalize_name(name)] = version
+    return pinned
+
+
+def configs(root: Path) -> set[str]:
+    return {path.relative_to(root).as_posix() for path in root.rglob("*.yaml")}
+
+
+def test_configs_live_inside_the_package():
+    package = Path(lottery.__file__).resolve().parent
+    assert package / "conf" == CONFIG_DIR
+    assert (CONFIG_DIR / "config.yaml").is_file()
+    assert "experiment/mnist1d_imp.yaml" in configs(CONFIG_DIR)
+    # The top-level conf/ of a checkout is the same folder (a link), not a second copy.
+    if (REPO / "conf").exists():
+        assert (REPO / "conf").resolve() == CONFIG_DIR
+
+
+@pytest.mark.parametrize("group", ["dependencies", "dev"])
+def test_dependencies_are_ranges_that_admit_the_tested_versions(group):
+    project = PYPROJECT["project"]
+    listed = project.get("optional-dependencies", {}).get(group, project["dependencies"])
+    pinned = constraints()
+    assert "lottery" not in pinned
+    for text in listed:
+        requirement = Requirement(text)
+        operators = {spec.operator for spec in requirement.specifier}
+        assert operators == {">=", "<"}, f"{text}: want a '>=X,<Y' range"
+        name = canonicalize_name(requirement.name)
+        assert name in pinned, f"{name} is not in constraints.txt"
+        assert requirement.specifier.contains(pinned[name], prereleases=True), (
+            f"constraints.txt pins {name}=={pinned[name]}, outside {text}")
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without what would make the new venv see the checkout or this venv."""
+    drop = {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PIP_REQUIRE_VIRTUALENV"}
+    env = {key: value for key, value in os.environ.items() if key not in drop}
+    return {**env, "PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "120",
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+
+
+def check(args: list[str], cwd: Path, timeout: int) -> str:
+    done = subprocess.run([str(arg) for arg in args], cwd=cwd, env=clean_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{args} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_wheel_installs_into_a_fresh_venv_and_runs_from_another_folder(tmp_path):
+    """What `pip install .` (or from git) gives a user: not the editable checkout."""
+    # Build from a copy of the checkout's files, so that the build leaves nothing in it.
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "lottery", source / "lottery",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for file in REPO.iterdir():
+        if file.is_file():
+            shutil.copy2(file, source / file.name)
+    wheels = tmp_path / "wheels"
+    check([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", wheels, source],
+          tmp_path, timeout=600)
+    [wheel] = wheels.glob("lottery-*.whl")
+
+    # The dependencies come from the package index (or pip's cache), at the tested versions.
+    venv = tmp_path / "venv"
+    check([sys.executable, "-m", "venv", venv], tmp_path, timeout=300)
+    python = venv / "bin" / "python"
+    check([python, "-m", "pip", "install", "-q", wheel, "-c", REPO / "constraints.txt"],
+          tmp_path, timeout=1200)
+    check([python, "-m", "pip", "check"], tmp_path, timeout=300)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = check([python, "-c", "import lottery, lottery.cli as c; "
+                   "print(lottery.__file__); print(c.CONFIG_DIR)"], elsewhere, timeout=300)
+    installed = (venv / "lib").resolve()
+    package_file, config_dir = (Path(line) for line in where.split())
+    assert package_file.is_relative_to(installed), package_file
+    assert config_dir.is_relative_to(installed), config_dir
+    assert configs(config_dir) == configs(CONFIG_DIR)  # every config shipped
+
+    results = tmp_path / "results"
+    out = check([python, "-m", "lottery", *SMOKE, f"results_root={results}"], elsewhere,
+                timeout=900)
+    [curve] = results.rglob("curve.csv")
+    assert len(curve.read_text().splitlines()) >= 3, out  # a header and two levels
+    # The `lottery` script finds the configs too (it used to look for a module named conf).
+    check([venv / "bin" / "lottery", "+experiment=lenet_openlth", "--cfg", "job"], elsewhere,
+          timeout=300)
