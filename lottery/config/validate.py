@@ -48,6 +48,15 @@ def validate(cfg: Config) -> None:
     for name, seed in (("seed", cfg.seed), ("data_seed", cfg.data_seed)):
         if seed is not None and not 0 <= seed < 2**32:
             raise ConfigError(f"{name}={seed} must be in [0, 2^32); choose e.g. {name}=0")
+    if any(width < 1 for width in cfg.model.hidden):
+        raise ConfigError(
+            f"model.hidden={list(cfg.model.hidden)} must list positive layer widths, "
+            "e.g. model.hidden=[300,100]"
+        )
+    if cfg.model.width < 0:
+        raise ConfigError(
+            f"model.width={cfg.model.width} must be >= 0 (0 = the paper's width), e.g. 16"
+        )
     Step.parse(pruning.rewind_step, "pruning.rewind_step")
     Step.parse(cfg.optimizer.warmup, "optimizer.warmup")
     for milestone in cfg.optimizer.milestones:

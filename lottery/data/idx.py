@@ -22,13 +22,23 @@ _FILES = {
 def read_idx(path: Path) -> np.ndarray:
     """Read one IDX file (optionally gzipped) into a numpy array."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    zero, dtype_code, ndim = raw[0] << 8 | raw[1], raw[2], raw[3]
-    if zero != 0 or dtype_code != 0x08:
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as error:
+        raise ConfigError(f"cannot read {path} ({error}); check dataset.path") from None
+    if len(raw) < 4 or raw[0] << 8 | raw[1] != 0 or raw[2] != 0x08:
         raise ConfigError(f"{path} is not an unsigned-byte IDX file; check dataset.path")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    expected = header + int(np.prod(shape, dtype=np.int64))
+    if len(raw) != expected:
+        raise ConfigError(
+            f"{path} is truncated or damaged ({len(raw):,} bytes, its header says "
+            f"{expected:,}); download or copy it again"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
 def _find(directory: Path, stem: str, hint: str) -> Path:

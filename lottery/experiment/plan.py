@@ -84,7 +84,15 @@ def prepare(cfg: Config) -> Plan:
     make_optimizer(cfg.optimizer)
     make_schedule(cfg.optimizer, steps_per_epoch, total)
     network = models.build(cfg.model, dataset.input_shape, dataset.num_classes)
-    params, batch_stats = network.init(jax.random.fold_in(jax.random.key(cfg.seed), 0))
+    try:
+        params, batch_stats = network.init(jax.random.fold_in(jax.random.key(cfg.seed), 0))
+    except Exception as error:  # e.g. a 2-D convolution given 1-D examples
+        reason = " ".join(str(error).split())[:160] or type(error).__name__
+        raise ConfigError(
+            f"model.name={cfg.model.name!r} cannot take the examples of dataset.name="
+            f"{cfg.dataset.name!r} (shape {tuple(dataset.input_shape)}): {reason}; choose a "
+            "model for this data"
+        ) from None
     params, batch_stats = host_tree(params), host_tree(batch_stats)
     prunable = prunable_paths(params, cfg.pruning.prunable)
     strategy.check(params, prunable, settings)
