@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,10 @@ class BrokenLevel(Exception):
     def __init__(self, level: int, reason: str) -> None:
         super().__init__(reason)
         self.level = level
+
+
+class LevelDiverged(RunError):
+    """A level's training diverged (see :class:`DivergedError`)."""
 
 
 class NothingLeftToPrune(Exception):
@@ -214,7 +219,8 @@ class Experiment:
         try:
             result = train_level(plan, trainer, folder, level, start, self.loggers, hooks)
         except DivergedError as error:
-            raise RunError(
+            shutil.rmtree(folder.path, ignore_errors=True)  # it would only diverge again
+            raise LevelDiverged(
                 f"level {level} diverged: {error} (optimizer.lr={plan.cfg.optimizer.lr}); "
                 "lower the learning rate or add optimizer.warmup; nothing of this level was kept "
                 "as finished"
@@ -256,8 +262,15 @@ class Experiment:
         the checkpoints of the unfinished one stay, and the same command resumes.
         """
         self.level = 0
+        cfg = self.plan.cfg
+        results_root = Path(cfg.results_root).expanduser().resolve()
+        folders = (self.store.path, self.store.dense_path, results_root / cfg.name, results_root)
+        made_here = [p for p in folders if not p.exists()]
         try:
             return self._run()
+        except LevelDiverged:
+            _remove_unfinished(made_here)
+            raise
         except KeyboardInterrupt:
             step = f" step {self.trainer.last_step:,}" if self._trainer is not None else ""
             raise RunError(
@@ -312,6 +325,14 @@ class Experiment:
         for logger in self.loggers:
             logger.finish(rows)
         return rows
+
+
+def _remove_unfinished(folders: list[Path]) -> None:
+    """Remove folders this run made that hold no finished level (a run that diverged leaves
+    nothing behind but what earlier runs finished)."""
+    for folder in folders:
+        if folder.exists() and not any(folder.rglob("summary.json")):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def ensure_writable(root: Path) -> None:

@@ -1,0 +1,264 @@
+"""Every bad input we know of, run through the real command line: each must exit non-zero
+with one line on stderr, no traceback, and no new file.
+
+    python tests/bad_inputs.py          # prints one line per input and the counts
+
+``tests/test_bad_inputs.py`` runs it in the test suite. Environment faults (a full disk,
+Ctrl-C) are the exceptions to "no new file": what was finished before them must stay.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+QUICK = ["train.steps=200it", "progress=false"]  # the default MNIST-1D experiment, short
+DIGITS = ["dataset=digits", "model.hidden=[64,32]", "train.batch_size=50", *QUICK]
+
+
+@dataclass(frozen=True)
+class Case:
+    what: str
+    args: tuple[str, ...]
+    setup: str = ""  # how to prepare the folder (see prepare())
+
+
+def case(what: str, *args: str, setup: str = "") -> Case:
+    return Case(what, (*QUICK, *args), setup)  # the case's own values win
+
+
+CASES = [
+    # The schema and Hydra.
+    case("unknown key", "foo=1"),
+    case("unknown nested key", "train.stepz=100it"),
+    case("wrong type", "seed=abc"),
+    case("unknown group option", "model=foo"),
+    case("unknown preset", "+experiment=nope"),
+    case("seed below 0", "seed=-1"),
+    case("seed above 2^64", "seed=18446744073709551617"),
+    case("data_seed below 0", "data_seed=-3"),
+    case("name with a parent folder", "name=../../x"),
+    case("empty name", "name="),
+    case("hidden name", "name=.hidden"),
+    # Values.
+    case("unknown model", "model.name=foo"),
+    case("unknown dataset", "dataset.name=foo"),
+    case("unknown optimizer", "optimizer.name=rmsprop"),
+    case("unknown schedule", "optimizer.schedule=linear"),
+    case("unknown initialiser", "model.init=foo"),
+    case("unknown pruning method", "pruning.method=snip2"),
+    case("unknown pruning scope", "pruning.scope=local"),
+    case("unknown logger", "logger.name=tensorboard"),
+    case("unknown W&B mode", "logger=wandb", "logger.mode=sometimes"),
+    case("fraction 1", "pruning.fraction=1.0"),
+    case("negative fraction", "pruning.fraction=-0.1"),
+    case("negative levels", "pruning.levels=-1"),
+    case("rewind step past the end", "pruning.rewind_step=7000it"),
+    case("rewind step not a duration", "pruning.rewind_step=soon"),
+    case("steps not a duration", "train.steps=abc"),
+    case("zero steps", "train.steps=0it"),
+    case("eval_every zero", "train.eval_every=0it"),
+    case("bad warmup", "optimizer.warmup=xyz"),
+    case("bad milestone", "optimizer=sgd", "optimizer.schedule=step", "optimizer.milestones=[x]"),
+    case("batch larger than the data", "train.batch_size=100000"),
+    case("batch 0", "train.batch_size=0"),
+    case("eval batch 0", "train.eval_batch_size=0"),
+    case("negative validation size", "dataset.validation_size=-1"),
+    case("validation size past the data", "dataset.validation_size=5000"),
+    case("checkpoint cadence not a duration", "train.checkpoint_every=often"),
+    case("checkpoint cadence 0", "train.checkpoint_every=0it"),
+    case("keep 0 checkpoints", "train.keep_checkpoints=0"),
+    case("prunable not a regex", "pruning.prunable=["),
+    case("prunable selects nothing", "pruning.prunable=nothing"),
+    case("layer fraction for no layer", "+pruning.layer_fractions={nope:0.1}"),
+    case("layer fraction out of range", "+pruning.layer_fractions={fc1:1.5}"),
+    case("zero hidden width", "model.hidden=[0]"),
+    case("negative width", "model=resnet20", "model.hidden=[100,100]", "model.width=-1"),
+    # Keys that do not apply to the chosen model, optimizer, schedule or dataset.
+    case("momentum with adam", "optimizer.momentum=0.9"),
+    case("adam's b1 with sgd", "optimizer=sgd", "optimizer.b1=0.5"),
+    case("milestones without a step schedule", "optimizer.milestones=[10it]"),
+    case("hidden with a ResNet", "model=resnet20", "model.hidden=[10]"),
+    case("width with an MLP", "model.width=8"),
+    case("augmentation on 1-D data", "dataset.augment=true"),
+    case("image size off ImageNet", "dataset.image_size=64"),
+    case("a path for digits", *DIGITS, "dataset.path=/tmp"),
+    # The model does not fit the data.
+    case("2-D convolutions on 1-D data", "model=resnet20", "model.hidden=[100,100]"),
+    # Divergence: the run stops with one line and keeps no finished-looking level.
+    case("learning rate NaN", "optimizer.lr=nan"),
+    case("learning rate inf", "optimizer.lr=inf"),
+    case("learning rate 1e9", "optimizer.lr=1e9"),
+    # Data that is missing or damaged.
+    case("IDX directory missing", "dataset=idx", "dataset.path=/nonexistent/idx"),
+    case("IDX files truncated", "dataset=idx", "dataset.path=idx", setup="idx_truncated"),
+    case("IDX files empty", "dataset=idx", "dataset.path=idx", setup="idx_empty"),
+    case("tfds dataset not prepared", "dataset=cifar10", "dataset.path=empty", setup="empty"),
+    # Where results go.
+    case("results_root is a file", "results_root=a_file", setup="file"),
+    case("results_root under /proc", "results_root=/proc/lottery_results"),
+    # Environment faults during a run.
+    case("the disk fills up", "pruning.levels=10", "train.steps=300it", setup="disk_full"),
+    case("Ctrl-C during training", "train.steps=200000it", setup="sigint"),
+]
+
+
+def write_idx(folder: Path, truncated: bool, empty: bool) -> None:
+    import numpy as np
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 300), ("t10k", 100)):
+        for kind, shape in (("images-idx3", (n, 8, 8)), ("labels-idx1", (n,))):
+            array = rng.integers(0, 10, shape).astype(np.uint8)
+            data = bytes([0, 0, 8, array.ndim])
+            data += b"".join(int(d).to_bytes(4, "big") for d in shape) + array.tobytes()
+            if empty:
+                data = b""
+            elif truncated and kind.startswith("images"):
+                data = data[: len(data) // 2]
+            (folder / f"{prefix}-{kind}-ubyte").write_bytes(data)
+
+
+def prepare(setup: str, folder: Path) -> str | None:
+    """Make the folder's starting state; returns a cleanup command's mount point, if any."""
+    if setup in ("idx_truncated", "idx_empty"):
+        write_idx(folder / "idx", truncated=setup == "idx_truncated", empty=setup == "idx_empty")
+    elif setup == "empty":
+        (folder / "empty").mkdir()
+    elif setup == "file":
+        (folder / "a_file").write_text("not a folder")
+    elif setup == "disk_full":
+        mount = folder / "small"
+        mount.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=500k", "tmpfs", str(mount)],
+                              capture_output=True)
+        return str(mount) if done.returncode == 0 else "unavailable"
+    return None
+
+
+def files_under(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+@dataclass
+class Outcome:
+    case: Case
+    verdict: str  # clear | traceback | silent | several lines | new files | skipped
+    detail: str
+
+
+def run_in_process(args: list[str], folder: Path) -> tuple[int, str]:
+    """``python -m lottery ARGS`` in this process (no interpreter start-up: about 20 times
+    faster); returns the exit code and what went to stderr."""
+    import contextlib
+    import io
+    import traceback
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lottery import __main__ as entry
+
+    stderr, argv, cwd = io.StringIO(), sys.argv, os.getcwd()
+    sys.argv, code = ["lottery", *args], 0
+    os.chdir(folder)
+    try:
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+            entry.main()
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else int(done.code is not None)
+    except BaseException:  # an uncaught exception is what a user would see as a traceback
+        traceback.print_exc(file=stderr)
+        code = 1
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)
+        GlobalHydra.instance().clear()
+    return code, stderr.getvalue()
+
+
+def run_case(item: Case) -> Outcome:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        mount = prepare(item.setup, folder)
+        if mount == "unavailable":
+            return Outcome(item, "skipped", "cannot mount a small tmpfs here")
+        before = files_under(folder)
+        root = f"results_root={mount}/results" if mount else "results_root=results"
+        args = [root, *item.args] if not any(a.startswith("results_root=") for a in item.args) \
+            else list(item.args)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+        command = [sys.executable, "-m", "lottery", *args]
+        try:
+            if item.setup == "sigint":
+                process = subprocess.Popen(command, cwd=folder, env=env, text=True,
+                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                _wait_for_training(folder)
+                process.send_signal(signal.SIGINT)
+                _, stderr = process.communicate(timeout=120)
+                code = process.returncode
+            elif item.setup == "disk_full":
+                done = subprocess.run(command, cwd=folder, env=env, text=True,
+                                      capture_output=True, timeout=300)
+                stderr, code = done.stderr, done.returncode
+            else:
+                code, stderr = run_in_process(args, folder)
+            after = files_under(folder)
+        finally:
+            if mount:
+                subprocess.run(["umount", mount], capture_output=True)
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    if "Traceback" in stderr:
+        return Outcome(item, "traceback", stderr.strip().splitlines()[-1])
+    if code == 0:
+        return Outcome(item, "silent", "exit 0")
+    if len(lines) != 1 or not lines[0].startswith("error: "):
+        return Outcome(item, "several lines", " | ".join(lines)[:300])
+    if item.setup not in ("disk_full", "sigint") and after - before:
+        return Outcome(item, "new files", ", ".join(sorted(after - before))[:200])
+    return Outcome(item, "clear", lines[0])
+
+
+def _wait_for_training(folder: Path, timeout: float = 120.0) -> None:
+    """Until the run has an unfinished level (it is training)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(folder.rglob("level_0.partial")):
+            time.sleep(1.0)
+            return
+        time.sleep(0.2)
+
+
+def run_all(cases: list[Case] = CASES) -> list[Outcome]:
+    """The two subprocess cases in the background, the others in this process, in turn
+    (they change the working directory, so not in threads of their own)."""
+    apart = [c for c in cases if c.setup in ("disk_full", "sigint")]
+    with ThreadPoolExecutor(1) as pool:
+        background = pool.map(run_case, apart)
+        here = {c: run_case(c) for c in cases if c not in apart}
+        here.update(zip(apart, background, strict=True))
+    return [here[c] for c in cases]
+
+
+def main() -> int:
+    if shutil.which("mount") is None:
+        print("note: no `mount`: the full-disk case is skipped")
+    outcomes = run_all()
+    for outcome in outcomes:
+        print(f"{outcome.verdict:>13}  {outcome.case.what}: {outcome.detail}")
+    counts = {v: sum(o.verdict == v for o in outcomes) for v in
+              ("clear", "traceback", "silent", "several lines", "new files", "skipped")}
+    print(f"{len(outcomes)} bad inputs tried: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
+    return 0 if counts["clear"] + counts["skipped"] == len(outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

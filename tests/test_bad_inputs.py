@@ -1,0 +1,21 @@
+"""Every known bad input ends with one line, a non-zero exit and no new file (the list and
+the runner are in ``tests/bad_inputs.py``, which also runs on its own)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+@pytest.mark.slow
+def test_every_bad_input_is_one_clear_line():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "bad_inputs.py")],
+        capture_output=True, text=True, timeout=900, cwd=REPO,
+    )
+    last = result.stdout.strip().splitlines()[-1]
+    print(last)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
+    assert " 0 traceback, 0 silent, 0 several lines, 0 new files" in last, last
