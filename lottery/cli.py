@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lottery import experiment
 from lottery.analysis import plot_sparsity_accuracy
-from lottery.config import Config, ConfigError, RunError, register
+from lottery.config import Config, ConfigError, RunError, register, validate
 from lottery.logging import console, error_line, summary_table
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package
@@ -36,24 +36,56 @@ def describe_compose_error(error: BaseException) -> str:
     return f"{line} (see every key and its value with `python -m lottery --cfg job`)"
 
 
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
 def check_overrides(argv: list[str]) -> str | None:
     """Compose the config as Hydra will; the one-line error if that fails, else None.
 
     Hydra reports a bad override (unknown key, wrong type, unknown group option) over
-    several lines and a stack-trace hint; we catch it first and say it in one. Runs with
-    Hydra flags (``-m``, ``--cfg``, ``--help``, ...) are left to Hydra as they are.
+    several lines and a stack-trace hint; we catch it first and say it in one. A sweep
+    (``-m``) is checked value by value: each swept value composed with the first value of
+    the other sweeps. Runs with other Hydra flags (``--cfg``, ``--help``, ...) are left to
+    Hydra as they are.
     """
-    if any(arg.startswith("-") for arg in argv):
+    overrides = [arg for arg in argv if arg not in MULTIRUN_FLAGS]
+    if any(arg.startswith("-") for arg in overrides):
         return None
     from hydra import compose, initialize_config_dir
 
     register()
     try:
+        candidates = _sweep_candidates(overrides) if len(overrides) < len(argv) else [overrides]
         with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-            compose("config", overrides=list(argv))
+            configs = [compose("config", overrides=candidate) for candidate in candidates]
     except Exception as error:  # any composition failure is the user's input
         return describe_compose_error(error)
+    try:  # values too, so that no job of a sweep starts before every job's values are good
+        for config in configs:
+            validate(to_config(config))
+    except ConfigError as error:
+        return str(error)
     return None
+
+
+def _sweep_candidates(overrides: list[str]) -> list[list[str]]:
+    """Override lists that together try every value of every sweep (``k=a,b``) once."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    choices: list[list[str]] = []
+    for override in parsed:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            choices.append([override.input_line])
+    firsts = [values[0] for values in choices]
+    candidates = [firsts]
+    for index, values in enumerate(choices):
+        for value in values[1:]:
+            candidates.append([*firsts[:index], value, *firsts[index + 1 :]])
+    return candidates
 
 
 def to_config(cfg: DictConfig) -> Config:

@@ -102,6 +102,9 @@ CASES = [
     case("IDX files truncated", "dataset=idx", "dataset.path=idx", setup="idx_truncated"),
     case("IDX files empty", "dataset=idx", "dataset.path=idx", setup="idx_empty"),
     case("tfds dataset not prepared", "dataset=cifar10", "dataset.path=empty", setup="empty"),
+    # Sweeps (-m) are checked before any job starts.
+    case("sweep with an unknown key", "-m", "seed=0,1", "foo=1"),
+    case("sweep with a bad value", "-m", "pruning.fraction=0.2,1.5"),
     # Where results go.
     case("results_root is a file", "results_root=a_file", setup="file"),
     case("results_root under /proc", "results_root=/proc/lottery_results"),

@@ -100,3 +100,28 @@ def test_lenet_on_fashion_mnist_reaches_85_percent_dense(tmp_path, fashion_mnist
     layers = found[(0, 1)]["layers"]
     assert layers["fc1/kernel"]["remaining"] == 235_200 - 47_040
     assert layers["out/kernel"]["remaining"] == 900
+
+
+def test_help_lists_every_preset_and_the_main_knobs(tmp_path):
+    from conftest import REPO, run_cli
+
+    result = run_cli(["--help"], cwd=tmp_path)
+    assert result.returncode == 0
+    presets = sorted(p.stem for p in (REPO / "lottery" / "conf" / "experiment").glob("*.yaml"))
+    listed = result.stdout.split("Presets", 1)[1].split("Main knobs", 1)[0]
+    for preset in presets:
+        assert preset in listed, preset
+    for knob in ("pruning.fraction", "pruning.rewind_step", "train.checkpoint_every", "seed"):
+        assert knob in result.stdout
+
+
+def test_a_sweep_with_a_bad_value_stops_before_any_job(tmp_path):
+    from conftest import run_cli
+
+    result = run_cli(["-m", "pruning.fraction=0.2,1.5", "results_root=out"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: pruning.fraction=1.5 must be in [0, 1): it is the fraction of the remaining "
+        "weights removed per level (0.2 removes 20%)"
+    ]
+    assert not (tmp_path / "out").exists()

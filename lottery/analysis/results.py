@@ -271,10 +271,15 @@ def aggregate(df: pd.DataFrame, metrics: Iterable[str] = METRICS) -> pd.DataFram
 def load_wandb(project: str, entity: str | None = None, api: Any = None) -> pd.DataFrame:
     """The :func:`load_results` schema from W&B's public API (runs of ``logger=wandb``).
 
-    Each run is one replicate (its config has ``name``, ``seed`` and ``hash``); each history
-    row with ``curve/test_accuracy`` is one finished level. ``path`` is the run's URL.
-    ``api`` defaults to ``wandb.Api()`` (needs network and credentials); any object with the
-    same ``runs(path)`` method will do.
+    Each run is one finished level (or branch) of one replicate: its config has ``name``,
+    ``hash``, ``seed``, ``level``, ``branch`` and ``weights_remaining_pct``, its summary the
+    level's results (``test_accuracy``, ``early_stop_iteration``,
+    ``early_stop_test_accuracy``, ``params_remaining``, ``wall_seconds``); a run without
+    ``test_accuracy`` (cut off) is skipped. Runs of the earlier layout, one per replicate
+    (no ``level`` in the config) with one history row per finished level (``level``,
+    ``prune/weights_remaining``, ``curve/…``), are read too. ``path`` is the run's URL; a level
+    found twice keeps the last. ``api`` defaults to ``wandb.Api()`` (needs network and
+    credentials); any object with the same ``runs(path)`` method will do.
     """
     if api is None:
         import wandb
@@ -285,26 +290,47 @@ def load_wandb(project: str, entity: str | None = None, api: Any = None) -> pd.D
         config = dict(run.config)
         if "hash" not in config:
             continue  # not a lottery run
-        for record in run.scan_history():
+        identity = {
+            "experiment": config.get("name"),
+            "hash": config["hash"],
+            "replicate": config.get("seed"),
+            "branch": config.get("branch", DEFAULT_BRANCH),
+            "path": getattr(run, "url", None),
+        }
+        if "level" in config:  # one run per level
+            summary = getattr(run, "summary", None) or {}
+            if summary.get("test_accuracy") is None:
+                continue
+            rows.append(
+                {
+                    **identity,
+                    "level": config["level"],
+                    "weights_remaining_pct": config.get(
+                        "weights_remaining_pct", summary.get("weights_remaining_pct")
+                    ),
+                    "test_accuracy": summary["test_accuracy"],
+                    "early_stop_iteration": summary.get("early_stop_iteration"),
+                    "early_stop_test_accuracy": summary.get("early_stop_test_accuracy"),
+                    "params_remaining": summary.get("params_remaining"),
+                    "wall_seconds": summary.get("wall_seconds"),
+                }
+            )
+            continue
+        for record in run.scan_history():  # the earlier layout: one run per replicate
             if record.get("curve/test_accuracy") is None:
                 continue
             rows.append(
                 {
-                    "experiment": config.get("name"),
-                    "hash": config["hash"],
-                    "replicate": config.get("seed"),
+                    **identity,
                     "level": record["level"],
-                    "branch": config.get("branch", DEFAULT_BRANCH),
                     "weights_remaining_pct": record["prune/weights_remaining"],
                     "test_accuracy": record["curve/test_accuracy"],
-                    "best_test_accuracy": record.get("curve/best_test_accuracy"),
                     "early_stop_iteration": record.get("curve/early_stop_iteration"),
                     "early_stop_test_accuracy": record.get("curve/early_stop_test_accuracy"),
                     "params_remaining": record.get("prune/params_remaining"),
                     "wall_seconds": record.get("curve/wall_seconds"),
-                    "path": getattr(run, "url", None),
                 }
             )
-    # A resumed run can log a level twice; keep the last.
+    # A level can be found twice (a resumed run of the earlier layout); keep the last.
     frame = _frame(rows)
     return frame.drop_duplicates(list(KEYS), keep="last").reset_index(drop=True)

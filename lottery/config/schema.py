@@ -116,6 +116,8 @@ class LoggerConfig:
     entity: str | None = None
     # Directory for W&B's files; default: <results_root>/wandb.
     dir: str | None = None
+    # W&B: also upload each level's mask.npz and params.npz as a model artifact.
+    artifacts: bool = False
 
 
 @dataclass

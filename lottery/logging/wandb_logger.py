@@ -8,10 +8,11 @@ from it, and it can be filled again (see *Exactly once*).
 * One run per finished level or branch, made in :meth:`WandbLogger.log_level` from the
   level's folder: ``wandb.init``, the level's whole history from ``metrics.jsonl`` (one row per
   evaluation: ``iteration``, ``train/loss``, ``val/loss``, ``val/accuracy``, ``test/loss``,
-  ``test/accuracy``; ``iteration`` is their step metric), its results in the run summary
-  (``test_accuracy``, ``best_test_accuracy``, ``early_stop_*``, ``weights_remaining_pct``,
-  ``params_remaining``, ``wall_seconds``, ``layers``, ...), ``finish``. ``begin_level`` and
-  ``log_eval`` do nothing: the console shows live progress.
+  ``test/accuracy``; ``iteration`` is their step metric), its ``summary.json`` in the run
+  summary (``test_accuracy``, ``early_stop_*``, ``weights_remaining_pct``,
+  ``params_remaining``, ``layers``, ...; ``wall_seconds`` for ``timing.wall``; the fields
+  naming the level are in the config), ``finish``. ``begin_level`` and ``log_eval`` do
+  nothing: the console shows live progress.
 * Group ``<name>/<hash>``, job type ``replicate_<seed>``, name
   ``<name>-<hash>-r<seed>-L<level>[-<branch>]``, config = the whole resolved config plus
   ``hash``, ``level``, ``weights_remaining_pct``, ``branch`` and ``seed``: a W&B scatter or
@@ -25,7 +26,9 @@ from it, and it can be filled again (see *Exactly once*).
 *Exactly once.* After a level's W&B run has finished, a marker
 ``<W&B dir>/lottery-sent/[<entity>/]<project>/<run id>.json`` is written (atomically), and
 later runs skip that level; delete markers to send levels again. A level whose W&B run was cut
-off (SIGKILL, Ctrl-C, a W&B error: no marker) is sent again, in full, by the next run.
+off (SIGKILL, Ctrl-C, a W&B error: no marker) is sent again by the next run: offline, its
+cut-off folder is deleted and the level written again in full; online, the run is resumed
+and gets only the history rows the server lacks (see :meth:`WandbLogger._send`).
 
 *Precedence.* W&B's environment variables beat the config: ``WANDB_MODE`` beats
 ``logger.mode``, ``WANDB_PROJECT`` and ``WANDB_ENTITY`` beat ``logger.project`` and
@@ -64,22 +67,9 @@ from lottery.store import MAIN_BRANCH
 # environment variable WANDB_INIT_TIMEOUT, when set, takes its place.
 INIT_TIMEOUT = 10.0
 
-# The level's results that go to the run summary (besides ``wall_seconds``).
-SUMMARY_KEYS = (
-    "test_accuracy",
-    "test_loss",
-    "best_test_accuracy",
-    "best_test_iteration",
-    "early_stop_iteration",
-    "early_stop_val_loss",
-    "early_stop_test_accuracy",
-    "weights_remaining_pct",
-    "prunable_remaining",
-    "prunable_total",
-    "params_remaining",
-    "params_total",
-    "layers",
-)
+# Fields of summary.json that are not copied to the run summary: who the level is (in the
+# run's config) and its timings (``timing.wall`` goes as ``wall_seconds``).
+NOT_IN_SUMMARY = ("experiment", "hash", "dense_hash", "replicate", "level", "branch", "timing")
 
 # W&B settings this logger sets unless their environment variable is set: quiet, and nothing
 # W&B would collect besides our metrics (no console capture, system metrics, git, code or
@@ -246,7 +236,7 @@ class WandbLogger:
             hash=digest,
             level=level,
             weights_remaining_pct=summary["weights_remaining_pct"],
-            branch=branch,
+            branch=summary.get("branch") or MAIN_BRANCH,  # as in curve.csv and load_results
             seed=seed,
         )
         settings = _quiet_settings()
@@ -289,7 +279,9 @@ class WandbLogger:
         done = run.starting_step if run.resumed else 0
         for record in records[done:]:
             run.log(record)
-        results = {k: summary[k] for k in SUMMARY_KEYS if summary.get(k) is not None}
+        results = {
+            k: v for k, v in summary.items() if k not in NOT_IN_SUMMARY and v is not None
+        }
         wall = (summary.get("timing") or {}).get("wall")
         if wall is not None:
             results["wall_seconds"] = wall
