@@ -30,7 +30,7 @@ from lottery.config import Config, ConfigError, RunError
 from lottery.data.augment import crop_flip
 from lottery.experiment.levels import LevelStart, boundary_steps, train_level
 from lottery.experiment.plan import Plan, prepare
-from lottery.experiment.summary import summarize
+from lottery.experiment.summary import environment, summarize
 from lottery.logging import RunLogger, console, make_loggers
 from lottery.pruning import apply_mask, count_alive, flatten, full_mask
 from lottery.store import (
@@ -242,6 +242,7 @@ class Experiment:
         timing["store"] = time.perf_counter() - begin_store
         timing["wall"] = time.perf_counter() - wall
         summary["timing"] = timing
+        summary["environment"] = environment()
         folder.finish(summary)
         return summary
 

@@ -8,6 +8,30 @@ from lottery.experiment.plan import Plan
 from lottery.pruning import sparsity_report
 from lottery.store import MAIN_BRANCH
 
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
+
+
+def environment() -> dict[str, Any]:
+    """The versions and the device that produced a level: bits depend on both."""
+    import importlib.metadata
+    import platform
+
+    import jax
+
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    device = jax.devices()[0]
+    return {
+        "versions": versions,
+        "python": platform.python_version(),
+        "device": f"{device.platform}:{device.device_kind}",
+        "device_count": jax.device_count(),
+    }
+
 
 def summarize(
     plan: Plan,
