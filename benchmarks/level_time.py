@@ -23,8 +23,6 @@ from pathlib import Path
 
 from common import REPO, median, parser, report
 
-OPENLTH_SECONDS_PER_LEVEL = 180.0  # OpenLTH, LeNet-300-100 / Fashion-MNIST, this machine kind
-
 CASES = {
     "a": ("LeNet-300-100, OpenLTH defaults", ["+experiment=lenet_openlth"]),
     "b": ("LeNet-300-100, Frankle & Carbin", ["+experiment=lenet_fashion_imp"]),
@@ -118,7 +116,7 @@ def main() -> None:
         row["checkpoints"] = median([t["checkpoints"] for t in later])
         row["compile_after_level_0_s"] = sum(t["compile"] for t in later)
         rows.append(row)
-    extra = {"openlth_seconds_per_level": OPENLTH_SECONDS_PER_LEVEL}
+    extra: dict = {}  # OpenLTH side by side: benchmarks/openlth.py (measured, never quoted)
     if not opts.no_end_to_end and "c" in opts.cases:
         extra.update(default_end_to_end())
     report("Seconds per IMP level (median of the levels after level 0)",

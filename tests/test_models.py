@@ -222,3 +222,31 @@ def test_model_configs() -> None:
     for name in MODELS:
         file = Path(__file__).parent.parent / "conf" / "model" / f"{name}.yaml"
         assert OmegaConf.load(file).name == name
+
+
+def test_openlth_initialisation_of_batchnorm_scales_and_biases():
+    import math
+
+    import jax
+    import numpy as np
+
+    from lottery.config import ModelConfig
+    from lottery.models import build
+    from lottery.pruning import flatten
+
+    def init(**options):
+        net = build(ModelConfig(name="resnet20", width=4, **options), (32, 32, 3), 10)
+        return flatten(net.init(jax.random.key(0))[0])
+
+    plain, openlth = init(), init(batchnorm_init="uniform", bias_init="pytorch")
+    scales = [p for p in plain if p.endswith("/scale")]
+    assert scales and all(np.all(plain[p] == 1.0) for p in scales)
+    values = np.concatenate([openlth[p] for p in scales])
+    assert values.min() >= 0.0 and values.max() < 1.0 and values.std() > 0.2  # U[0, 1)
+    assert all(np.all(openlth[p.replace("scale", "bias")] == 0.0) for p in scales)  # shifts 0
+    bound = 1 / math.sqrt(openlth["out/kernel"].shape[0])
+    assert np.all(plain["out/bias"] == 0.0)
+    assert 0 < np.abs(openlth["out/bias"]).max() <= bound
+    for path in plain:  # the kernels are the same draws either way
+        if path.endswith("kernel"):
+            np.testing.assert_array_equal(plain[path], openlth[path])

@@ -21,6 +21,8 @@ from lottery.config.schema import Config
 # Models that read ``model.width``, the base width of the convolutional families (conv2/4/6,
 # resnet*, vgg*, mnist1d_cnn); ``mlp`` and ``lenet_300_100`` are fully connected.
 WIDTH_PREFIXES = ("conv", "resnet", "vgg", "mnist1d_cnn")
+# Models with BatchNorm layers (model.batchnorm_init): the CIFAR and ImageNet ResNets, VGGs.
+BATCHNORM_PREFIXES = ("resnet", "vgg")
 ADAM_FAMILY = ("adam", "adamw")
 # Datasets streamed from the host: normalised by their stream, cropped to dataset.image_size.
 STREAMED = ("imagenet2012",)
@@ -55,6 +57,9 @@ def check_applicable(cfg: Config, input_shape: tuple[int, ...]) -> None:
     if not model.name.startswith(WIDTH_PREFIXES):
         why = "only conv2/4/6, resnet*, vgg* and mnist1d_cnn use it"
         _unused(cfg, "model.width", on_model, why, "remove it or choose one of them")
+    if not model.name.startswith(BATCHNORM_PREFIXES):
+        why = "only the networks with BatchNorm (resnet*, vgg*) have scales to draw"
+        _unused(cfg, "model.batchnorm_init", on_model, why, "remove it")
 
     on_opt = f"optimizer.name={opt.name!r}"
     if opt.name != "sgd":

@@ -42,6 +42,11 @@ class ModelConfig:
     init: str = "kaiming_normal"
     # Width multiplier or base width of the convolutional families (0 = the paper's).
     width: int = 0
+    # BatchNorm scales: "ones" (Flax, PyTorch) or "uniform" U[0, 1) (OpenLTH's CIFAR/ImageNet
+    # networks). Shifts are 0 either way.
+    batchnorm_init: str = "ones"
+    # Biases of dense/conv layers: "zeros" or "pytorch", U(±1/sqrt(fan_in)) as OpenLTH keeps.
+    bias_init: str = "zeros"
 
 
 @dataclass

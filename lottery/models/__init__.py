@@ -19,7 +19,7 @@ import flax.linen as nn
 from lottery.config import ConfigError, ModelConfig
 from lottery.models import conv, resnet_cifar, resnet_imagenet, vgg
 from lottery.models.cnn1d import CNN1D
-from lottery.models.init import kernel_init
+from lottery.models.init import kernel_init, reinit_function
 from lottery.models.mlp import MLP
 from lottery.models.network import BatchStats, Network, Params
 
@@ -68,7 +68,8 @@ def build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> N
     """The network ``cfg`` names, for inputs of ``input_shape`` (without the batch axis)."""
     check_name(cfg.name)
     kernel_init(cfg.init)  # fail early on an unknown initialiser
-    return Network(MODELS[cfg.name](cfg, num_classes), tuple(input_shape))
+    reinit = reinit_function(cfg.batchnorm_init, cfg.bias_init)
+    return Network(MODELS[cfg.name](cfg, num_classes), tuple(input_shape), reinit)
 
 
 __all__ = ["MODELS", "BatchStats", "Network", "Params", "build", "check_name"]

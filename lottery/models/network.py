@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,12 +24,18 @@ class Network:
 
     module: nn.Module
     input_shape: tuple[int, ...]
+    # Redraws some parameters after the module's own initialisation (see init.py).
+    reinit: Callable[[jax.Array, Params], Params] | None = None
 
     def init(self, key: jax.Array) -> tuple[Params, BatchStats]:
         """Fresh parameters and BatchNorm statistics (``{}`` when there is none)."""
         dummy = jnp.zeros((1, *self.input_shape), jnp.float32)
         variables = self.module.init(key, dummy, train=False)
-        return dict(variables["params"]), dict(variables.get("batch_stats", {}))
+        params = dict(variables["params"])
+        if self.reinit is not None:
+            # Its own stream, so the kernels are the same with or without it.
+            params = self.reinit(jax.random.fold_in(key, 7), params)
+        return params, dict(variables.get("batch_stats", {}))
 
     def apply(
         self, params: Params, batch_stats: BatchStats, x: jax.Array, train: bool
