@@ -63,3 +63,21 @@ def test_missing_imagenet_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="imagenet2012 is not prepared"):
         imp.prepare(make_config(["+experiment=resnet50_imagenet_imp",
                                  f"dataset.path={tmp_path}"]))
+
+
+@pytest.mark.parametrize("preset", ["resnet_imp", "vgg16_imp"])
+def test_cifar_presets_are_frankle_2020_table_1(preset):
+    cfg = make_config([f"+experiment={preset}"])
+    assert cfg.dataset.validation_size == 0  # all 50,000 training images
+    assert (cfg.train.steps, cfg.train.batch_size) == ("63000it", 128)
+    assert list(cfg.optimizer.milestones) == ["32000it", "48000it"]
+    assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (
+        0.1, 0.9, 1e-4)
+    assert cfg.optimizer.warmup == "0it" and cfg.dataset.augment
+    assert (cfg.model.batchnorm_init, cfg.model.bias_init) == ("uniform", "pytorch")
+
+
+def test_the_imagenet_preset_prunes_one_shot():
+    cfg = make_config(["+experiment=resnet50_imagenet_imp"])
+    assert cfg.pruning.levels == 1 and cfg.pruning.fraction == 0.8
+    assert (cfg.optimizer.lr, cfg.optimizer.warmup, cfg.train.batch_size) == (0.4, "5ep", 1024)
