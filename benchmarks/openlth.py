@@ -9,9 +9,9 @@ for both, with the ratio. Nothing here is quoted: every figure is measured on th
 Not in CI (it needs PyTorch and a clone of OpenLTH). To run it:
 
     git clone https://github.com/facebookresearch/open_lth /tmp/open_lth
-    pip install torch torchvision        # any recent version; CPU is enough
+    python -m venv /tmp/torch && /tmp/torch/bin/pip install torch torchvision   # CPU is enough
     apt-get install dataset-fashion-mnist
-    python benchmarks/openlth.py --openlth /tmp/open_lth [--json out.json]
+    python benchmarks/openlth.py --openlth /tmp/open_lth --openlth-python /tmp/torch/bin/python
 
 OpenLTH reads MNIST through ``torchvision.datasets.MNIST`` from
 ``$HOME/open_lth_datasets/mnist/MNIST/raw/``; this script puts the Fashion-MNIST IDX files
@@ -86,13 +86,13 @@ def timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, fl
     return seconds, usage.ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
 
 
-def openlth_level(clone: Path, work: Path) -> dict:
+def openlth_level(clone: Path, work: Path, python: str) -> dict:
     home = work / "home"
     fashion_in_torchvision_layout(home)
     code = work / "open_lth"
     patches = patch_openlth(clone, code)
     env = {**os.environ, "HOME": str(home), "PYTHONUNBUFFERED": "1"}
-    base = [sys.executable, "open_lth.py", "lottery", "--default_hparams=mnist_lenet_300_100"]
+    base = [python, "open_lth.py", "lottery", "--default_hparams=mnist_lenet_300_100"]
     timed([*base, "--levels=0"], code, env)
     seconds, peak = timed([*base, "--levels=1"], code, env)
     logger = next((home / "open_lth_data").rglob("level_1/main/logger"))
@@ -116,11 +116,13 @@ def lottery_level(work: Path) -> dict:
 def main() -> None:
     args = parser(__doc__.splitlines()[0])
     args.add_argument("--openlth", required=True, type=Path, help="a clone of open_lth")
+    args.add_argument("--openlth-python", default=sys.executable,
+                      help="the Python with PyTorch to run OpenLTH (default: this one)")
     opts = args.parse_args()
     if not FASHION.is_dir():
         raise SystemExit(f"no Fashion-MNIST in {FASHION}: apt-get install dataset-fashion-mnist")
     with tempfile.TemporaryDirectory() as tmp:
-        theirs = openlth_level(opts.openlth, Path(tmp) / "openlth")
+        theirs = openlth_level(opts.openlth, Path(tmp) / "openlth", opts.openlth_python)
         ours = lottery_level(Path(tmp) / "lottery")
     rows = [{k: v for k, v in row.items() if k != "patches"} for row in (theirs, ours)]
     extra = {
