@@ -47,6 +47,13 @@ PATCHES = (
     # numpy >= 1.24 removed the np.int alias.
     ("datasets/base.py", "np.int)", "np.int64)"),
     ("pruning/sparse_global.py", "np.int)", "np.int64)"),
+    # PyTorch's DistributedDataParallel now also derives from Joinable (an ABC), so
+    # `class DistributedDataParallel(Model, DDP)` has no consistent MRO while Model lists
+    # abc.ABC before nn.Module; putting nn.Module first fixes the import (Model stays abstract).
+    ("models/base.py", "class Model(abc.ABC, torch.nn.Module):",
+     "class Model(torch.nn.Module, abc.ABC):"),
+    # numpy 2.0 removed np.product (the learning-rate schedule's multiplier).
+    ("training/optimizers.py", "np.product(", "np.prod("),
 )
 
 

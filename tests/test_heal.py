@@ -4,7 +4,9 @@ level made again has the same bits), with a warning line and no traceback."""
 
 import json
 import os
+import shutil
 import time
+import types
 
 import numpy as np
 import pytest
@@ -93,10 +95,20 @@ def reference(tmp_path_factory):
     return results(root)
 
 
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 2-level store, copied by each case (trained once)."""
+    root = tmp_path_factory.mktemp("finished")
+    store, _ = experiment.run(make_config(HEALABLE, root))
+    return root, store.path.relative_to(root), store.dense_path.relative_to(root)
+
+
 @pytest.mark.parametrize("case", CASES)
-def test_a_corrupted_store_heals_on_the_next_run(tmp_path, reference, case, capsys):
-    store, _ = experiment.run(make_config(HEALABLE, tmp_path))
-    corrupt(case, store.path, store.dense_path)
+def test_a_corrupted_store_heals_on_the_next_run(tmp_path, reference, finished, case, capsys):
+    root, experiment_dir, dense_dir = finished
+    shutil.copytree(root, tmp_path, symlinks=True, dirs_exist_ok=True)
+    store = types.SimpleNamespace(path=tmp_path / experiment_dir)
+    corrupt(case, tmp_path / experiment_dir, tmp_path / dense_dir)
     capsys.readouterr()
     experiment.run(make_config([*HEALABLE, "pruning.levels=3"], tmp_path))  # extends by one
     err = capsys.readouterr().err
