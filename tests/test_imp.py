@@ -37,9 +37,9 @@ def test_level_one_starts_from_the_step_k_weights_under_its_mask(
     experiment = imp.Experiment(imp.prepare(cfg))
     replicate = experiment.replicate
 
-    # θ_k of a separate run that trains the same seed for exactly k steps.
-    plan = imp.prepare(make_config([*overrides, "train.steps=50it"], tmp_path / "ref"))
-    trainer = imp.Experiment(plan).trainer
+    # θ_k of a separate training, by another Trainer, of the same seed for exactly k steps.
+    plan = experiment.plan
+    trainer = experiment.trainer
     run = trainer.start(0, plan.init_params, plan.init_batch_stats, imp.full_mask(plan.init_params))
     reference = jax_free_copy((trainer.train(run, 50).state.params, run.state.batch_stats))
     rewound, rewound_stats = experiment.dense.rewind_point(50)

@@ -26,8 +26,10 @@ TFDS_PRESETS = ["lenet_mnist_imp", "conv2_imp", "conv4_imp", "conv6_imp", "resne
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", TFDS_PRESETS)
 def test_preset_runs_two_levels_on_mock_data(preset, tmp_path):
-    cfg = make_config([f"+experiment={preset}", *SMALL, f"dataset.path={tmp_path / 'tfds'}"],
-                      tmp_path)
+    narrow = ["model.width=16"] if preset == "vgg16_imp" else []  # compiles 4x faster on a CPU
+    cfg = make_config(
+        [f"+experiment={preset}", *SMALL, *narrow, f"dataset.path={tmp_path / 'tfds'}"], tmp_path
+    )
     with tfds.testing.mock_data(num_examples=40):
         imp.run(cfg)
     found = summaries(tmp_path)
