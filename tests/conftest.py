@@ -71,11 +71,19 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 @pytest.fixture(scope="session")
 def fashion_mnist_dir() -> Path:
-    """The Debian package's Fashion-MNIST IDX files, installed by apt if missing (needs root)."""
-    if not FASHION_MNIST_DIR.is_dir():
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"], check=True, env=env
-        )
+    """The Debian package's Fashion-MNIST IDX files, installed by apt if missing (needs root).
+
+    Under a lock: the test workers (pytest-xdist) must not run apt at the same time.
+    """
+    import fcntl
+    import tempfile
+
+    with open(Path(tempfile.gettempdir()) / "lottery-tests-apt.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not FASHION_MNIST_DIR.is_dir():
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+            subprocess.run(
+                ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"], check=True, env=env
+            )
     return FASHION_MNIST_DIR
