@@ -12,19 +12,17 @@ import os
 import platform
 import statistics
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # conftest.make_config composes configs like the CLI
 
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
 
 
 def machine() -> dict[str, Any]:
     """CPU model, cores, JAX device kind and package versions."""
-    import jax
+    from lottery.experiment.summary import environment
 
     cpu = platform.processor()
     try:
@@ -34,15 +32,8 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    device = jax.devices()[0]
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
-        "devices": jax.device_count(),
-        "python": platform.python_version(),
-        "versions": {name: metadata.version(name) for name in PACKAGES},
-    }
+    # The same record every level's summary.json carries (versions, device).
+    return {"cpu": cpu, "cores": os.cpu_count(), **environment()}
 
 
 def median(values: list[float]) -> float:

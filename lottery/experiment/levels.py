@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from lottery.experiment.plan import Plan
@@ -33,7 +33,6 @@ class LevelRun:
     resumed_from: int | None
     checkpoint_seconds: float = 0.0
     checkpoints: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def boundary_steps(plan: Plan, start: int, end: int) -> set[int]:
