@@ -137,9 +137,6 @@ class PartialFolder:
     def checkpoint_dir(self) -> Path:
         return self.path / "checkpoints"
 
-    def exists(self) -> bool:
-        return self.path.is_dir()
-
     def has_mask(self) -> bool:
         return self.mask_file.is_file()
 
