@@ -164,7 +164,7 @@ def test_a_mask_update_hook_prunes_during_training(tmp_path, digits_overrides):
         mask["fc1"]["kernel"] = kernel
         return mask
 
-    trainer.train(run, 100, [UpdateMask(50, halve_fc1)])
+    trainer.train(run, 100, [UpdateMask([50], halve_fc1)])
     assert calls == [50]
     kernel = np.asarray(run.state.params["fc1"]["kernel"])
     assert np.all(kernel[: kernel.shape[0] // 2] == 0.0)

@@ -37,17 +37,23 @@ def plot_sparsity_accuracy(
     """Test accuracy against % weights remaining (mean ± std over replicates), saved as PNG.
 
     The x axis runs from dense (100%) on the left to sparse on the right, log-scaled, as in
-    Frankle & Carbin (2019).
+    Frankle & Carbin (2019). Branches (controls) start from the dense level 0 they share
+    with the main line, and the legend moves to the right of the axes.
     """
     by_branch: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         by_branch[str(row.get("branch") or "imp")][int(row["level"])].append(row)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    dense = by_branch.get("imp", {}).get(0)
+    for branch, by_level in by_branch.items():
+        if branch != "imp" and dense and 0 not in by_level:
+            by_level[0] = dense
+    many = len(by_branch) > 1
+    fig, ax = plt.subplots(figsize=(9 if many else 6, 4), dpi=120)
     ticks: set[float] = set()
     ordered = sorted(by_branch.items(), key=lambda item: (item[0] != "imp", item[0]))
     for index, (branch, by_level) in enumerate(ordered):
         color = f"C{index % 10}"  # one colour per branch, one line style per metric
-        prefix = "" if len(by_branch) == 1 else f"{branch}: "
+        prefix = f"{branch}: " if many else ""
         levels = sorted(by_level)
         x = np.array(
             [np.mean([float(r["weights_remaining_pct"]) for r in by_level[lv]]) for lv in levels]
@@ -81,7 +87,10 @@ def plot_sparsity_accuracy(
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    if many:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
+    else:
+        ax.legend()
     fig.tight_layout()
     path = Path(path)
     _save_atomically(fig, path, "png")

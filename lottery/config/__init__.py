@@ -2,6 +2,7 @@
 
 from lottery.config.errors import ConfigError, RunError
 from lottery.config.schema import (
+    BranchConfig,
     Config,
     DatasetConfig,
     LoggerConfig,
@@ -15,6 +16,7 @@ from lottery.config.steps import Step, parse_cadence, to_iterations
 from lottery.config.validate import validate
 
 __all__ = [
+    "BranchConfig",
     "Config",
     "ConfigError",
     "DatasetConfig",

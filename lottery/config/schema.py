@@ -89,6 +89,23 @@ class PruningConfig:
     levels: int = 10
     # Where level L >= 1 rewinds its surviving weights to: 0 = initialisation.
     rewind_step: str = "0it"
+    # What ranks the weights (None: the method's own). magnitude: magnitude |w_T|,
+    # magnitude_increase |w_T| - |w_k|, movement |w_T - w_k| (Zhou et al. 2019);
+    # structured: l1 or l2, the norm of each neuron's or channel's weights.
+    criterion: str | None = None
+    # gradual (Zhu & Gupta 2017, tfmot's PolynomialDecay): inside one training, every
+    # ``frequency`` steps from ``begin_step`` to ``end_step`` each prunable layer is pruned to
+    # s(t) = s_f + (s_i - s_f) (1 - (t - t_0) / (t_1 - t_0))^power.
+    initial_sparsity: float = 0.0
+    final_sparsity: float = 0.8
+    begin_step: str = "0it"
+    end_step: str = "1000it"
+    frequency: str = "100it"
+    power: int = 3
+    # synflow: rounds of scoring and pruning towards each level's target (Tanaka et al. 2020).
+    synflow_rounds: int = 100
+    # snip, grasp: training examples the scores are computed on (GraSP's 10 per class x 10).
+    score_examples: int = 100
 
 
 @dataclass
@@ -126,6 +143,68 @@ class LoggerConfig:
 
 
 @dataclass
+class RandomReinitBranch:
+    """The level's mask with a new random initialisation (Frankle & Carbin 2019's control)."""
+
+    # Which new initialisation, besides the replicate and the level.
+    seed: int = 0
+
+
+@dataclass
+class RandomPruneBranch:
+    """A random mask as sparse as the level's, on the ticket's weights at the rewind point."""
+
+    # layerwise: the same count of weights in every layer; global: the same total count.
+    scope: str = "layerwise"
+    seed: int = 0
+
+
+@dataclass
+class LrRewindBranch:
+    """The level's trained weights, pruned, retrained replaying the learning-rate schedule
+    from ``step`` to the end (Renda et al. 2020); None: from ``pruning.rewind_step``."""
+
+    step: str | None = None
+
+
+@dataclass
+class FinetuneBranch:
+    """The level's trained weights, pruned, trained at the schedule's final learning rate
+    for ``steps`` (None: as many steps as the level retrains) (Renda et al. 2020)."""
+
+    steps: str | None = None
+
+
+@dataclass
+class RewindToBranch:
+    """The level's mask on the weights of other rewind points k, one series per k."""
+
+    steps: list[str] = field(default_factory=lambda: ["0it"])
+
+
+@dataclass
+class InstabilityBranch:
+    """A second copy of the level trained from the same start on another data order; test
+    error along the straight line between the two (Frankle et al. 2020)."""
+
+    points: int = 30
+    # The second copy's data seed, beside the replicate's own.
+    data_seed: int = 1
+
+
+@dataclass
+class BranchConfig:
+    """The arguments of each branch; which ones run is ``branches``."""
+
+    random_reinit: RandomReinitBranch = field(default_factory=RandomReinitBranch)
+    random_prune: RandomPruneBranch = field(default_factory=RandomPruneBranch)
+    lr_rewind: LrRewindBranch = field(default_factory=LrRewindBranch)
+    finetune: FinetuneBranch = field(default_factory=FinetuneBranch)
+    rewind_to: RewindToBranch = field(default_factory=RewindToBranch)
+    instability: InstabilityBranch = field(default_factory=InstabilityBranch)
+
+
+@dataclass
 class Config:
     """The whole experiment."""
 
@@ -143,6 +222,11 @@ class Config:
     pruning: PruningConfig = field(default_factory=PruningConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # Extra trainings from each pruned level's mask (controls, rewinding variants), by name:
+    # random_reinit, random_prune, lr_rewind, finetune, rewind_to, instability. Not in the
+    # experiment hash: each branch has its own folder inside the level.
+    branches: list[str] = field(default_factory=list)
+    branch: BranchConfig = field(default_factory=BranchConfig)
 
 
 def register() -> None:

@@ -12,6 +12,10 @@ level L >= 1 is two steps, each skipped when its output exists:
 
 k = 0 is the original lottery ticket (Frankle & Carbin 2019); k > 0 is rewinding (Frankle et
 al. 2020). A level killed at any moment resumes from its newest checkpoint.
+
+After a level L >= 1 is finished, its branches (``branches=[...]``: the controls and other
+trainings from its mask, :mod:`lottery.branches`) train into ``level_L/branch_*``, each
+resumable and skipped when finished, before level L+1 is pruned.
 """
 
 from __future__ import annotations
@@ -23,27 +27,45 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 from omegaconf import OmegaConf
 
+from lottery.branches import BranchInputs, BranchRun, branch_args
 from lottery.config import Config, ConfigError, RunError
+from lottery.data import StreamingDataset
 from lottery.data.augment import crop_flip
 from lottery.experiment.levels import LevelStart, boundary_steps, train_level
 from lottery.experiment.plan import Plan, prepare
 from lottery.experiment.summary import environment, summarize
 from lottery.logging import RunLogger, console, make_loggers
 from lottery.pruning import apply_mask, count_alive, flatten, full_mask
+from lottery.pruning.strategies import PruneInputs, mask_updates
 from lottery.store import (
+    MAIN_BRANCH,
     ExperimentStore,
     PartialFolder,
     ReplicateStore,
     dense_values,
+    folder_done,
     locked,
+    read_summary,
     remove_stale_temp_files,
     set_aside,
     warn,
 )
-from lottery.train import AtSteps, DivergedError, RunState, Timing, Trainer, host_tree
+from lottery.store import (
+    digest as digest_of,
+)
+from lottery.train import (
+    AtSteps,
+    DivergedError,
+    RunState,
+    Timing,
+    Trainer,
+    UpdateMask,
+    host_tree,
+)
 
 
 class BrokenLevel(Exception):
@@ -74,24 +96,37 @@ class Experiment:
         self.replicate: ReplicateStore = self.store.replicate(cfg.seed)
         self.dense: ReplicateStore = self.store.dense_replicate(cfg.seed)
         self._trainer: Trainer | None = None
+        self._other_trainers: dict[str, Trainer] = {}
 
     @property
     def trainer(self) -> Trainer:
         """Built on first use, so a finished experiment compiles nothing."""
         if self._trainer is None:
-            plan, cfg = self.plan, self.plan.cfg
-            self._trainer = Trainer(
-                plan.network,
-                plan.dataset,
-                cfg.optimizer,
-                batch_size=cfg.train.batch_size,
-                total_steps=plan.total_steps,
-                steps_per_epoch=plan.steps_per_epoch,
-                eval_batch_size=cfg.train.eval_batch_size,
-                data_seed=plan.data_seed,
-                augment=crop_flip if cfg.dataset.augment else None,
-            )
+            self._trainer = self._make_trainer(self.plan.cfg.optimizer)
         return self._trainer
+
+    def _make_trainer(self, optimizer: Any) -> Trainer:
+        plan, cfg = self.plan, self.plan.cfg
+        return Trainer(
+            plan.network,
+            plan.dataset,
+            optimizer,
+            batch_size=cfg.train.batch_size,
+            total_steps=plan.total_steps,
+            steps_per_epoch=plan.steps_per_epoch,
+            eval_batch_size=cfg.train.eval_batch_size,
+            data_seed=plan.data_seed,
+            augment=crop_flip if cfg.dataset.augment else None,
+        )
+
+    def trainer_for(self, optimizer: Any | None) -> Trainer:
+        """The experiment's trainer, or one for another optimizer (a branch's), built once."""
+        if optimizer is None or optimizer == self.plan.cfg.optimizer:
+            return self.trainer
+        key = repr(optimizer)
+        if key not in self._other_trainers:
+            self._other_trainers[key] = self._make_trainer(optimizer)
+        return self._other_trainers[key]
 
     # -- level 0 and the rewind point -----------------------------------------------------
 
@@ -123,21 +158,22 @@ class Experiment:
             )
         return summary
 
-    def rewind_point(self) -> tuple[Any, Any]:
-        """θ_k and its BatchNorm statistics; made again from θ_0 if the file is missing.
+    def rewind_point(self, step: int | None = None) -> tuple[Any, Any]:
+        """θ_k (k = ``step``, by default the rewind step) and its BatchNorm statistics; made
+        again from θ_0 if the file is missing.
 
         Training to step k is a function of the seeds, so level 0's first k steps are run
         again (stopping at the same steps as level 0 did) and give the same bits.
         """
-        plan, k = self.plan, self.plan.rewind_step
+        plan = self.plan
+        k = plan.rewind_step if step is None else step
         point = self.dense.rewind_point(k)
         if point is not None:
             return point
         console.print(f"level  0: making the rewind point at step {k:,} (training to it again)")
         trainer = self.trainer
         trainer.use_data_stream(plan.data_stream(0))
-        run = trainer.start(0, plan.init_params, plan.init_batch_stats,
-                            full_mask(plan.init_params))
+        run = trainer.start(0, plan.init_params, plan.init_batch_stats, full_mask(plan.init_params))
         stops = AtSteps(boundary_steps(plan, 0, plan.total_steps), lambda run: None)
         with locked(self.dense.path):
             trainer.train(run, k, [stops, AtSteps([k], self._save_rewind_point)])
@@ -159,6 +195,28 @@ class Experiment:
         folder.save_mask(mask)
         return mask
 
+    def _prune_inputs(self, level: int, previous: Any, previous_mask: Any) -> PruneInputs:
+        plan = self.plan
+
+        def dense() -> Any:
+            return self.dense.params(0)[0]
+
+        def batches(count: int) -> list[tuple[Any, Any]]:
+            return [scoring_batch(plan, level, count)]
+
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(plan.cfg.seed), 2), level)
+        return PruneInputs(
+            level,
+            previous,
+            previous_mask,
+            plan.prunable,
+            self.rewind_point,
+            dense,
+            plan.network,
+            batches,
+            key,
+        )
+
     def prune(self, level: int) -> tuple[PartialFolder, Any, float]:
         """Write level ``level``'s mask first (unless written); (folder, mask, seconds)."""
         plan = self.plan
@@ -172,10 +230,12 @@ class Experiment:
             except Exception as error:  # truncated or garbled files: redo that level
                 raise BrokenLevel(level - 1, f"{type(error).__name__}: {error}") from None
             mask = plan.strategy.prune(
-                previous, previous_mask, plan.prunable, plan.strategy_settings
+                self._prune_inputs(level, previous, previous_mask), plan.strategy_settings
             )
             alive = count_alive(mask, plan.prunable)
-            if alive == count_alive(previous_mask, plan.prunable):
+            if not plan.strategy.during_training and alive == count_alive(
+                previous_mask, plan.prunable
+            ):
                 raise NothingLeftToPrune(
                     f"stopped before level {level}: pruning removes no more weights "
                     f"({alive:,} left); levels {level}..{plan.cfg.pruning.levels} would repeat "
@@ -198,11 +258,26 @@ class Experiment:
         if folder.is_whole():  # killed between its last write and the rename
             folder.publish()
             return self.replicate.summary(level)
+        plan = self.plan
         params, batch_stats = self.rewind_point()
-        start = LevelStart(
-            self.plan.rewind_step, host_tree(apply_mask(params, mask)), batch_stats, mask
+        start = LevelStart(plan.rewind_step, host_tree(apply_mask(params, mask)), batch_stats, mask)
+        hooks = []
+        updates = mask_updates(
+            plan.strategy,
+            plan.strategy_settings,
+            plan.prunable,
+            plan.rewind_step,
+            plan.total_steps,
         )
-        return self._train_into(folder, level, start, [], self.plan.digest, prune_seconds)
+        if updates is not None:
+            steps, update = updates
+            hooks.append(
+                UpdateMask(
+                    steps,
+                    lambda run: update(run.step, host_tree(run.state.params), host_tree(run.mask)),
+                )
+            )
+        return self._train_into(folder, level, start, hooks, plan.digest, prune_seconds)
 
     def _train_into(
         self,
@@ -212,12 +287,23 @@ class Experiment:
         hooks: list[Any],
         digest: str,
         prune_seconds: float = 0.0,
+        branch: BranchRun | None = None,
     ) -> dict[str, Any]:
         plan, wall = self.plan, time.perf_counter()
-        trainer = self.trainer
+        trainer = self.trainer_for(branch.optimizer if branch else None)
         before = Timing(**trainer.timing.as_dict())
         try:
-            result = train_level(plan, trainer, folder, level, start, self.loggers, hooks)
+            result = train_level(
+                plan,
+                trainer,
+                folder,
+                level,
+                start,
+                self.loggers,
+                hooks,
+                stream=branch.stream if branch else None,
+                label=branch.label if branch else None,
+            )
         except DivergedError as error:
             shutil.rmtree(folder.path, ignore_errors=True)  # it would only diverge again
             raise LevelDiverged(
@@ -229,7 +315,14 @@ class Experiment:
         run = result.run
         mask, params, batch_stats = host_tree((run.mask, run.state.params, run.state.batch_stats))
         folder.save_weights(params, batch_stats)
-        summary = summarize(plan, level, start.step, mask, run.history, digest=digest)
+        if plan.strategy.during_training and branch is None:
+            folder.save_mask(mask)  # the mask the training ended with
+        label = branch.label if branch else MAIN_BRANCH
+        summary = summarize(plan, level, start.step, mask, run.history, digest=digest, branch=label)
+        if branch is not None:
+            summary["branch_args"] = branch.args
+            if branch.finalize is not None:
+                summary.update(branch.finalize(params, batch_stats))
         timing: dict[str, Any] = trainer.timing.since(before).as_dict()
         steps = plan.total_steps - (result.resumed_from or start.step)
         timing.update(
@@ -245,6 +338,71 @@ class Experiment:
         summary["environment"] = environment()
         folder.finish(summary)
         return summary
+
+    # -- branches -------------------------------------------------------------------------
+
+    def _branch_inputs(self, level: int) -> BranchInputs:
+        plan = self.plan
+        mask = self.replicate.mask(level)
+
+        def evaluate(params: Any, batch_stats: Any) -> dict[str, float]:
+            return self.trainer.evaluate(params, batch_stats)
+
+        final_lr = float(self.trainer.schedule(plan.total_steps - 1))
+        return BranchInputs(
+            plan,
+            level,
+            mask,
+            (plan.cfg.seed, level),
+            lambda: self.replicate.params(level - 1),
+            lambda: self.replicate.params(level),
+            self.rewind_point,
+            evaluate,
+            final_lr,
+        )
+
+    def branch_runs(self, level: int) -> list[tuple[BranchRun, str]]:
+        """The branch trainings of a finished level, each with its folder's hash."""
+        inputs = self._branch_inputs(level)
+        runs = []
+        for branch in self.plan.branches:
+            for run in branch.runs(inputs, branch_args(self.plan.cfg, branch.name)):
+                values = {"experiment": self.plan.digest, "branch": run.label, **run.args}
+                runs.append((run, digest_of(values)))
+        return runs
+
+    def train_branches(self, level: int) -> list[dict[str, Any]]:
+        """Train the branches of finished level ``level`` not yet finished; their summaries
+        (of this run's trainings). Every finished branch is given to the loggers."""
+        if not self.plan.branches or level == 0:
+            return []
+        trained = []
+        for run, digest in self.branch_runs(level):
+            folder = self.replicate.partial_branch(level, run.label, digest)
+            if folder.is_whole():  # killed between its last write and the rename
+                folder.publish()
+            if not folder_done(folder.final):
+                params, batch_stats, mask = run.start()
+                if not folder.has_mask():
+                    folder.path.mkdir(parents=True, exist_ok=True)
+                    folder.save_mask(mask)
+                start = LevelStart(run.start_step, host_tree(params), batch_stats, mask)
+                summary = self._train_into(folder, level, start, [], self.plan.digest, branch=run)
+                trained.append(summary)
+                console.print(
+                    f"level {level:>2} {run.label}: {summary['weights_remaining_pct']:6.2f}% "
+                    f"weights left, test accuracy {100 * summary['test_accuracy']:.2f}% "
+                    f"({summary['timing']['wall']:.1f} s)"
+                )
+            self._send_folder_to_loggers(folder.final)
+        return trained
+
+    def _send_folder_to_loggers(self, folder: Path) -> None:
+        summary = read_summary(folder)
+        if self.loggers and summary is not None:
+            summary["hash"] = self.plan.digest
+            for logger in self.loggers:
+                logger.log_level(summary, folder)
 
     def _send_to_loggers(self, level: int) -> None:
         """Give a finished level (trained now or by an earlier run) to the loggers."""
@@ -321,6 +479,8 @@ class Experiment:
                         f"({summary['timing']['wall']:.1f} s)"
                     )
                     self.store.write_curve()
+                if self.train_branches(level):
+                    self.store.write_curve()
                 level += 1
             rows = self.store.write_curve()
         for logger in self.loggers:
@@ -357,3 +517,16 @@ def run(cfg: Config) -> tuple[ExperimentStore, list[dict[str, Any]]]:
     plan = prepare(cfg)
     experiment = Experiment(plan, make_loggers(cfg, plan.digest))
     return experiment.store, experiment.run()
+
+
+def scoring_batch(plan: Plan, level: int, count: int) -> tuple[Any, Any]:
+    """``count`` training examples at random (fixed by the data seed and level) for the
+    pruning scores that look at data (SNIP, GraSP)."""
+    dataset = plan.dataset
+    if isinstance(dataset, StreamingDataset):
+        x, y = next(dataset.train_batches(count, plan.data_seed, 0))
+        return jax.numpy.asarray(x), jax.numpy.asarray(y)
+    count = min(count, dataset.num_train)
+    rng = np.random.default_rng([plan.data_seed, level, 3])
+    index = np.sort(rng.choice(dataset.num_train, size=count, replace=False))
+    return jax.numpy.asarray(dataset.train.x[index]), jax.numpy.asarray(dataset.train.y[index])

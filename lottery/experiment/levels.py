@@ -64,11 +64,16 @@ def train_level(
     start: LevelStart,
     loggers: Sequence[RunLogger] = (),
     hooks: Sequence[Hook] = (),
+    *,
+    stream: int | None = None,
+    label: str | None = None,
 ) -> LevelRun:
     """Train ``level`` to the end in ``folder``: from its newest readable checkpoint if it
     has one (saying so in one line), else from ``start``. ``hooks`` run after evaluation
-    and before the checkpoint at a step."""
-    trainer.use_data_stream(plan.data_stream(level))
+    and before the checkpoint at a step. ``stream`` replaces the level's data stream and
+    ``label`` names a branch in messages."""
+    trainer.use_data_stream(plan.data_stream(level) if stream is None else stream)
+    name = f"level {level}" + (f" {label}" if label else "")
     checkpointer = Checkpointer(folder.checkpoint_dir, plan.cfg.train.keep_checkpoints)
     try:
         run = trainer.start(start.step, start.params, start.batch_stats, start.mask)
@@ -76,7 +81,7 @@ def train_level(
         resumed_from = None
         if restored is not None:
             run, resumed_from = restored, restored.step
-            console.print(f"level {level}: resuming from step {run.step:,}")
+            console.print(f"{name}: resuming from step {run.step:,}")
         folder.write_metrics(run.history)
         weights_pct = sparsity_report(start.mask, plan.prunable)["weights_remaining_pct"]
         for logger in loggers:
@@ -98,4 +103,3 @@ def train_level(
     finally:
         checkpointer.close()
         folder.close()
-

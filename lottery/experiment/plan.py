@@ -13,9 +13,11 @@ from typing import Any
 import jax
 
 from lottery import data, models
+from lottery.branches import Branch, check_branches
 from lottery.config import Config, ConfigError, Step, parse_cadence, to_iterations, validate
 from lottery.config.applicability import check_applicable
 from lottery.pruning import Strategy, prunable_paths, strategy_for
+from lottery.pruning.strategies import Timeline
 from lottery.store import dense_values, digest, hashed_values
 from lottery.train import host_tree
 from lottery.train.optim import make_optimizer, make_schedule
@@ -44,6 +46,12 @@ class Plan:
     hashed: dict[str, Any]
     digest: str
     dense_digest: str
+    branches: list[Branch]
+
+    @property
+    def timeline(self) -> Timeline:
+        """What step strings mean in this run."""
+        return Timeline(self.steps_per_epoch, self.total_steps)
 
     @property
     def data_seed(self) -> int:
@@ -59,7 +67,7 @@ def prepare(cfg: Config) -> Plan:
     validate(cfg)
     data.check_name(cfg.dataset.name)
     models.check_name(cfg.model.name)
-    strategy, settings = strategy_for(cfg.pruning)
+    strategy_for(cfg.pruning)  # a bad method or key fails before the data is loaded
     dataset = data.load(cfg.dataset)
     check_applicable(cfg, tuple(dataset.input_shape))
     batch = cfg.train.batch_size
@@ -78,6 +86,8 @@ def prepare(cfg: Config) -> Plan:
             f"the end of training (train.steps={cfg.train.steps!r} = {total} iterations); "
             f"choose a rewind step below {total}"
         )
+    strategy, settings = strategy_for(cfg.pruning, Timeline(steps_per_epoch, total))
+    branches = check_branches(cfg, Timeline(steps_per_epoch, total))
     cadence = parse_cadence(cfg.train.checkpoint_every, "train.checkpoint_every")
     checkpoint_steps = cadence.to_iterations(steps_per_epoch) if isinstance(cadence, Step) else None
     checkpoint_seconds = None if isinstance(cadence, Step) else cadence
@@ -117,4 +127,5 @@ def prepare(cfg: Config) -> Plan:
         hashed,
         digest(hashed),
         digest(dense_values(hashed)),
+        branches,
     )

@@ -1,8 +1,12 @@
 """Magnitude pruning, global or layer-wise, exact to the weight.
 
 From ``n`` alive weights in a group, exactly ``round(p * n)`` are removed (half rounds up),
-those of the smallest magnitude; ties go to the earlier weight (sorted parameter path, then
+those of the smallest score; ties go to the earlier weight (sorted parameter path, then
 flat index), so the same weights always give the same mask.
+
+The score is the final magnitude |w_T| by default; Zhou et al. (2019, "Deconstructing
+Lottery Tickets") compare it with scores that also look at the weights w_k training started
+from: ``magnitude_increase`` |w_T| - |w_k| and ``movement`` |w_T - w_k|.
 """
 
 from __future__ import annotations
@@ -80,14 +84,35 @@ def pruning_groups(
     raise ConfigError(f"unknown pruning.scope {scope!r}; choose global or layerwise")
 
 
-def prune_group(weights: dict[str, np.ndarray], mask: dict[str, np.ndarray], rate: float) -> None:
-    """Remove ``round(rate * alive)`` smallest-magnitude alive weights of a group, in place."""
-    positions = {p: np.flatnonzero(mask[p]) for p in weights}
-    scores = np.concatenate([np.abs(weights[p].ravel()[positions[p]]) for p in weights])
-    k = prune_count(rate, len(scores))
+CRITERIA = ("magnitude", "magnitude_increase", "movement")
+
+
+def criterion_scores(criterion: str, trained: Any, start: Any | None = None) -> dict[str, Any]:
+    """Per parameter path, the score of every weight under ``criterion`` (low = pruned first).
+
+    ``start`` holds the weights training started from (needed by all but ``magnitude``).
+    """
+    final = {p: np.asarray(w) for p, w in flatten(trained).items()}
+    if criterion == "magnitude":
+        return {p: np.abs(w) for p, w in final.items()}
+    if criterion not in CRITERIA:
+        raise ConfigError(
+            f"unknown pruning.criterion {criterion!r} for magnitude pruning; choose one of "
+            f"{', '.join(CRITERIA)}"
+        )
+    initial = {p: np.asarray(w) for p, w in flatten(start).items()}
+    if criterion == "magnitude_increase":
+        return {p: np.abs(w) - np.abs(initial[p]) for p, w in final.items()}
+    return {p: np.abs(w - initial[p]) for p, w in final.items()}
+
+
+def remove_lowest(scores: dict[str, np.ndarray], mask: dict[str, np.ndarray], k: int) -> None:
+    """Set the ``k`` alive entries of lowest score False, in place (ties: earlier first)."""
+    positions = {p: np.flatnonzero(mask[p]) for p in scores}
+    ranked = np.concatenate([np.asarray(scores[p]).ravel()[positions[p]] for p in scores])
     if k == 0:
         return
-    doomed = np.sort(np.argsort(scores, kind="stable")[:k])
+    doomed = np.sort(np.argsort(ranked, kind="stable")[:k])
     start = 0
     for path, alive in positions.items():
         stop = start + len(alive)
@@ -97,6 +122,12 @@ def prune_group(weights: dict[str, np.ndarray], mask: dict[str, np.ndarray], rat
         start = stop
 
 
+def prune_group(scores: dict[str, np.ndarray], mask: dict[str, np.ndarray], rate: float) -> None:
+    """Remove ``round(rate * alive)`` lowest-score alive weights of a group, in place."""
+    alive = sum(int(np.count_nonzero(mask[p])) for p in scores)
+    remove_lowest(scores, mask, prune_count(rate, alive))
+
+
 def magnitude_prune(
     params: Any,
     mask: Mask,
@@ -104,11 +135,14 @@ def magnitude_prune(
     scope: str,
     fraction: float,
     layer_fractions: dict[str, float],
+    scores: dict[str, Any] | None = None,
 ) -> Mask:
-    """The next level's mask: prune ``params`` (trained under ``mask``) by magnitude."""
-    weights = {p: np.asarray(w) for p, w in flatten(params).items()}
+    """The next level's mask: prune ``params`` (trained under ``mask``) by magnitude, or by
+    ``scores`` (per path, as from :func:`criterion_scores`) when given."""
+    if scores is None:
+        scores = criterion_scores("magnitude", params)
     new_mask = {p: np.array(m, dtype=bool, copy=True) for p, m in flatten(mask).items()}
     for rate, group in pruning_groups(paths, scope, fraction, layer_fractions):
         group_mask = {p: new_mask[p] for p in group}
-        prune_group({p: weights[p] for p in group}, group_mask, rate)
+        prune_group({p: scores[p] for p in group}, group_mask, rate)
     return unflatten(new_mask)

@@ -1,50 +1,265 @@
 """Pruning strategies by name: ``pruning.method`` picks one from :data:`STRATEGIES`.
 
-A strategy turns the shared ``pruning`` config into its own typed settings (checking them,
-and rejecting keys it does not read) and gives the next mask:
-``prune(params, mask, prunable, settings) -> mask``. ``magnitude`` (global or layer-wise) is
-the first; the families of pruning (structured, gradual, at initialisation, random) register
-here the same way.
+A strategy reads its own keys of the shared ``pruning`` config into typed settings (checking
+them, and rejecting keys it does not read) and gives level L's mask from what level L-1 left
+(:class:`PruneInputs`). The families:
+
+- ``magnitude``: iterative magnitude pruning (global or layer-wise), with Zhou et al.'s
+  criteria; ``oneshot``: the same counts, but always ranked by the dense network's trained
+  weights, so level L is level 0 pruned in one shot to level L's sparsity.
+- ``structured``: whole neurons and channels by the norm of their weights.
+- ``gradual``: inside one training (level 1), by tfmot's polynomial schedule.
+- at initialisation: ``snip``, ``grasp``, ``synflow``, ``magnitude_init``, ``random``
+  (Frankle et al. 2021): level L keeps as many weights as IMP's level L, chosen from the
+  scores at the rewind point, then trained once.
+
+Every method except ``gradual`` removes exactly ``round(fraction * n)`` of the ``n`` weights
+(or units) still alive per level, so the methods meet at the same sparsities.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from lottery.config import ConfigError, PruningConfig
-from lottery.pruning.magnitude import magnitude_prune
-from lottery.pruning.mask import Mask, full_mask
+from lottery.config import ConfigError, PruningConfig, to_iterations
+from lottery.pruning.gradual import PolynomialDecay, gradual_mask
+from lottery.pruning.magnitude import CRITERIA, criterion_scores, magnitude_prune, prune_count
+from lottery.pruning.mask import Mask, count_alive, full_mask
 
 # Keys of ``pruning`` every strategy reads (what to prune, how often, where to rewind).
 COMMON_KEYS = frozenset({"method", "levels", "rewind_step", "prunable"})
 SCOPES = ("global", "layerwise")
+NORMS = ("l1", "l2")
+AT_INIT = ("snip", "grasp", "synflow", "magnitude_init", "random")
+
+
+@dataclass
+class PruneInputs:
+    """What a strategy may look at to choose level ``level``'s mask. The costly inputs are
+    functions, called only by the strategies that need them."""
+
+    level: int
+    params: Any  # level L-1's trained weights
+    mask: Mask  # level L-1's mask
+    prunable: list[str]
+    start: Callable[[], tuple[Any, Any]]  # (weights, BatchNorm statistics) at the rewind point
+    dense: Callable[[], Any]  # level 0's trained weights
+    network: Any = None
+    batches: Callable[[int], Sequence[tuple[Any, Any]]] = field(default=lambda n: [])
+    key: Any = None  # a jax PRNG key of this level, for random choices
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """What step strings mean in this run (known once the data is loaded)."""
+
+    steps_per_epoch: int
+    total_steps: int
+
+    def iterations(self, value: str, key: str) -> int:
+        return to_iterations(value, self.steps_per_epoch, key)
+
+
+# -- magnitude and oneshot ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class MagnitudeSettings:
-    """Remove ``fraction`` of the remaining weights of smallest magnitude per level."""
+    """Remove ``fraction`` of the remaining weights of lowest score per level."""
 
     fraction: float
     scope: str
     layer_fractions: dict[str, float]
+    criterion: str = "magnitude"
 
 
-def _magnitude_settings(cfg: PruningConfig) -> MagnitudeSettings:
+def _check_scope(cfg: PruningConfig) -> None:
     if cfg.scope not in SCOPES:
         raise ConfigError(f"unknown pruning.scope {cfg.scope!r}; choose one of {', '.join(SCOPES)}")
-    return MagnitudeSettings(cfg.fraction, cfg.scope, dict(cfg.layer_fractions))
 
 
-def _magnitude(params: Any, mask: Mask, prunable: list[str], s: MagnitudeSettings) -> Mask:
-    return magnitude_prune(params, mask, prunable, s.scope, s.fraction, s.layer_fractions)
+def _magnitude_settings(cfg: PruningConfig, timeline: Timeline | None) -> MagnitudeSettings:
+    _check_scope(cfg)
+    criterion = cfg.criterion or "magnitude"
+    if criterion not in CRITERIA:
+        raise ConfigError(
+            f"unknown pruning.criterion {criterion!r} for pruning.method={cfg.method!r}; "
+            f"choose one of {', '.join(CRITERIA)}"
+        )
+    return MagnitudeSettings(cfg.fraction, cfg.scope, dict(cfg.layer_fractions), criterion)
+
+
+def _magnitude(inputs: PruneInputs, s: MagnitudeSettings) -> Mask:
+    start = inputs.start()[0] if s.criterion != "magnitude" else None
+    scores = criterion_scores(s.criterion, inputs.params, start)
+    return magnitude_prune(
+        inputs.params,
+        inputs.mask,
+        inputs.prunable,
+        s.scope,
+        s.fraction,
+        s.layer_fractions,
+        scores,
+    )
+
+
+def _oneshot(inputs: PruneInputs, s: MagnitudeSettings) -> Mask:
+    # Level L-1's mask kept the top of the same ranking, so pruning ``fraction`` of its
+    # survivors keeps exactly the top of the dense weights at level L's count.
+    dense = inputs.dense()
+    start = inputs.start()[0] if s.criterion != "magnitude" else None
+    scores = criterion_scores(s.criterion, dense, start)
+    return magnitude_prune(
+        dense, inputs.mask, inputs.prunable, s.scope, s.fraction, s.layer_fractions, scores
+    )
 
 
 def _check_magnitude(params: Any, prunable: list[str], s: MagnitudeSettings) -> None:
     # Rate 0 prunes nothing (no sort of every weight) but checks layer_fractions' keys.
     magnitude_prune(params, full_mask(params), prunable, s.scope, 0.0, s.layer_fractions)
+
+
+# -- structured --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StructuredSettings:
+    """Remove ``fraction`` of the remaining neurons / channels of lowest norm per level."""
+
+    fraction: float
+    scope: str
+    norm: str
+
+
+def _structured_settings(cfg: PruningConfig, timeline: Timeline | None) -> StructuredSettings:
+    _check_scope(cfg)
+    norm = cfg.criterion or "l1"
+    if norm not in NORMS:
+        raise ConfigError(
+            f"unknown pruning.criterion {norm!r} for pruning.method=structured; "
+            f"choose one of {', '.join(NORMS)}"
+        )
+    return StructuredSettings(cfg.fraction, cfg.scope, norm)
+
+
+def _structured(inputs: PruneInputs, s: StructuredSettings) -> Mask:
+    from lottery.pruning.structured import structured_prune
+
+    return structured_prune(inputs.params, inputs.mask, s.fraction, s.scope, s.norm)
+
+
+def _check_structured(params: Any, prunable: list[str], s: StructuredSettings) -> None:
+    from lottery.pruning.structured import unit_groups
+
+    unit_groups(params)  # one line if this network's units are not known
+
+
+# -- gradual -----------------------------------------------------------------------------
+
+
+def _gradual_settings(cfg: PruningConfig, timeline: Timeline | None) -> PolynomialDecay | None:
+    for key in ("initial_sparsity", "final_sparsity"):
+        value = getattr(cfg, key)
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"pruning.{key}={value} must be in [0, 1)")
+    if cfg.final_sparsity < cfg.initial_sparsity:
+        raise ConfigError(
+            f"pruning.final_sparsity={cfg.final_sparsity} is below pruning.initial_sparsity="
+            f"{cfg.initial_sparsity}; gradual pruning only adds to the mask"
+        )
+    if cfg.power < 1:
+        raise ConfigError(f"pruning.power={cfg.power} must be at least 1 (tfmot's default is 3)")
+    if cfg.levels != 1:
+        raise ConfigError(
+            f"pruning.levels={cfg.levels} does not apply to pruning.method=gradual, which "
+            "prunes inside one training; set pruning.levels=1"
+        )
+    if timeline is None:
+        return None
+    begin = timeline.iterations(cfg.begin_step, "pruning.begin_step")
+    end = timeline.iterations(cfg.end_step, "pruning.end_step")
+    frequency = timeline.iterations(cfg.frequency, "pruning.frequency")
+    if frequency < 1:
+        raise ConfigError(f"pruning.frequency={cfg.frequency!r} must be at least one iteration")
+    if not begin < end < timeline.total_steps:
+        raise ConfigError(
+            f"pruning.begin_step={cfg.begin_step!r} ({begin} it) and pruning.end_step="
+            f"{cfg.end_step!r} ({end} it) must satisfy begin < end < train.steps "
+            f"({timeline.total_steps} it)"
+        )
+    return PolynomialDecay(
+        cfg.initial_sparsity, cfg.final_sparsity, begin, end, frequency, cfg.power
+    )
+
+
+def _gradual(inputs: PruneInputs, s: PolynomialDecay) -> Mask:
+    return inputs.mask  # the training prunes (see :func:`mask_updates`)
+
+
+def _check_nothing(params: Any, prunable: list[str], settings: Any) -> None:
+    return None
+
+
+def mask_updates(
+    strategy: Strategy, settings: Any, prunable: list[str], start: int, end: int
+) -> tuple[list[int], Callable[[int, Any, Mask], Mask]] | None:
+    """For a strategy that prunes during training: the steps in ``[start, end)`` at which the
+    mask changes and ``update(step, params, mask) -> mask``; None for the others."""
+    if strategy.name != "gradual":
+        return None
+
+    def update(step: int, params: Any, mask: Mask) -> Mask:
+        return gradual_mask(params, mask, prunable, settings.sparsity(step))
+
+    return settings.update_steps(start, end), update
+
+
+# -- at initialisation -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AtInitSettings:
+    """Keep IMP's count of weights per level, by scores at the rewind point."""
+
+    method: str
+    fraction: float
+    synflow_rounds: int
+    score_examples: int
+
+
+def _at_init_settings(cfg: PruningConfig, timeline: Timeline | None) -> AtInitSettings:
+    if cfg.synflow_rounds < 1:
+        raise ConfigError(f"pruning.synflow_rounds={cfg.synflow_rounds} must be at least 1")
+    if cfg.score_examples < 1:
+        raise ConfigError(f"pruning.score_examples={cfg.score_examples} must be at least 1")
+    return AtInitSettings(cfg.method, cfg.fraction, cfg.synflow_rounds, cfg.score_examples)
+
+
+def _at_init(inputs: PruneInputs, s: AtInitSettings) -> Mask:
+    from lottery.pruning.at_init import prune_at_init
+
+    alive = count_alive(inputs.mask, inputs.prunable)
+    keep = alive - prune_count(s.fraction, alive)
+    params, batch_stats = inputs.start()
+    batches = inputs.batches(s.score_examples) if s.method in ("snip", "grasp") else []
+    return prune_at_init(
+        s.method,
+        inputs.network,
+        params,
+        batch_stats,
+        full_mask(params),
+        inputs.prunable,
+        batches,
+        inputs.key,
+        keep,
+        synflow_rounds=s.synflow_rounds,
+    )
+
+
+# -- the registry ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -53,32 +268,65 @@ class Strategy:
 
     name: str
     keys: frozenset[str]  # the ``pruning`` keys it reads besides COMMON_KEYS
-    settings: Callable[[PruningConfig], Any]
-    prune: Callable[[Any, Mask, list[str], Any], Mask]
+    # (pruning config, timeline or None before the data is known) -> checked settings
+    settings: Callable[[PruningConfig, Timeline | None], Any]
+    prune: Callable[[PruneInputs, Any], Mask]
     # Checks the settings against the network's layers (one ConfigError line), cheaply.
     check: Callable[[Any, list[str], Any], None]
+    # Prunes inside the training (the level's mask changes as it trains).
+    during_training: bool = False
 
 
+_MAGNITUDE_KEYS = frozenset({"fraction", "scope", "layer_fractions", "criterion"})
 STRATEGIES: dict[str, Strategy] = {
     "magnitude": Strategy(
-        "magnitude",
-        frozenset({"fraction", "scope", "layer_fractions"}),
-        _magnitude_settings,
-        _magnitude,
-        _check_magnitude,
+        "magnitude", _MAGNITUDE_KEYS, _magnitude_settings, _magnitude, _check_magnitude
     ),
+    "oneshot": Strategy(
+        "oneshot", _MAGNITUDE_KEYS, _magnitude_settings, _oneshot, _check_magnitude
+    ),
+    "structured": Strategy(
+        "structured",
+        frozenset({"fraction", "scope", "criterion"}),
+        _structured_settings,
+        _structured,
+        _check_structured,
+    ),
+    "gradual": Strategy(
+        "gradual",
+        frozenset(
+            {"initial_sparsity", "final_sparsity", "begin_step", "end_step", "frequency", "power"}
+        ),
+        _gradual_settings,
+        _gradual,
+        _check_nothing,
+        during_training=True,
+    ),
+    **{
+        name: Strategy(
+            name,
+            frozenset({"fraction", "synflow_rounds", "score_examples"}),
+            _at_init_settings,
+            _at_init,
+            _check_nothing,
+        )
+        for name in AT_INIT
+    },
 }
 
 
-def strategy_for(cfg: PruningConfig) -> tuple[Strategy, Any]:
-    """The strategy ``cfg.method`` names and its checked settings, or one ConfigError line."""
+def strategy_for(cfg: PruningConfig, timeline: Timeline | None = None) -> tuple[Strategy, Any]:
+    """The strategy ``cfg.method`` names and its checked settings, or one ConfigError line.
+
+    Without ``timeline`` (before the data is loaded), step strings are not yet converted.
+    """
     strategy = STRATEGIES.get(cfg.method)
     if strategy is None:
         known = ", ".join(sorted(STRATEGIES))
         raise ConfigError(f"unknown pruning.method {cfg.method!r}; choose one of {known}")
     defaults = PruningConfig()
-    for field in dataclasses.fields(cfg):
-        key = field.name
+    for item in dataclasses.fields(cfg):
+        key = item.name
         if key in COMMON_KEYS or key in strategy.keys:
             continue
         if getattr(cfg, key) != getattr(defaults, key):
@@ -86,4 +334,4 @@ def strategy_for(cfg: PruningConfig) -> tuple[Strategy, Any]:
                 f"pruning.{key}={getattr(cfg, key)!r} does not apply to pruning.method="
                 f"{cfg.method!r}; remove it"
             )
-    return strategy, strategy.settings(cfg)
+    return strategy, strategy.settings(cfg, timeline)

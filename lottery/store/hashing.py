@@ -31,6 +31,8 @@ NOT_HASHED = frozenset(
         "results_root",
         "progress",
         "logger",
+        "branches",
+        "branch",
         "dataset.path",
         "pruning.levels",
         "train.eval_batch_size",

@@ -202,6 +202,15 @@ def set_aside(folder: Path, why: str, detail: str = "") -> None:
     warn(f"{folder} was {why}{detail}; moved it to {aside.name} and will redo it")
 
 
+def folder_done(folder: Path) -> bool:
+    """A finished level or branch: its summary parses, its mask and weights are whole files."""
+    return (
+        read_summary(folder) is not None
+        and npz_readable(folder / "mask.npz")
+        and npz_readable(folder / "params.npz")
+    )
+
+
 class ReplicateStore:
     """The folder of one replicate (seed) of an experiment, or of its dense level 0."""
 
@@ -216,12 +225,7 @@ class ReplicateStore:
 
     def is_done(self, level: int) -> bool:
         """A finished level: its summary parses, its mask and weights are whole files."""
-        folder = self.level_path(level)
-        return (
-            read_summary(folder) is not None
-            and npz_readable(folder / "mask.npz")
-            and npz_readable(folder / "params.npz")
-        )
+        return folder_done(self.level_path(level))
 
     def summary(self, level: int) -> dict[str, Any]:
         return json.loads((self.level_path(level) / "summary.json").read_text())
@@ -326,7 +330,10 @@ class ExperimentStore:
                 summary["hash"] = self.digest
                 summary.setdefault("branch", MAIN_BRANCH)
                 found.append(summary)
-        return sorted(found, key=lambda s: (s["replicate"], s["level"], s["branch"]))
+        return sorted(
+            found,
+            key=lambda s: (s["replicate"], s["level"], s["branch"] != MAIN_BRANCH, s["branch"]),
+        )
 
     @property
     def curve_file(self) -> Path:

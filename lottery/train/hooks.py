@@ -108,18 +108,18 @@ class Checkpoint:
 
 
 class UpdateMask:
-    """Replace the mask every ``every`` steps with ``update(run) -> mask`` (gradual pruning).
+    """Replace the mask at the given steps with ``update(run) -> mask`` (gradual pruning).
 
     The new mask is applied to the weights at once, so a weight it prunes is exactly 0.0 from
     that step on; the optimizer state is kept (its entries for pruned weights never move the
     weight again, since the train step masks gradients and updates).
     """
 
-    def __init__(self, every: int, update: Callable[[RunState], Any]) -> None:
-        self.every, self.update = every, update
+    def __init__(self, at: Iterable[int], update: Callable[[RunState], Any]) -> None:
+        self.at, self.update = sorted(set(at)), update
 
     def steps(self, start: int, end: int) -> Iterable[int]:
-        return [s for s in multiples(self.every, start, end) if s < end]
+        return [s for s in self.at if start <= s < end]
 
     def __call__(self, run: RunState, trainer: Trainer) -> None:
         from lottery.train.steps import masked

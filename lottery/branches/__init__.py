@@ -1,0 +1,62 @@
+"""Branches: extra trainings from a finished level's mask, by name (``branches=[...]``).
+
+- ``random_reinit``: the same mask, a new initialisation;
+- ``random_prune``: a random mask with the same per-layer (or global) count;
+- ``lr_rewind``: the trained weights, the learning-rate schedule replayed from step k;
+- ``finetune``: the trained weights, trained at the final learning rate;
+- ``rewind_to``: the mask on several rewind points k;
+- ``instability``: a second copy on another data order, and the error barrier between them.
+
+Each branch's arguments are ``branch.<name>.*`` (typed in :mod:`lottery.config.schema`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lottery.branches.base import Branch, BranchInputs, BranchRun
+from lottery.branches.controls import check_random_prune, random_prune, random_reinit
+from lottery.branches.instability import check_instability, instability
+from lottery.branches.retrain import (
+    check_finetune,
+    check_lr_rewind,
+    check_rewind_to,
+    finetune,
+    lr_rewind,
+    rewind_to,
+)
+from lottery.config import Config, ConfigError
+
+BRANCHES: dict[str, Branch] = {
+    "random_reinit": Branch("random_reinit", random_reinit),
+    "random_prune": Branch("random_prune", random_prune, check_random_prune),
+    "lr_rewind": Branch("lr_rewind", lr_rewind, check_lr_rewind),
+    "finetune": Branch("finetune", finetune, check_finetune),
+    "rewind_to": Branch("rewind_to", rewind_to, check_rewind_to),
+    "instability": Branch("instability", instability, check_instability),
+}
+
+
+def branch_args(cfg: Config, name: str) -> Any:
+    """The typed arguments ``branch.<name>`` of a branch."""
+    return getattr(cfg.branch, name)
+
+
+def check_branches(cfg: Config, timeline: Any) -> list[Branch]:
+    """The branches ``cfg.branches`` names, their arguments checked; one ConfigError line
+    for an unknown or repeated name or a bad argument."""
+    chosen = []
+    for name in cfg.branches:
+        branch = BRANCHES.get(name)
+        if branch is None:
+            raise ConfigError(
+                f"unknown branch {name!r} in branches; choose from {', '.join(BRANCHES)}"
+            )
+        if branch in chosen:
+            raise ConfigError(f"branch {name!r} is listed twice in branches; list it once")
+        branch.check(branch_args(cfg, name), timeline)
+        chosen.append(branch)
+    return chosen
+
+
+__all__ = ["BRANCHES", "Branch", "BranchInputs", "BranchRun", "branch_args", "check_branches"]
