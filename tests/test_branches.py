@@ -42,7 +42,7 @@ def branched(tmp_path_factory):
 
 
 def test_every_branch_is_a_row_and_a_folder(branched):
-    plan, store, rows = branched
+    _, store, rows = branched
     level = store.replicate(0).level_path(1)
     folders = branch_folders(level)
     expected = {"random_reinit", "random_prune", "lr_rewind", "finetune", "rewind_to_0it",
@@ -100,11 +100,12 @@ def test_lr_rewind_and_finetune_start_from_the_pruned_trained_weights(branched):
     trainer = experiment.Experiment(plan).trainer
     params, stats = replicate.params(0)
     mask = replicate.mask(1)
-    pruned = experiment.Experiment(plan).trainer.evaluate(
+    pruned = trainer.evaluate(
         jax.tree.map(lambda p, m: np.where(m, p, 0.0), params, mask), stats
     )
     for name, first_step in (("lr_rewind", 0), ("finetune", 0)):
-        records = [json.loads(x) for x in (folders[name] / "metrics.jsonl").read_text().splitlines()]
+        lines = (folders[name] / "metrics.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in lines]
         assert records[0]["iteration"] == first_step
         assert records[0]["test/accuracy"] == pruned["test/accuracy"]
     summary = json.loads((folders["finetune"] / "summary.json").read_text())

@@ -67,6 +67,9 @@ from lottery.train import (
     host_tree,
 )
 
+# The weights of a finished level in the sparse format of :mod:`lottery.deploy.sparse_format`.
+SPARSE_PARAMS = "params_sparse.npz"
+
 
 class BrokenLevel(Exception):
     """A finished level's files cannot be read back: it is set aside and made again (the
@@ -315,10 +318,15 @@ class Experiment:
         run = result.run
         mask, params, batch_stats = host_tree((run.mask, run.state.params, run.state.batch_stats))
         folder.save_weights(params, batch_stats)
-        if plan.strategy.during_training and branch is None:
-            folder.save_mask(mask)  # the mask the training ended with
+        sizes = None
+        if branch is None:
+            if plan.strategy.during_training:
+                folder.save_mask(mask)  # the mask the training ended with
+            sizes = save_ticket_files(folder.path, params, mask)
         label = branch.label if branch else MAIN_BRANCH
         summary = summarize(plan, level, start.step, mask, run.history, digest=digest, branch=label)
+        if sizes is not None:
+            summary["size_on_disk"] = sizes
         if branch is not None:
             summary["branch_args"] = branch.args
             if branch.finalize is not None:
@@ -530,3 +538,16 @@ def scoring_batch(plan: Plan, level: int, count: int) -> tuple[Any, Any]:
     rng = np.random.default_rng([plan.data_seed, level, 3])
     index = np.sort(rng.choice(dataset.num_train, size=count, replace=False))
     return jax.numpy.asarray(dataset.train.x[index]), jax.numpy.asarray(dataset.train.y[index])
+
+
+def save_ticket_files(folder: Path, params: Any, mask: Any) -> dict[str, int]:
+    """Save the ticket's weights in the sparse format beside ``params.npz``; the bytes on
+    disk of both, and of the dense weights as a plain npz, for the summary."""
+    from lottery.deploy.sparse_format import dense_size, save_sparse
+
+    sparse = save_sparse(folder / SPARSE_PARAMS, params, mask)
+    return {
+        "dense_npz_bytes": dense_size(params),
+        "params_npz_bytes": (folder / "params.npz").stat().st_size,
+        "sparse_bytes": sparse,
+    }

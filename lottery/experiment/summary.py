@@ -6,6 +6,7 @@ from typing import Any
 
 from lottery.experiment.plan import Plan
 from lottery.pruning import sparsity_report
+from lottery.pruning.cost import cost_report
 from lottery.store import MAIN_BRANCH
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
@@ -74,6 +75,8 @@ def summarize(
         "early_stop_test_accuracy": None,
         **sparsity_report(mask, plan.prunable),
     }
+    # Nonzero parameters, compression ratio, FLOPs and theoretical speed-up (ShrinkBench's).
+    summary.update(cost_report(plan.network, plan.init_params, mask))
     # Layers pruned to nothing: the network's output no longer depends on its input through
     # them (layer collapse, Tanaka et al. 2020).
     summary["collapsed_layers"] = [

@@ -54,6 +54,10 @@ CURVE_COLUMNS = (
     "test_accuracy",
     "early_stop_iteration",
     "early_stop_test_accuracy",
+    "compression_ratio",
+    "flops",
+    "theoretical_speedup",
+    "instability_barrier",
 )
 MAIN_BRANCH = "imp"
 # Names of finished level and branch folders (not ``.partial``, not set aside).

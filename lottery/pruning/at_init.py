@@ -1,0 +1,356 @@
+"""Pruning at initialisation: score every prunable weight once, before training, keep the best.
+
+The methods compared by Frankle et al. 2021 ("Pruning Neural Networks at Initialization: Why
+are We Missing the Mark?"), each a score per weight where a HIGHER score means KEEP:
+
+- ``snip`` (Lee et al. 2019): ``|g ⊙ w|``, the loss gradient ``g`` averaged over the batches.
+- ``grasp`` (Wang et al. 2020): ``w ⊙ Hg``, the negation of the paper's ``S(-w) = -w ⊙ Hg``
+  (the paper removes the weights with the highest ``S``; see :func:`grasp_scores`).
+- ``synflow`` (Tanaka et al. 2020): ``|∂R/∂θ ⊙ θ|`` where ``R`` is the sum of the logits of the
+  network with every parameter replaced by its absolute value, on an input of ones. Data-free,
+  and iterative in :func:`prune_at_init`: ``synflow_rounds`` rounds on an exponential schedule.
+- ``magnitude_init``: ``|w|``.
+- ``random``: uniform random scores, so the kept weights are a uniformly random subset.
+
+Scores are computed on ``params ⊙ mask`` (pruned weights are exactly 0) and only the prunable
+leaves are differentiated (the others are held fixed), as in the reference implementations.
+The network runs in evaluation mode (``train=False``) with the given BatchNorm statistics, as
+in Tanaka et al.'s code for all of these pruners (``train_mode=False`` by default): the scores
+then depend on the weights and the batches only, not on how the batches happen to be split.
+Note that freshly initialised statistics (mean 0, variance 1) make BatchNorm an affine map.
+
+The selection is exact and on the host: :func:`prune_at_init` keeps exactly ``keep`` of the
+prunable weights alive in ``mask``, those of highest score ranked globally over all prunable
+paths; ties go to the earlier path (sorted order), then the lower flat index, as in
+:func:`lottery.pruning.magnitude.prune_group`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lottery.config import ConfigError, RunError
+from lottery.models.network import BatchStats, Network, Params
+from lottery.pruning.mask import Mask, apply_mask, flatten, unflatten
+
+METHODS = ("snip", "grasp", "synflow", "magnitude_init", "random")
+
+Batch = tuple[jax.Array, jax.Array]
+Weights = dict[str, jax.Array]  # the prunable leaves, by path
+Scores = dict[str, np.ndarray]
+
+
+def _split(flat: dict, prunable: list[str]) -> tuple[Weights, Weights]:
+    """Flat params as (prunable leaves, the other leaves), both by path."""
+    weights = {p: flat[p] for p in prunable}
+    others = {p: v for p, v in flat.items() if p not in weights}
+    return weights, others
+
+
+def _masked_on_host(params: Params, mask: Mask) -> dict[str, np.ndarray]:
+    """``params ⊙ mask`` flattened, in NumPy (pruned weights exactly +0.0)."""
+    flat_mask = flatten(mask)
+    return {
+        p: np.where(flat_mask[p], np.asarray(v), np.zeros((), np.asarray(v).dtype))
+        for p, v in flatten(params).items()
+    }
+
+
+def _loss(
+    network: Network,
+    weights: Weights,
+    others: Weights,
+    batch_stats: BatchStats,
+    x: jax.Array,
+    y: jax.Array,
+) -> jax.Array:
+    """Mean softmax cross-entropy, as a function of the prunable leaves (and the others)."""
+    logits, _ = network.apply(unflatten({**others, **weights}), batch_stats, x, train=False)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+# Compiled once per network (a hashable frozen dataclass, hence a static argument) and shapes.
+_grad = jax.jit(jax.grad(_loss, argnums=1), static_argnums=0)
+
+
+@partial(jax.jit, static_argnums=0)
+def _hessian_vector(
+    network: Network,
+    weights: Weights,
+    others: Weights,
+    batch_stats: BatchStats,
+    x: jax.Array,
+    y: jax.Array,
+    v: Weights,
+) -> Weights:
+    """``H v`` with ``H`` the Hessian of one batch's loss: forward-over-reverse (jvp of grad)."""
+
+    def grad(w: Weights) -> Weights:
+        return jax.grad(_loss, argnums=1)(network, w, others, batch_stats, x, y)
+
+    return jax.jvp(grad, (weights,), (v,))[1]
+
+
+def _check_batches(method: str, batches: Sequence[Batch]) -> None:
+    if len(batches) == 0:
+        raise ValueError(f"{method} needs at least one batch of (inputs, labels); got none")
+
+
+def _batch_mean(per_batch: Callable[[jax.Array, jax.Array], Weights], batches) -> Weights:
+    """The mean over ``batches`` of ``per_batch(x, y)`` (each batch weighs the same)."""
+    total = None
+    for x, y in batches:
+        value = {p: np.asarray(v) for p, v in per_batch(x, y).items()}
+        total = value if total is None else {p: total[p] + value[p] for p in total}
+    return {p: t / np.float32(len(batches)) for p, t in total.items()}
+
+
+def snip_scores(
+    network: Network,
+    params: Params,
+    batch_stats: BatchStats,
+    mask: Mask,
+    prunable: list[str],
+    batches: Sequence[Batch],
+) -> Scores:
+    """SNIP (Lee et al. 2019): ``|g ⊙ w|`` with ``g`` the loss gradient averaged over batches."""
+    _check_batches("snip", batches)
+    weights, others = _split(_masked_on_host(params, mask), prunable)
+    g = _batch_mean(lambda x, y: _grad(network, weights, others, batch_stats, x, y), batches)
+    return {p: np.abs(g[p] * weights[p]) for p in prunable}
+
+
+def grasp_scores(
+    network: Network,
+    params: Params,
+    batch_stats: BatchStats,
+    mask: Mask,
+    prunable: list[str],
+    batches: Sequence[Batch],
+) -> Scores:
+    """GraSP (Wang et al. 2020): ``w ⊙ Hg``, higher = keep.
+
+    ``g`` is the loss gradient averaged over the batches and ``Hg`` the Hessian of the same
+    average loss times ``g`` (forward-over-reverse: ``jax.jvp`` of the gradient), both over the
+    prunable weights. The paper (eq. 8) scores ``S(-w) = -w ⊙ Hg``, the change in gradient flow
+    when a weight is removed, and removes the weights with the HIGHEST ``S`` (as does its
+    reference code: ``-weight * grad`` then ``keep = score <= threshold``). Keeping the highest
+    ``-S = w ⊙ Hg`` is the same mask. Unlike the reference code, the logits are not divided by
+    a temperature (it uses T=200 for the first gradient).
+    """
+    _check_batches("grasp", batches)
+    weights, others = _split(_masked_on_host(params, mask), prunable)
+    g = _batch_mean(lambda x, y: _grad(network, weights, others, batch_stats, x, y), batches)
+    hg = _batch_mean(
+        lambda x, y: _hessian_vector(network, weights, others, batch_stats, x, y, g), batches
+    )
+    # Keep-score = -S(-w) = w ⊙ Hg (Wang et al. 2020, eq. 8; they prune the highest S).
+    return {p: weights[p] * hg[p] for p in prunable}
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _synflow(
+    network: Network, prunable: tuple[str, ...], params: Params, batch_stats: BatchStats, mask: Mask
+) -> Weights:
+    weights, others = _split(flatten(apply_mask(params, mask)), list(prunable))
+    weights = {p: jnp.abs(w) for p, w in weights.items()}
+    others = {p: jnp.abs(w) for p, w in others.items()}
+    ones = jnp.ones((1, *network.input_shape), jnp.float32)
+
+    def objective(weights: Weights) -> jax.Array:
+        logits, _ = network.apply(unflatten({**others, **weights}), batch_stats, ones, train=False)
+        return jnp.sum(logits)
+
+    grads = jax.grad(objective)(weights)
+    return {p: jnp.abs(grads[p] * weights[p]) for p in prunable}
+
+
+def synflow_scores(
+    network: Network, params: Params, batch_stats: BatchStats, mask: Mask, prunable: list[str]
+) -> Scores:
+    """SynFlow (Tanaka et al. 2020), one round: ``|∂R/∂θ ⊙ θ|``.
+
+    Every parameter (biases and BatchNorm scales too, as the reference code's ``linearize``)
+    is replaced by its absolute value under the mask, the network runs in evaluation mode with
+    the given BatchNorm statistics on one input of ones, and ``R`` is the sum of the logits.
+    In float32 (as the reference code): ``R`` is a product over layers and can overflow for
+    very deep or wide networks; :func:`prune_at_init` then stops with a RunError.
+    """
+    scores = _synflow(network, tuple(prunable), params, batch_stats, mask)
+    return {p: np.asarray(s) for p, s in scores.items()}
+
+
+def magnitude_init_scores(params: Params, mask: Mask, prunable: list[str]) -> Scores:
+    """``|w|`` under the mask."""
+    weights, _ = _split(_masked_on_host(params, mask), prunable)
+    return {p: np.abs(weights[p]) for p in prunable}
+
+
+def random_scores(params: Params, prunable: list[str], key: jax.Array) -> Scores:
+    """Uniform scores in [0, 1): one draw for all of ``prunable`` (in its order), split."""
+    flat = flatten(params)
+    shapes = [np.shape(flat[p]) for p in prunable]
+    sizes = [math.prod(shape) for shape in shapes]
+    draw = np.asarray(jax.random.uniform(key, (sum(sizes),)))
+    pieces = np.split(draw, np.cumsum(sizes)[:-1]) if sizes else []
+    return {
+        p: piece.reshape(shape) for p, piece, shape in zip(prunable, pieces, shapes, strict=True)
+    }
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        choices = ", ".join(METHODS)
+        raise ConfigError(f"unknown pruning-at-init method {method!r}; choose one of {choices}")
+
+
+def at_init_scores(
+    method: str,
+    network: Network,
+    params: Params,
+    batch_stats: BatchStats,
+    mask: Mask,
+    prunable: list[str],
+    batches: Sequence[Batch],
+    key: jax.Array,
+) -> dict[str, np.ndarray]:
+    """Per prunable path, a float score array shaped like the weight; HIGHER = KEEP.
+
+    ``batches`` are used by ``snip`` and ``grasp``, ``key`` by ``random``; the others ignore
+    them. ``synflow`` here is one round (single shot); :func:`prune_at_init` iterates it.
+    """
+    _check_method(method)
+    prunable = sorted(prunable)
+    if method == "snip":
+        return snip_scores(network, params, batch_stats, mask, prunable, batches)
+    if method == "grasp":
+        return grasp_scores(network, params, batch_stats, mask, prunable, batches)
+    if method == "synflow":
+        return synflow_scores(network, params, batch_stats, mask, prunable)
+    if method == "magnitude_init":
+        return magnitude_init_scores(params, mask, prunable)
+    return random_scores(params, prunable, key)
+
+
+def keep_top(
+    scores: dict[str, np.ndarray], mask: Mask, prunable: list[str], keep: int, method: str = ""
+) -> Mask:
+    """``mask`` with only the ``keep`` alive prunable weights of highest score left alive.
+
+    Ranked globally over ``prunable``; ties go to the earlier path (sorted), then the lower
+    flat index. Non-prunable leaves are copied unchanged. Non-finite scores of alive weights
+    are a RunError (the ranking would be meaningless).
+    """
+    paths = sorted(prunable)
+    flat = {p: np.array(m, dtype=bool, copy=True) for p, m in flatten(mask).items()}
+    positions = {p: np.flatnonzero(flat[p]) for p in paths}
+    ranked = [np.asarray(scores[p], dtype=np.float64).ravel()[positions[p]] for p in paths]
+    alive = np.concatenate(ranked) if ranked else np.zeros(0)
+    _check_keep(keep, len(alive))
+    bad = [p for p, s in zip(paths, ranked, strict=True) if not np.all(np.isfinite(s))]
+    if bad:
+        raise RunError(
+            f"pruning at init ({method or 'scores'}) gave non-finite scores in {', '.join(bad)}; "
+            "a float32 overflow (SynFlow on a very deep net) or non-finite params or inputs"
+        )
+    chosen = np.sort(np.argsort(-alive, kind="stable")[:keep])
+    start = 0
+    for path in paths:
+        stop = start + len(positions[path])
+        lo, hi = np.searchsorted(chosen, [start, stop])
+        new = np.zeros(flat[path].size, dtype=bool)
+        new[positions[path][chosen[lo:hi] - start]] = True
+        flat[path] = new.reshape(flat[path].shape)
+        start = stop
+    return unflatten(flat)
+
+
+def _check_keep(keep: int, alive: int) -> None:
+    if not 0 <= keep <= alive:
+        raise ValueError(
+            f"cannot keep {keep} weights: it must be between 0 and the {alive} prunable "
+            "weights still alive"
+        )
+
+
+def synflow_schedule(alive: int, keep: int, rounds: int) -> list[int]:
+    """Weights kept after each SynFlow round: ``round(alive * (keep/alive)^(r/rounds))``.
+
+    The exponential schedule of Tanaka et al. 2020, rounded half up, for r = 1..rounds; never
+    below ``keep`` and exactly ``keep`` after the last round.
+    """
+    if rounds < 1:
+        raise ValueError(f"synflow needs at least 1 round; got synflow_rounds={rounds}")
+    _check_keep(keep, alive)
+    if alive == 0:
+        return [0] * rounds
+    ratio = keep / alive
+    counts = [max(keep, math.floor(alive * ratio ** (r / rounds) + 0.5)) for r in range(1, rounds)]
+    return [*counts, keep]
+
+
+def _synflow_prune(
+    network: Network,
+    params: Params,
+    batch_stats: BatchStats,
+    mask: Mask,
+    prunable: list[str],
+    keep: int,
+    rounds: int,
+) -> Mask:
+    """Iterative SynFlow: rescore on the current mask before each round's pruning."""
+    alive = sum(int(np.count_nonzero(flatten(mask)[p])) for p in prunable)
+    for target in synflow_schedule(alive, keep, rounds):
+        scores = synflow_scores(network, params, batch_stats, mask, prunable)
+        mask = keep_top(scores, mask, prunable, target, "synflow")
+    return mask
+
+
+def prune_at_init(
+    method: str,
+    network: Network,
+    params: Params,
+    batch_stats: BatchStats,
+    mask: Mask,
+    prunable: list[str],
+    batches: Sequence[Batch],
+    key: jax.Array,
+    keep: int,
+    synflow_rounds: int = 100,
+) -> Mask:
+    """A new mask keeping exactly ``keep`` of the prunable weights alive in ``mask``.
+
+    The ``keep`` of highest score (:func:`at_init_scores`), ranked globally over all prunable
+    paths, ties to the earlier path then the lower flat index. ``synflow`` prunes in
+    ``synflow_rounds`` rounds, rescoring each time (see :func:`synflow_schedule`). Non-prunable
+    leaves are copied unchanged; ``mask`` itself is not modified.
+    """
+    _check_method(method)
+    prunable = sorted(prunable)
+    alive = sum(int(np.count_nonzero(flatten(mask)[p])) for p in prunable)
+    _check_keep(keep, alive)
+    if method == "synflow":
+        return _synflow_prune(network, params, batch_stats, mask, prunable, keep, synflow_rounds)
+    scores = at_init_scores(method, network, params, batch_stats, mask, prunable, batches, key)
+    return keep_top(scores, mask, prunable, keep, method)
+
+
+__all__ = [
+    "METHODS",
+    "at_init_scores",
+    "grasp_scores",
+    "keep_top",
+    "magnitude_init_scores",
+    "prune_at_init",
+    "random_scores",
+    "snip_scores",
+    "synflow_schedule",
+    "synflow_scores",
+]

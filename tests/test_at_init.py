@@ -1,0 +1,293 @@
+"""Pruning at initialisation: each method's scores against an independent computation, and
+prune_at_init's exact counts, alive-only choice, untouched non-prunable leaves and determinism."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from lottery.config import ConfigError, RunError
+from lottery.models.mlp import MLP
+from lottery.models.network import Network
+from lottery.pruning.at_init import (
+    METHODS,
+    at_init_scores,
+    keep_top,
+    prune_at_init,
+    synflow_schedule,
+)
+from lottery.pruning.mask import flatten, full_mask, unflatten
+
+NETWORK = Network(MLP((8, 6), 3), (5,))
+PRUNABLE = ["fc1/kernel", "fc2/kernel", "out/kernel"]  # 40 + 48 + 18 = 106 weights
+TOTAL = 106
+
+
+_init = jax.jit(NETWORK.init)
+
+
+def make_params(seed: int = 0) -> dict:
+    """Initial params with nonzero biases (so the tests see whether biases are handled)."""
+    params, _ = _init(jax.random.key(seed))
+    rng = np.random.default_rng(seed + 100)
+    flat = {
+        path: 0.3 * rng.normal(size=leaf.shape).astype(np.float32)
+        if path.endswith("bias")
+        else np.asarray(leaf)
+        for path, leaf in flatten(params).items()
+    }
+    return unflatten(flat)
+
+
+def make_batches(seed: int = 1, count: int = 2, size: int = 16) -> list:
+    rng = np.random.default_rng(seed)
+    return [
+        (
+            jnp.asarray(rng.normal(size=(size, 5)), jnp.float32),
+            jnp.asarray(rng.integers(0, 3, size=size)),
+        )
+        for _ in range(count)
+    ]
+
+
+def partial_mask(params: dict, seed: int = 2, dead: float = 0.25) -> dict:
+    """Some prunable weights already pruned; non-prunable leaves all True."""
+    rng = np.random.default_rng(seed)
+    flat = flatten(full_mask(params))
+    for path in PRUNABLE:
+        flat[path] = rng.random(flat[path].shape) >= dead
+    return unflatten(flat)
+
+
+def masked(params: dict, mask: dict) -> dict:
+    return jax.tree.map(lambda p, m: np.where(m, np.asarray(p), 0.0), params, mask)
+
+
+def concat(flat: dict, paths=PRUNABLE) -> np.ndarray:
+    return np.concatenate([np.asarray(flat[p]).ravel() for p in paths])
+
+
+def kept_set(mask: dict) -> set[int]:
+    return set(np.flatnonzero(concat(flatten(mask))).tolist())
+
+
+def top_k_alive(scores: np.ndarray, alive: np.ndarray, k: int) -> set[int]:
+    """Indices (into the concatenated prunable weights) of the k alive ones of highest score."""
+    candidates = np.flatnonzero(alive)
+    order = np.argsort(-scores[candidates], kind="stable")
+    return set(candidates[order[:k]].tolist())
+
+
+def loss(params: dict, x, y) -> jax.Array:
+    logits, _ = NETWORK.apply(params, {}, x, train=False)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def call(method, params, mask, keep, key=0, batches=None, **kwargs):
+    batches = make_batches() if batches is None else batches
+    return prune_at_init(
+        method, NETWORK, params, {}, mask, PRUNABLE, batches, jax.random.key(key), keep, **kwargs
+    )
+
+
+def test_snip_scores_are_gradient_times_weight_and_the_largest_are_kept():
+    params, batches = make_params(), make_batches()
+    mask = partial_mask(params)
+    live = masked(params, mask)
+    grad = jax.jit(jax.grad(loss))
+    grads = [grad(live, x, y) for x, y in batches]
+    g = jax.tree.map(lambda *gs: sum(np.asarray(x) for x in gs) / len(gs), *grads)
+    expected = np.abs(concat(flatten(g)) * concat(flatten(live)))
+
+    scores = at_init_scores("snip", NETWORK, params, {}, mask, PRUNABLE, batches, jax.random.key(0))
+    np.testing.assert_allclose(concat(scores), expected, rtol=1e-5, atol=1e-8)
+
+    alive = concat(flatten(mask))
+    new = call("snip", params, mask, keep=30, batches=batches)
+    assert kept_set(new) == top_k_alive(expected, alive, 30)
+
+
+def test_synflow_scores_match_the_closed_form_path_sums():
+    params = make_params()
+    mask = partial_mask(params)
+    flat = {p: np.abs(np.asarray(v, np.float64)) for p, v in flatten(masked(params, mask)).items()}
+    a1, a2, a3 = flat["fc1/kernel"], flat["fc2/kernel"], flat["out/kernel"]
+    b1, b2 = flat["fc1/bias"], flat["fc2/bias"]
+    # All |θ| ≥ 0 and the input is ones, so every ReLU is the identity:
+    # R = 1ᵀ((1ᵀA1 + b1)A2 + b2)A3 1 + Σ b3, a sum over paths (Kronecker: ∂R/∂A[i, j] =
+    # (signal into i) × (paths from j to the output)).
+    h0 = np.ones(5)
+    h1 = h0 @ a1 + b1
+    h2 = h1 @ a2 + b2
+    out_paths3 = np.ones(3)
+    out_paths2 = a3 @ out_paths3
+    out_paths1 = a2 @ out_paths2
+    expected = {
+        "fc1/kernel": a1 * np.outer(h0, out_paths1),
+        "fc2/kernel": a2 * np.outer(h1, out_paths2),
+        "out/kernel": a3 * np.outer(h2, out_paths3),
+    }
+    scores = at_init_scores("synflow", NETWORK, params, {}, mask, PRUNABLE, [], jax.random.key(0))
+    for path in PRUNABLE:
+        np.testing.assert_allclose(scores[path], expected[path], rtol=1e-5, err_msg=path)
+    # Pruned weights score exactly 0, and the scores do not depend on the signs of θ.
+    assert np.all(concat(scores)[~concat(flatten(mask))] == 0.0)
+    negated = jax.tree.map(lambda p: -p, params)
+    again = at_init_scores("synflow", NETWORK, negated, {}, mask, PRUNABLE, [], jax.random.key(0))
+    np.testing.assert_allclose(concat(again), concat(scores), rtol=1e-6)
+
+
+def test_grasp_scores_are_weight_times_hessian_gradient_product():
+    params, batches = make_params(), make_batches()
+    mask = partial_mask(params)
+    live = masked(params, mask)
+    flat = flatten(live)
+    kernels = {p: jnp.asarray(flat[p]) for p in PRUNABLE}
+    vector, unravel = ravel_pytree(kernels)
+
+    def mean_loss(v):
+        params_v = unflatten({**flat, **unravel(v)})
+        return sum(loss(params_v, x, y) for x, y in batches) / len(batches)
+
+    g = jax.jit(jax.grad(mean_loss))(vector)
+    hessian = jax.jit(jax.hessian(mean_loss))(vector)  # 106 × 106, independent of jvp-of-grad
+    hg = np.asarray(hessian @ g, np.float64)
+    keep_score = np.asarray(vector, np.float64) * hg  # -(−w ⊙ Hg), Wang et al. 2020 eq. 8
+    expected = concat(flatten(unravel(jnp.asarray(keep_score, jnp.float32))))
+
+    scores = at_init_scores("grasp", NETWORK, params, {}, mask, PRUNABLE, batches, None)
+    scale = np.max(np.abs(expected))
+    assert scale > 0
+    np.testing.assert_allclose(concat(scores), expected, rtol=1e-3, atol=1e-4 * scale)
+
+    # Sign convention: GraSP removes the weights with the HIGHEST −w ⊙ Hg, so keeping k keeps
+    # the k alive weights of highest w ⊙ Hg (and not the lowest).
+    alive = concat(flatten(mask))
+    ranked = np.sort(expected[alive])[::-1]
+    keep = 30 + int(np.argmax(ranked[29:59] - ranked[30:60]))  # a clear boundary, not a near tie
+    assert ranked[keep - 1] - ranked[keep] > 1e-3 * scale
+    new = call("grasp", params, mask, keep=keep, batches=batches)
+    assert kept_set(new) == top_k_alive(expected, alive, keep)
+    assert kept_set(new) != top_k_alive(-expected, alive, keep)
+
+
+def test_magnitude_init_keeps_the_largest_weights():
+    params = make_params()
+    mask = partial_mask(params)
+    weights = np.abs(concat(flatten(params)))
+    new = call("magnitude_init", params, mask, keep=25)
+    assert kept_set(new) == top_k_alive(weights, concat(flatten(mask)), 25)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_prune_at_init_keeps_exactly_keep_alive_weights_and_leaves_the_rest(method):
+    params = make_params()
+    mask = partial_mask(params)
+    flat_before = {p: np.array(m) for p, m in flatten(mask).items()}
+    # A non-prunable leaf with a False entry: it must come back unchanged, not reset to True.
+    flat_mask = flatten(mask)
+    flat_mask["fc2/bias"] = np.array(flat_mask["fc2/bias"])
+    flat_mask["fc2/bias"][0] = False
+    mask = unflatten(flat_mask)
+    flat_before["fc2/bias"] = flat_mask["fc2/bias"].copy()
+
+    kwargs = {"synflow_rounds": 5} if method == "synflow" else {}
+    new = call(method, params, mask, keep=33, key=3, **kwargs)
+    flat_new = flatten(new)
+    assert sorted(flat_new) == sorted(flat_before)
+    assert sum(int(np.count_nonzero(flat_new[p])) for p in PRUNABLE) == 33
+    for path, before in flat_before.items():
+        assert flat_new[path].dtype == bool and flat_new[path].shape == before.shape
+        if path in PRUNABLE:
+            assert not np.any(flat_new[path] & ~before), f"{path}: a pruned weight came back"
+        else:
+            np.testing.assert_array_equal(flat_new[path], before, err_msg=path)
+    # The input mask is not modified, and the same inputs give the same mask.
+    for path, before in flat_before.items():
+        np.testing.assert_array_equal(flatten(mask)[path], before)
+    again = call(method, params, mask, keep=33, key=3, **kwargs)
+    assert kept_set(again) == kept_set(new)
+
+
+@pytest.mark.parametrize("method", ["snip", "magnitude_init"])
+def test_keeping_all_or_none(method):
+    params = make_params()
+    mask = partial_mask(params)
+    alive = int(concat(flatten(mask)).sum())
+    assert kept_set(call(method, params, mask, keep=alive)) == kept_set(mask)
+    assert kept_set(call(method, params, mask, keep=0)) == set()
+
+
+def test_random_depends_on_the_key_only():
+    params = make_params()
+    mask = full_mask(params)
+    a = call("random", params, mask, keep=50, key=1)
+    b = call("random", params, mask, keep=50, key=2)
+    assert kept_set(a) != kept_set(b)
+    other_params = make_params(seed=5)
+    assert kept_set(call("random", other_params, mask, keep=50, key=1)) == kept_set(a)
+
+
+def test_ties_go_to_the_earlier_path_then_the_lower_index():
+    params = make_params()
+    mask = full_mask(params)
+    scores = {p: np.ones(np.shape(flatten(params)[p])) for p in PRUNABLE}
+    new = keep_top(scores, mask, PRUNABLE, 45)
+    assert kept_set(new) == set(range(45))  # all of fc1/kernel (40), then fc2's first 5
+
+
+def test_synflow_one_round_is_single_shot_top_k_and_many_rounds_are_exact():
+    params = make_params()
+    mask = partial_mask(params)
+    alive = concat(flatten(mask))
+    scores = at_init_scores("synflow", NETWORK, params, {}, mask, PRUNABLE, [], jax.random.key(0))
+    one = call("synflow", params, mask, keep=20, synflow_rounds=1)
+    assert kept_set(one) == top_k_alive(concat(scores), alive, 20)
+    for keep in (0, 7, 20, int(alive.sum())):
+        many = call("synflow", params, mask, keep=keep, synflow_rounds=10)
+        assert len(kept_set(many)) == keep
+        assert kept_set(many) <= set(np.flatnonzero(alive).tolist())
+
+
+def test_synflow_schedule_is_exponential_and_exact():
+    assert synflow_schedule(100, 1, 2) == [10, 1]  # 100 · (1/100)^(1/2)
+    assert synflow_schedule(1000, 10, 4) == [316, 100, 32, 10]
+    schedule = synflow_schedule(106, 13, 100)
+    assert schedule[-1] == 13 and len(schedule) == 100
+    assert all(a >= b for a, b in itertools.pairwise(schedule))
+    assert synflow_schedule(50, 0, 3) == [0, 0, 0]
+    with pytest.raises(ValueError, match="at least 1 round"):
+        synflow_schedule(50, 5, 0)
+
+
+def test_unknown_method_is_a_config_error():
+    params = make_params()
+    with pytest.raises(ConfigError, match=r"'snipp'.*grasp") as info:
+        call("snipp", params, full_mask(params), keep=10)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("keep", [-1, TOTAL + 1])
+def test_keep_outside_alive_is_a_value_error(keep):
+    params = make_params()
+    with pytest.raises(ValueError, match=rf"keep {keep} .*{TOTAL}"):
+        call("magnitude_init", params, full_mask(params), keep=keep)
+
+
+def test_non_finite_scores_stop_with_a_run_error():
+    params = make_params()
+    scores = {p: np.ones(np.shape(flatten(params)[p])) for p in PRUNABLE}
+    scores["fc2/kernel"][1, 2] = np.inf
+    with pytest.raises(RunError, match="fc2/kernel"):
+        keep_top(scores, full_mask(params), PRUNABLE, 10, "synflow")
+
+
+@pytest.mark.parametrize("method", ["snip", "grasp"])
+def test_data_driven_methods_need_a_batch(method):
+    params = make_params()
+    with pytest.raises(ValueError, match="at least one batch"):
+        call(method, params, full_mask(params), keep=10, batches=[])
