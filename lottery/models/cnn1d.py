@@ -16,20 +16,28 @@ BASE_WIDTH = 25
 
 
 class CNN1D(nn.Module):
-    """Layers ``conv1, conv2, conv3`` and ``out`` on (N, L) or (N, L, C) inputs."""
+    """Layers ``conv1, conv2, conv3`` and ``out`` on (N, L) or (N, L, C) inputs.
+
+    ``widths``, when given, is each convolution's channels, overriding ``width`` (a
+    structured-pruned network compacted by :mod:`lottery.deploy`).
+    """
 
     num_classes: int
     width: int = BASE_WIDTH
     kernel_sizes: Sequence[int] = (5, 3, 3)
     kernel_init: Callable = nn.initializers.lecun_normal()
+    widths: Sequence[int] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if x.ndim == 2:
             x = x[..., None]
-        for i, size in enumerate(self.kernel_sizes, start=1):
+        widths = (self.width,) * len(self.kernel_sizes) if self.widths is None else self.widths
+        if len(widths) != len(self.kernel_sizes):
+            raise ValueError(f"widths {tuple(widths)} must give {len(self.kernel_sizes)} channels")
+        for i, (size, features) in enumerate(zip(self.kernel_sizes, widths, strict=True), 1):
             layer = nn.Conv(
-                self.width,
+                features,
                 (size,),
                 strides=(2,),
                 padding=1,

@@ -24,10 +24,24 @@ PLANS: dict[int, tuple[int | str, ...]] = {
 }
 
 
+def conv_widths(
+    plan: Sequence[int | str], width: int, base: int, widths: Sequence[int] | None
+) -> tuple[int, ...]:
+    """Each convolution's channels: ``widths`` if given, else the plan's scaled to ``width``."""
+    nominal = tuple(int(spec) * width // base for spec in plan if spec != "M")
+    if widths is None:
+        return nominal
+    if len(widths) != len(nominal):
+        raise ValueError(f"widths {tuple(widths)} must give {len(nominal)} convolutions' channels")
+    return tuple(widths)
+
+
 class ConvNet(nn.Module):
     """Convolutions ``conv1, conv2, ...``, dense layers ``fc1, fc2, ...`` and ``out``.
 
     ``width`` is the channels of the first convolutions (the paper's 64); the others scale with it.
+    ``widths``, when given, is every convolution's channels in order, overriding ``plan`` and
+    ``width`` (a structured-pruned network compacted by :mod:`lottery.deploy`).
     """
 
     plan: Sequence[int | str]
@@ -35,16 +49,18 @@ class ConvNet(nn.Module):
     width: int = BASE_WIDTH
     hidden: Sequence[int] = (256, 256)
     kernel_init: Callable = nn.initializers.lecun_normal()
+    widths: Sequence[int] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        widths = conv_widths(self.plan, self.width, BASE_WIDTH, self.widths)
         i = 0
         for spec in self.plan:
             if spec == "M":
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
                 continue
+            features = widths[i]
             i += 1
-            features = int(spec) * self.width // BASE_WIDTH
             conv = nn.Conv(
                 features, (3, 3), padding=1, kernel_init=self.kernel_init, name=f"conv{i}"
             )

@@ -5,12 +5,16 @@ blocks with W, 2W and 4W channels, the second and third starting with stride 2; 
 average pooling and the output layer ``out``. Where a block changes the shape, its shortcut is
 a strided 1x1 convolution and BatchNorm (OpenLTH's choice, not the paper's option A).
 Convolutions followed by BatchNorm have no bias. ResNet-20 (W = 16): 272,474 parameters.
+
+``widths`` (optional) gives every convolution's channels explicitly, for a structured-pruned
+network compacted by :mod:`lottery.deploy`; which blocks have a projection shortcut still
+follows the nominal design, so the parameter names stay those of the full network.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -37,58 +41,104 @@ def conv(features: int, size: int, stride: int, kernel_init: Callable, name: str
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with BatchNorm around a residual connection (``conv1``, ``conv2``)."""
+    """Two 3x3 convolutions with BatchNorm around a residual connection (``conv1``, ``conv2``).
+
+    ``widths``: the channels of ``conv1`` and ``conv2`` where they are not both ``features``;
+    ``projection``: whether the shortcut is a convolution (None: where the shape changes).
+    """
 
     features: int
     stride: int = 1
     kernel_init: Callable = nn.initializers.lecun_normal()
+    widths: Sequence[int] | None = None
+    projection: bool | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        y = conv(self.features, 3, self.stride, self.kernel_init, "conv1")(x)
+        inner, out = (self.features, self.features) if self.widths is None else self.widths
+        y = conv(inner, 3, self.stride, self.kernel_init, "conv1")(x)
         y = nn.relu(BatchNorm(use_running_average=not train, name="bn1")(y))
-        y = conv(self.features, 3, 1, self.kernel_init, "conv2")(y)
+        y = conv(out, 3, 1, self.kernel_init, "conv2")(y)
         y = BatchNorm(use_running_average=not train, name="bn2")(y)
-        return nn.relu(y + shortcut(x, self.features, self.stride, self.kernel_init, train))
+        skip = shortcut(x, out, self.stride, self.kernel_init, train, self.projection)
+        return nn.relu(y + skip)
 
 
 def shortcut(
-    x: jax.Array, features: int, stride: int, kernel_init: Callable, train: bool
+    x: jax.Array,
+    features: int,
+    stride: int,
+    kernel_init: Callable,
+    train: bool,
+    projection: bool | None = None,
 ) -> jax.Array:
-    """``x``, or a strided 1x1 convolution and BatchNorm of it where the shape changes.
+    """``x``, or a strided 1x1 convolution and BatchNorm of it where the shape changes
+    (or where ``projection`` says so, when it is given).
 
     Call inside a compact module: the layers are ``shortcut_conv`` and ``shortcut_bn`` of it.
     """
-    if stride == 1 and x.shape[-1] == features:
+    if projection is None:
+        projection = stride != 1 or x.shape[-1] != features
+    if not projection:
         return x
     x = conv(features, 1, stride, kernel_init, "shortcut_conv")(x)
     return BatchNorm(use_running_average=not train, name="shortcut_bn")(x)
 
 
+def block_widths(
+    widths: Sequence[int] | None, stem: int, blocks: Sequence[int]
+) -> tuple[int, tuple[tuple[int, ...] | None, ...]]:
+    """Split explicit ``widths`` (stem, then every block's convolutions in order) into the
+    stem's channels and each block's; ``blocks`` is how many convolutions each block has.
+
+    Without ``widths``: the nominal ``stem`` and None for every block (its own default).
+    """
+    if widths is None:
+        return stem, (None,) * len(blocks)
+    if len(widths) != 1 + sum(blocks):
+        raise ValueError(f"widths must give {1 + sum(blocks)} convolutions' channels")
+    per_block, start = [], 1
+    for count in blocks:
+        per_block.append(tuple(widths[start : start + count]))
+        start += count
+    return widths[0], tuple(per_block)
+
+
 class CifarResNet(nn.Module):
-    """Layers ``stem_conv``, ``stem_bn``, blocks ``block{stage}_{index}`` (from 1) and ``out``."""
+    """Layers ``stem_conv``, ``stem_bn``, blocks ``block{stage}_{index}`` (from 1) and ``out``.
+
+    ``widths``: the channels of ``stem_conv`` and then of every block's ``conv1`` and ``conv2``,
+    in order, where they differ from the nominal ones (see the module docstring).
+    """
 
     depth: int
     num_classes: int
     width: int = BASE_WIDTH
     kernel_init: Callable = nn.initializers.lecun_normal()
+    widths: Sequence[int] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if self.depth < 8 or (self.depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1, not {self.depth}")
         blocks = (self.depth - 2) // 6
-        x = conv(self.width, 3, 1, self.kernel_init, "stem_conv")(x)
+        stem, widths = block_widths(self.widths, self.width, [2] * 3 * blocks)
+        x = conv(stem, 3, 1, self.kernel_init, "stem_conv")(x)
         x = nn.relu(BatchNorm(use_running_average=not train, name="stem_bn")(x))
+        channels = self.width  # nominal, which decides the projection shortcuts
         for stage in range(3):
             for index in range(blocks):
                 stride = 2 if stage > 0 and index == 0 else 1
+                features = self.width * 2**stage
                 block = BasicBlock(
-                    self.width * 2**stage,
+                    features,
                     stride,
                     self.kernel_init,
+                    widths=widths[stage * blocks + index],
+                    projection=stride != 1 or channels != features,
                     name=f"block{stage + 1}_{index + 1}",
                 )
                 x = block(x, train)
+                channels = features
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="out")(x)

@@ -6,6 +6,9 @@ starting with stride 2; global average pooling and the output layer ``out``. Res
 the stride on its 3x3 convolution (torchvision's "v1.5"). Shortcuts are a strided 1x1
 convolution and BatchNorm where the shape changes. With 1000 classes: ResNet-18 11,689,512,
 ResNet-34 21,797,672, ResNet-50 25,557,032 parameters.
+
+``widths`` (optional) gives every convolution's channels explicitly, as in
+:mod:`lottery.models.resnet_cifar`, for a compacted structured-pruned network.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lottery.models.resnet_cifar import BasicBlock, BatchNorm, conv, shortcut
+from lottery.models.resnet_cifar import BasicBlock, BatchNorm, block_widths, conv, shortcut
 
 BASE_WIDTH = 64
 
@@ -29,29 +32,40 @@ PLANS: dict[int, tuple[tuple[int, ...], bool]] = {
 
 
 class Bottleneck(nn.Module):
-    """1x1, 3x3 (strided) and 1x1 convolutions with BatchNorm; ``4 * features`` channels out."""
+    """1x1, 3x3 (strided) and 1x1 convolutions with BatchNorm; ``4 * features`` channels out.
+
+    ``widths``: the channels of ``conv1``, ``conv2`` and ``conv3`` where they differ from the
+    nominal ones; ``projection``: whether the shortcut is a convolution (None: where the shape
+    changes).
+    """
 
     features: int
     stride: int = 1
     kernel_init: Callable = nn.initializers.lecun_normal()
     expansion: int = 4
+    widths: Sequence[int] | None = None
+    projection: bool | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        y = conv(self.features, 1, 1, self.kernel_init, "conv1")(x)
+        nominal = (self.features, self.features, self.features * self.expansion)
+        first, second, out = nominal if self.widths is None else self.widths
+        y = conv(first, 1, 1, self.kernel_init, "conv1")(x)
         y = nn.relu(BatchNorm(use_running_average=not train, name="bn1")(y))
-        y = conv(self.features, 3, self.stride, self.kernel_init, "conv2")(y)
+        y = conv(second, 3, self.stride, self.kernel_init, "conv2")(y)
         y = nn.relu(BatchNorm(use_running_average=not train, name="bn2")(y))
-        y = conv(self.features * self.expansion, 1, 1, self.kernel_init, "conv3")(y)
+        y = conv(out, 1, 1, self.kernel_init, "conv3")(y)
         y = BatchNorm(use_running_average=not train, name="bn3")(y)
-        out = self.features * self.expansion
-        return nn.relu(y + shortcut(x, out, self.stride, self.kernel_init, train))
+        skip = shortcut(x, out, self.stride, self.kernel_init, train, self.projection)
+        return nn.relu(y + skip)
 
 
 class ImageNetResNet(nn.Module):
     """Layers ``stem_conv``, ``stem_bn``, blocks ``block{stage}_{index}`` (from 1) and ``out``.
 
-    ``width`` is the channels of the first stage (64); the others scale with it.
+    ``width`` is the channels of the first stage (64); the others scale with it. ``widths``:
+    the channels of ``stem_conv`` and then of every block's convolutions, in order, where they
+    differ from the nominal ones.
     """
 
     stages: Sequence[int]
@@ -59,22 +73,30 @@ class ImageNetResNet(nn.Module):
     num_classes: int
     width: int = BASE_WIDTH
     kernel_init: Callable = nn.initializers.lecun_normal()
+    widths: Sequence[int] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = conv(self.width, 7, 2, self.kernel_init, "stem_conv")(x)
+        convs, expansion = (3, 4) if self.bottleneck else (2, 1)
+        stem, widths = block_widths(self.widths, self.width, [convs] * sum(self.stages))
+        x = conv(stem, 7, 2, self.kernel_init, "stem_conv")(x)
         x = nn.relu(BatchNorm(use_running_average=not train, name="stem_bn")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         block_type = Bottleneck if self.bottleneck else BasicBlock
+        channels, position = self.width, 0  # nominal channels decide the projections
         for stage, blocks in enumerate(self.stages):
             for index in range(blocks):
                 stride = 2 if stage > 0 and index == 0 else 1
+                features = self.width * 2**stage
                 block = block_type(
-                    self.width * 2**stage,
+                    features,
                     stride,
                     self.kernel_init,
+                    widths=widths[position],
+                    projection=stride != 1 or channels != features * expansion,
                     name=f"block{stage + 1}_{index + 1}",
                 )
                 x = block(x, train)
+                channels, position = features * expansion, position + 1
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="out")(x)

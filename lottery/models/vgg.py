@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax
 
+from lottery.models.conv import conv_widths
 from lottery.models.resnet_cifar import BatchNorm
 
 BASE_WIDTH = 64
@@ -32,22 +33,26 @@ class VGG(nn.Module):
     """Layers ``conv1, bn1, conv2, bn2, ...`` and ``out``.
 
     ``width`` is the channels of the first convolution (the paper's 64); the others scale with it.
+    ``widths``, when given, is every convolution's channels in order, overriding ``plan`` and
+    ``width`` (a structured-pruned network compacted by :mod:`lottery.deploy`).
     """
 
     plan: Sequence[int | str]
     num_classes: int
     width: int = BASE_WIDTH
     kernel_init: Callable = nn.initializers.lecun_normal()
+    widths: Sequence[int] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        widths = conv_widths(self.plan, self.width, BASE_WIDTH, self.widths)
         i = 0
         for spec in self.plan:
             if spec == "M":
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
                 continue
+            features = widths[i]
             i += 1
-            features = int(spec) * self.width // BASE_WIDTH
             x = nn.Conv(features, (3, 3), padding=1, kernel_init=self.kernel_init, name=f"conv{i}")(
                 x
             )

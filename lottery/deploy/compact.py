@@ -1,0 +1,144 @@
+"""Compaction: a structured-pruned network rebuilt with its alive units only.
+
+A structured mask (:mod:`lottery.pruning.structured`) zeroes whole neurons and channels, but
+the masked network still computes with them. Here each pruned unit's producer slices (kernel
+output slice, bias, BatchNorm scale, bias and statistics) and consumer slices (the next
+layers' kernel input slices) are cut out, and a module of the same family is built with the
+narrower widths (``hidden`` of the MLP, ``widths`` of the convolutional families), so the
+result is physically smaller and faster while computing the same logits in eval mode.
+
+Removing a unit is exact because a pruned unit outputs exactly 0: its kernel slice and bias
+are 0 (ReLU(0) = 0), and behind BatchNorm its scale and bias are 0 whatever the statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lottery.config import ConfigError
+from lottery.models.cnn1d import CNN1D
+from lottery.models.conv import ConvNet
+from lottery.models.mlp import MLP
+from lottery.models.network import BatchStats, Network, Params
+from lottery.models.resnet_cifar import CifarResNet
+from lottery.models.resnet_imagenet import ImageNetResNet
+from lottery.models.vgg import VGG
+from lottery.pruning.mask import Mask, apply_mask, flatten, layer_of, unflatten
+from lottery.pruning.structured import SUPPORTED, UnitGroup, alive_in, unit_groups
+
+COMPACTABLE = (MLP, ConvNet, VGG, CNN1D, CifarResNet, ImageNetResNet)
+
+_NUMBERED = re.compile(r"(conv|fc)(\d+)/kernel")
+_BLOCK_CONV = re.compile(r"block(\d+)_(\d+)/conv(\d+)/kernel")
+
+
+def _numbered(shapes: dict[str, tuple[int, ...]], prefix: str) -> tuple[int, ...]:
+    """Output widths of the top-level layers ``{prefix}1, {prefix}2, ...`` in order."""
+    found = sorted(
+        (int(m.group(2)), shape[-1])
+        for path, shape in shapes.items()
+        if (m := _NUMBERED.fullmatch(path)) and m.group(1) == prefix
+    )
+    return tuple(width for _, width in found)
+
+
+def _resnet_widths(shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+    """``stem_conv``'s channels, then every block's convolutions', in order."""
+    convs = sorted(
+        (tuple(int(g) for g in m.groups()), shape[-1])
+        for path, shape in shapes.items()
+        if (m := _BLOCK_CONV.fullmatch(path))
+    )
+    return (shapes["stem_conv/kernel"][-1], *(width for _, width in convs))
+
+
+def _narrower(module: nn.Module, shapes: dict[str, tuple[int, ...]]) -> nn.Module:
+    """``module`` rebuilt with the widths of the (sliced) parameter ``shapes``."""
+    if isinstance(module, MLP):
+        return module.clone(hidden=_numbered(shapes, "fc"))
+    if isinstance(module, ConvNet):
+        return module.clone(widths=_numbered(shapes, "conv"), hidden=_numbered(shapes, "fc"))
+    if isinstance(module, (VGG, CNN1D)):
+        return module.clone(widths=_numbered(shapes, "conv"))
+    if isinstance(module, (CifarResNet, ImageNetResNet)):
+        return module.clone(widths=_resnet_widths(shapes))
+    raise ConfigError(f"compaction supports {SUPPORTED}, not a {type(module).__name__}")
+
+
+def kept_units(group: UnitGroup, flat_mask: dict[str, np.ndarray]) -> np.ndarray:
+    """Indices of the units compaction keeps: the alive ones (at least one, see below).
+
+    A group with no alive unit keeps its first: its output is 0 all the same, and no layer of
+    zero width has to be built.
+    """
+    kept = np.flatnonzero(alive_in(group, flat_mask))
+    return kept if len(kept) else np.array([0])
+
+
+def _take(array: np.ndarray, axis: int, size: int, kept: np.ndarray) -> np.ndarray:
+    """The slices of ``kept`` units along ``axis`` (a flattened axis: at every position)."""
+    selected = np.isin(np.arange(array.shape[axis]) % size, kept)
+    return np.compress(selected, array, axis=axis)
+
+
+def compact(
+    network: Network, params: Params, batch_stats: BatchStats, mask: Mask
+) -> tuple[Network, Params, BatchStats]:
+    """A smaller network of the same family with the alive units of ``mask`` only.
+
+    The compacted model's eval-mode logits equal ``network.apply(apply_mask(params, mask),
+    batch_stats, x, train=False)`` up to float rounding (sums lose only zero terms). A unit
+    is removed when all its producer entries are masked (kernel slices, bias, BatchNorm
+    scale and bias), which is how :func:`~lottery.pruning.structured.structured_prune`
+    leaves it; other units are kept.
+
+    What is counted: the compacted parameters are the masked parameters minus the removed
+    units' producer slices and consumer slices (their rows of the next layers' kernels), so
+    their number is that of the entries in no removed unit's slices. For a mask made by
+    structured pruning alone, that equals the number of True entries of the mask; weights
+    masked one by one (unstructured) inside kept units stay in it, as zeros.
+
+    Supports the families of :func:`~lottery.pruning.structured.unit_groups`; any other
+    module is a ConfigError.
+    """
+    if not isinstance(network.module, COMPACTABLE):
+        raise ConfigError(f"compaction supports {SUPPORTED}, not a {type(network.module).__name__}")
+    flat_mask = {path: np.asarray(m, dtype=bool) for path, m in flatten(mask).items()}
+    flat_params = {p: np.asarray(w) for p, w in flatten(apply_mask(params, mask)).items()}
+    flat_stats = {p: np.asarray(s) for p, s in flatten(batch_stats).items()}
+    for group in unit_groups(params):
+        kept = kept_units(group, flat_mask)
+        for path, axis in group.producers + group.consumers:
+            flat_params[path] = _take(flat_params[path], axis, group.size, kept)
+        normalised = {layer_of(path) for path, _ in group.producers}
+        for path in flat_stats:
+            if layer_of(path) in normalised:  # BatchNorm mean and var of a producer
+                flat_stats[path] = _take(flat_stats[path], 0, group.size, kept)
+    shapes = {path: array.shape for path, array in flat_params.items()}
+    smaller = dataclasses.replace(network, module=_narrower(network.module, shapes))
+    new_params = jax.tree.map(jnp.asarray, unflatten(flat_params))
+    new_stats = jax.tree.map(jnp.asarray, unflatten(flat_stats)) if flat_stats else {}
+    _check_shapes(smaller, new_params, new_stats)
+    return smaller, new_params, new_stats
+
+
+def _check_shapes(network: Network, params: Params, batch_stats: BatchStats) -> None:
+    """The rebuilt module's own variables have exactly the shapes of the sliced ones."""
+    expected = jax.eval_shape(network.init, jax.random.key(0))
+    want = {p: s.shape for p, s in flatten({"params": expected[0], "stats": expected[1]}).items()}
+    got = {p: np.shape(a) for p, a in flatten({"params": params, "stats": batch_stats}).items()}
+    if want != got:
+        wrong = sorted(p for p in want.keys() | got.keys() if want.get(p) != got.get(p))
+        raise RuntimeError(f"compacted variables do not fit the rebuilt module at {wrong[:4]}")
+
+
+def parameter_count(params: Any) -> int:
+    """All entries of a parameter pytree."""
+    return int(sum(np.size(leaf) for leaf in jax.tree.leaves(params)))

@@ -1,0 +1,50 @@
+"""What a compacted network buys at inference: measured latency and bytes to store.
+
+A mask alone does not make a network faster or smaller: the zeros are still multiplied and
+stored. These two numbers let a caller compare the dense or masked network with its
+compaction (:func:`lottery.deploy.compact`) on the same machine.
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lottery.models.network import BatchStats, Network, Params
+from lottery.pruning.mask import flatten
+
+
+def inference_latency(
+    network: Network, params: Params, batch_stats: BatchStats, batch_size: int, repeats: int = 20
+) -> float:
+    """Median seconds of one jitted eval-mode forward pass on zeros of shape
+    ``(batch_size, *network.input_shape)``, after a warm-up call that compiles it.
+
+    Each call is timed to ``block_until_ready``; variables are put on the device first, so
+    only the computation is measured.
+    """
+    forward = jax.jit(lambda p, b, x: network.apply(p, b, x, train=False)[0])
+    params, batch_stats = jax.device_put((params, batch_stats))
+    x = jnp.zeros((batch_size, *network.input_shape), jnp.float32)
+    forward(params, batch_stats, x).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        forward(params, batch_stats, x).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def size_on_disk(params: Any) -> int:
+    """Bytes of an uncompressed ``np.savez`` of every leaf as float32 (dense storage, as a
+    checkpoint of the network would take: zeros of a mask cost as much as any weight)."""
+    buffer = io.BytesIO()
+    arrays = {path: np.asarray(leaf, np.float32) for path, leaf in flatten(params).items()}
+    np.savez(buffer, **arrays)
+    return buffer.getbuffer().nbytes
