@@ -69,6 +69,8 @@ from lottery.train import (
 
 # The weights of a finished level in the sparse format of :mod:`lottery.deploy.sparse_format`.
 SPARSE_PARAMS = "params_sparse.npz"
+# Batch sizes of the measured inference latency of compacted structured tickets.
+LATENCY_BATCHES = (1, 256)
 
 
 class BrokenLevel(Exception):
@@ -100,6 +102,7 @@ class Experiment:
         self.dense: ReplicateStore = self.store.dense_replicate(cfg.seed)
         self._trainer: Trainer | None = None
         self._other_trainers: dict[str, Trainer] = {}
+        self._dense_figures: dict[str, Any] | None = None
 
     @property
     def trainer(self) -> Trainer:
@@ -327,6 +330,8 @@ class Experiment:
         summary = summarize(plan, level, start.step, mask, run.history, digest=digest, branch=label)
         if sizes is not None:
             summary["size_on_disk"] = sizes
+        if branch is None and plan.strategy.name == "structured":
+            summary["compacted"] = self.compacted_figures(params, batch_stats, mask)
         if branch is not None:
             summary["branch_args"] = branch.args
             if branch.finalize is not None:
@@ -411,6 +416,32 @@ class Experiment:
             summary["hash"] = self.plan.digest
             for logger in self.loggers:
                 logger.log_level(summary, folder)
+
+    def compacted_figures(self, params: Any, batch_stats: Any, mask: Any) -> dict[str, Any]:
+        """The structured ticket compacted into a smaller network: parameters, bytes and
+        median CPU latency at batch 1 and 256, beside the dense network's (measured once)."""
+        from lottery.deploy import compact, inference_latency, parameter_count, size_on_disk
+
+        def figures(network: Any, weights: Any, stats: Any) -> dict[str, Any]:
+            return {
+                "params": parameter_count(weights),
+                "bytes": size_on_disk(weights),
+                **{
+                    f"latency_ms_batch_{b}": 1e3 * inference_latency(network, weights, stats, b)
+                    for b in LATENCY_BATCHES
+                },
+            }
+
+        plan = self.plan
+        if self._dense_figures is None:
+            self._dense_figures = figures(plan.network, plan.init_params, plan.init_batch_stats)
+        small = figures(*compact(plan.network, params, batch_stats, mask))
+        speedups = {
+            f"speedup_batch_{b}": self._dense_figures[f"latency_ms_batch_{b}"]
+            / small[f"latency_ms_batch_{b}"]
+            for b in LATENCY_BATCHES
+        }
+        return {**small, "dense": self._dense_figures, **speedups}
 
     def _send_to_loggers(self, level: int) -> None:
         """Give a finished level (trained now or by an earlier run) to the loggers."""
