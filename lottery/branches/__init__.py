@@ -42,9 +42,9 @@ def branch_args(cfg: Config, name: str) -> Any:
     return getattr(cfg.branch, name)
 
 
-def check_branches(cfg: Config, timeline: Any) -> list[Branch]:
+def check_branches(cfg: Config, timeline: Any, strategy: Any) -> list[Branch]:
     """The branches ``cfg.branches`` names, their arguments checked; one ConfigError line
-    for an unknown or repeated name or a bad argument."""
+    for an unknown or repeated name, a bad argument, or a branch the strategy cannot have."""
     chosen = []
     for name in cfg.branches:
         branch = BRANCHES.get(name)
@@ -55,6 +55,11 @@ def check_branches(cfg: Config, timeline: Any) -> list[Branch]:
         if branch in chosen:
             raise ConfigError(f"branch {name!r} is listed twice in branches; list it once")
         branch.check(branch_args(cfg, name), timeline)
+        if name == "instability" and strategy.during_training:
+            raise ConfigError(
+                f"branches=[instability] does not apply to pruning.method={strategy.name!r}, "
+                "whose mask changes during training; remove it"
+            )
         chosen.append(branch)
     return chosen
 

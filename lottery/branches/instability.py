@@ -54,11 +54,6 @@ def instability(inputs: BranchInputs, args: InstabilityBranch) -> list[BranchRun
     """A second copy of the level on data seed ``args.data_seed``; 0 gives the level's own
     order, a copy identical to the level (barrier 0, a check of the measurement)."""
     plan = inputs.plan
-    if plan.strategy.during_training:
-        raise ConfigError(
-            f"branches=[instability] does not apply to pruning.method={plan.strategy.name!r}, "
-            "whose mask changes during training; remove it"
-        )
     stream = (
         plan.data_stream(inputs.level)
         if args.data_seed == 0

@@ -87,7 +87,7 @@ def prepare(cfg: Config) -> Plan:
             f"choose a rewind step below {total}"
         )
     strategy, settings = strategy_for(cfg.pruning, Timeline(steps_per_epoch, total))
-    branches = check_branches(cfg, Timeline(steps_per_epoch, total))
+    branches = check_branches(cfg, Timeline(steps_per_epoch, total), strategy)
     cadence = parse_cadence(cfg.train.checkpoint_every, "train.checkpoint_every")
     checkpoint_steps = cadence.to_iterations(steps_per_epoch) if isinstance(cadence, Step) else None
     checkpoint_seconds = None if isinstance(cadence, Step) else cadence
