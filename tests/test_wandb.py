@@ -345,3 +345,19 @@ def test_an_unreachable_server_warns_once_and_training_finishes(tmp_path, monkey
     waited = warned_at - started_at - stored[(1, 0)]["timing"]["wall"]
     assert waited < 9, waited  # the 3 s timeout, W&B's start, and slack; not 20 s
     assert not (tmp_path / "wandb" / SENT_DIR).exists()  # nothing was sent
+
+
+def test_each_branch_is_a_run_of_its_own(tmp_path):
+    root = tmp_path / "results"
+    cfg = make_config([*DIGITS, "logger=wandb", "pruning.levels=1", "branches=[random_reinit]"],
+                      root)
+    store, _ = experiment.run(cfg)
+    digest = store.path.name
+    [folder] = store.replicate(0).level_path(1).glob("branch_random_reinit_*")
+    branch_id = f"{digest}-r0-L1-{folder.name.removeprefix('branch_')}"
+    runs = offline_runs(root)
+    assert sorted(runs) == sorted([f"{digest}-r0-L0", f"{digest}-r0-L1", branch_id])
+    run = runs[branch_id]
+    assert run.config["branch"] == "random_reinit" and run.config["level"] == 1
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    assert run.history == [json.loads(line) for line in lines]
