@@ -83,3 +83,40 @@ def test_the_imagenet_preset_prunes_one_shot():
     cfg = make_config(["+experiment=resnet50_imagenet_imp"])
     assert cfg.pruning.levels == 1 and cfg.pruning.fraction == 0.8
     assert (cfg.optimizer.lr, cfg.optimizer.warmup, cfg.train.batch_size) == (0.4, "5ep", 1024)
+
+
+FAMILY_PRESETS = {
+    "gradual_tfmot": ["pruning.begin_step=1it", "pruning.end_step=3it", "pruning.frequency=1it"],
+    "snip_init": [],
+    "synflow_init": ["pruning.synflow_rounds=3"],
+    "structured_lenet": [],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", sorted(FAMILY_PRESETS))
+def test_family_preset_runs_a_pruned_level(preset, tmp_path, fashion_mnist_dir):
+    small = [o for o in SMALL if "rewind_step" not in o] + ["dataset.validation_size=100"]
+    cfg = make_config([f"+experiment={preset}", *small, *FAMILY_PRESETS[preset]], tmp_path)
+    imp.run(cfg)
+    found = summaries(tmp_path)
+    assert sorted(found) == [(0, 0), (0, 1)]
+    level = found[(0, 1)]
+    assert level["weights_remaining_pct"] < 100.0 and level["flops"] < level["dense_flops"]
+    if preset == "gradual_tfmot":  # 80% of every kernel pruned by step 3 (tfmot's s_f)
+        assert all(abs(layer["pct"] - 20.0) < 0.1 for layer in level["layers"].values())
+    if preset == "structured_lenet":
+        compacted = level["compacted"]
+        assert compacted["params"] < compacted["dense"]["params"]
+        assert compacted["latency_ms_batch_256"] > 0
+
+
+@pytest.mark.slow
+def test_the_structured_conv_preset_compacts_channels_on_mock_data(tmp_path):
+    cfg = make_config(["+experiment=structured_conv", *SMALL, "model.width=8",
+                       f"dataset.path={tmp_path / 'tfds'}"], tmp_path)
+    with tfds.testing.mock_data(num_examples=40):
+        imp.run(cfg)
+    level = summaries(tmp_path)[(0, 1)]
+    assert level["compacted"]["params"] < level["compacted"]["dense"]["params"]
+    assert level["theoretical_speedup"] > 1.0
