@@ -27,6 +27,7 @@ DIGITS = [
     "train.eval_every=50it",
     "pruning.levels=2",
     "progress=false",
+    "branches=[]",
 ]
 
 
@@ -53,11 +54,12 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.Comple
 
 
 def summaries(root: Path) -> dict[tuple[int, int], dict[str, Any]]:
-    """Every summary.json under ``root``, keyed by (replicate, level)."""
+    """Every level's summary.json under ``root`` (branches left out), by (replicate, level)."""
     found = {}
     for file in root.rglob("summary.json"):
         summary = json.loads(file.read_text())
-        found[(summary["replicate"], summary["level"])] = summary
+        if summary.get("branch", "imp") == "imp":
+            found[(summary["replicate"], summary["level"])] = summary
     return found
 
 

@@ -67,7 +67,10 @@ def test_default_experiment_runs_end_to_end_and_a_rerun_only_prints_the_table(tm
     assert found[(0, 0)]["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
     experiment = next(tmp_path.glob("mnist1d_imp/*"))
     rows = list(csv.DictReader((experiment / "curve.csv").open()))
-    assert [int(r["level"]) for r in rows] == list(range(11))
+    assert [int(r["level"]) for r in rows if r["branch"] == "imp"] == list(range(11))
+    for control in ("random_reinit", "random_prune"):  # the default's controls, every level
+        assert [int(r["level"]) for r in rows if r["branch"] == control] == list(range(1, 11))
+    assert "random_reinit" in first.stdout and "random_prune" in first.stdout
     assert (experiment / "sparsity_accuracy.png").stat().st_size > 10_000
 
     again = run_cli([f"results_root={tmp_path}"], tmp_path)

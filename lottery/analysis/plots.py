@@ -75,7 +75,7 @@ def plot_sparsity_accuracy(
             replicates = max(len(v) for v in values)
             name = f"{prefix}test accuracy, {label} (n={replicates})"
             ax.plot(x, mean, style, color=color, marker="o", label=name)
-            if replicates > 1:
+            if replicates > 1 and (not many or key == "test_accuracy"):  # bands stay legible
                 ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)
     ax.set_xscale("log")
     ax.invert_xaxis()

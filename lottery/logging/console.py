@@ -81,15 +81,15 @@ def summary_table(rows: Iterable[dict[str, Any]], title: str) -> Table:
     rows = list(rows)
     branches = any(row.get("branch", "imp") != "imp" for row in rows)
     table = Table(title=title)
-    # Short headers: the table fits 80 columns (a Slurm log, a narrow terminal).
+    # Short, two-line headers: the table fits 80 columns (a Slurm log, a narrow terminal).
     for column in (
         "seed",
         "level",
         *(["branch"] if branches else []),
-        "weights %",
-        "test acc %",
-        "early stop it",
-        "acc there %",
+        "weights\n%",
+        "test\nacc %",
+        "early\nstop it",
+        "acc\nthere %",
     ):
         table.add_column(column, justify="right", no_wrap=True)
     for row in rows:
