@@ -23,7 +23,7 @@ from common import parser, report
 TRAINING = [  # lenet_fashion_imp's training, global pruning
     "dataset=fashion_mnist_idx", "model=lenet_300_100", "model.init=glorot_normal",
     "optimizer=adam", "optimizer.lr=1.2e-3", "train.batch_size=60", "train.eval_every=500it",
-    "progress=false",
+    "progress=false", "branches=[]",
 ]
 
 

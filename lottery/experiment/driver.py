@@ -66,6 +66,7 @@ from lottery.train import (
     UpdateMask,
     host_tree,
 )
+from lottery.train.optim import make_schedule
 
 # The weights of a finished level in the sparse format of :mod:`lottery.deploy.sparse_format`.
 SPARSE_PARAMS = "params_sparse.npz"
@@ -361,7 +362,9 @@ class Experiment:
         def evaluate(params: Any, batch_stats: Any) -> dict[str, float]:
             return self.trainer.evaluate(params, batch_stats)
 
-        final_lr = float(self.trainer.schedule(plan.total_steps - 1))
+        # From the schedule itself: a rerun whose branches are all finished builds no trainer.
+        schedule = make_schedule(plan.cfg.optimizer, plan.steps_per_epoch, plan.total_steps)
+        final_lr = float(schedule(plan.total_steps - 1))
         return BranchInputs(
             plan,
             level,
