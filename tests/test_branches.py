@@ -139,3 +139,17 @@ def test_finished_branches_are_not_trained_again(branched, capsys):
     after = {n: (f / "summary.json").stat().st_mtime_ns for n, f in branch_folders(level).items()}
     assert before == after
     assert "random_reinit:" not in capsys.readouterr().out
+
+
+def test_a_global_random_mask_keeps_the_total_count_only():
+    from lottery.pruning.random_masks import random_mask_like
+
+    mask = {"a": {"kernel": np.array([True] * 90 + [False] * 10)},
+            "b": {"kernel": np.array([True] * 10 + [False] * 90), "bias": np.ones(3, bool)}}
+    rng = np.random.default_rng(0)
+    both = random_mask_like(mask, ["a/kernel", "b/kernel"], "global", rng)
+    alive = [int(both[k]["kernel"].sum()) for k in ("a", "b")]
+    assert sum(alive) == 100 and alive != [90, 10]  # spread at random over both layers
+    assert both["b"]["bias"].all()
+    layerwise = random_mask_like(mask, ["a/kernel", "b/kernel"], "layerwise", rng)
+    assert [int(layerwise[k]["kernel"].sum()) for k in ("a", "b")] == [90, 10]
