@@ -69,7 +69,7 @@ def main() -> None:
         finals, early, pct, seconds = [], [], [], []
         for seed in [int(s) for s in opts.seeds.split(",")]:
             method_overrides = overrides_for(method, sparsity, opts.steps, opts.levels)
-            run_overrides = [f"train.steps={opts.steps}it", f"seed={seed}", f"name=fam_{method}"]
+            run_overrides = [f"train.steps={opts.steps}it", f"seed={seed}", "name=families"]
             cfg = make_config([*TRAINING, *run_overrides, *method_overrides], root)
             begin = time.perf_counter()
             _, curve = experiment.run(cfg)

@@ -17,7 +17,8 @@ from lottery.train.checkpoint import Checkpointer
 
 from conftest import make_config, run_cli
 
-# Level 0 rewinds to step 50 and is checkpointed every 100 steps (of 300).
+# Level 0 rewinds to step 50 and is checkpointed every 100 steps (of 300); each level has
+# the default's controls (random_reinit, random_prune).
 RESUMABLE = [
     "dataset=digits",
     "model.hidden=[64,32]",
@@ -28,6 +29,7 @@ RESUMABLE = [
     "pruning.levels=2",
     "pruning.rewind_step=50it",
     "progress=false",
+    "branches=[random_reinit,random_prune]",
 ]
 
 # Runs ``python -m lottery ARGS`` after arranging a SIGKILL of itself at MOMENT.
@@ -46,6 +48,17 @@ if moment == "level_0_step_150":  # inside level 0, after the checkpoint at step
         evaluate(self, run, trainer)
         if trainer.stream == 0 and run.step == 150:
             die()
+    hooks.Evaluate.__call__ = killing_evaluate
+elif moment == "branch_step_150":  # inside level 1's first branch (random_reinit)
+    from lottery.train import hooks
+    evaluate = hooks.Evaluate.__call__
+    hits = []
+    def killing_evaluate(self, run, trainer):
+        evaluate(self, run, trainer)
+        if trainer.stream == 1 and run.step == 150:
+            hits.append(run.step)
+            if len(hits) == 2:  # the level itself first, then its branch
+                die()
     hooks.Evaluate.__call__ = killing_evaluate
 elif moment == "checkpoint_write":  # level 1's checkpoint at step 200: written, not committed
     from orbax.checkpoint._src.path import atomicity  # private: where orbax commits
@@ -96,7 +109,9 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("moment", ["level_0_step_150", "checkpoint_write", "publish"])
+@pytest.mark.parametrize(
+    "moment", ["level_0_step_150", "branch_step_150", "checkpoint_write", "publish"]
+)
 def test_sigkill_then_rerun_gives_the_uninterrupted_store(tmp_path, uninterrupted, moment):
     args = [*RESUMABLE, f"results_root={tmp_path}"]
     killed = subprocess.run(
@@ -110,6 +125,8 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_store(tmp_path, uninterrupte
     assert again.returncode == 0, again.stderr
     if moment == "level_0_step_150":
         assert "level 0: resuming from step 100" in again.stdout
+    if moment == "branch_step_150":
+        assert "level 1 random_reinit: resuming from step 100" in again.stdout
     if moment == "checkpoint_write":
         assert "level 1: resuming from step 100" in again.stdout  # 200 was never committed
     assert store_contents(tmp_path) == uninterrupted
