@@ -15,6 +15,7 @@ TINY = [
     "train.eval_every=20it",
     "pruning.fraction=0.5",
     "progress=false",
+    "branches=[]",
 ]
 
 
