@@ -144,12 +144,34 @@ def test_finished_branches_are_not_trained_again(branched, capsys):
 def test_a_global_random_mask_keeps_the_total_count_only():
     from lottery.pruning.random_masks import random_mask_like
 
-    mask = {"a": {"kernel": np.array([True] * 90 + [False] * 10)},
-            "b": {"kernel": np.array([True] * 10 + [False] * 90), "bias": np.ones(3, bool)}}
+    mask = {
+        "a": {"kernel": np.array([True] * 90 + [False] * 10)},
+        "b": {"kernel": np.array([True] * 10 + [False] * 90), "bias": np.array([1, 0, 0], bool)},
+    }
     rng = np.random.default_rng(0)
     both = random_mask_like(mask, ["a/kernel", "b/kernel"], "global", rng)
     alive = [int(both[k]["kernel"].sum()) for k in ("a", "b")]
     assert sum(alive) == 100 and alive != [90, 10]  # spread at random over both layers
-    assert both["b"]["bias"].all()
+    assert both["b"]["bias"].all()  # a structured ticket's masked biases come back
     layerwise = random_mask_like(mask, ["a/kernel", "b/kernel"], "layerwise", rng)
     assert [int(layerwise[k]["kernel"].sum()) for k in ("a", "b")] == [90, 10]
+
+
+def test_a_remade_rewind_point_equals_the_one_level_0_saved(tmp_path):
+    """rewind_to k makes θ_k again by training level 0 to k, stopping where level 0 stopped
+    (its evaluations and its own rewind step): the same bits as saving it in level 0."""
+    common = [
+        "dataset=digits", "model.hidden=[64,32]", "train.steps=200it", "train.batch_size=50",
+        "train.eval_every=80it", "pruning.levels=1", "progress=false",
+    ]
+    remade = make_config(
+        [*common, "pruning.rewind_step=30it", "branches=[rewind_to]",
+         "branch.rewind_to.steps=[100it]"], tmp_path / "a")
+    saved = make_config([*common, "pruning.rewind_step=100it", "branches=[]"], tmp_path / "b")
+    files = []
+    for cfg in (remade, saved):
+        store, _ = experiment.run(cfg)
+        files.append(store.dense_replicate(0).rewind_file(100))
+    a, b = (load_tree_npz(f) for f in files)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert np.array_equal(x, y)

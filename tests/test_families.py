@@ -8,7 +8,7 @@ import pytest
 from lottery import experiment
 from lottery.config import ConfigError
 from lottery.pruning import count_alive, flatten, full_mask, magnitude_prune
-from lottery.pruning.gradual import PolynomialDecay
+from lottery.pruning.gradual import PolynomialDecay, keep_count
 from lottery.pruning.magnitude import criterion_scores
 from lottery.pruning.strategies import mask_updates
 from lottery.train import UpdateMask, host_tree
@@ -23,9 +23,15 @@ GRADUAL = [
 
 
 def tfmot_sparsity(step, s_i=0.1, s_f=0.8, begin=20, end=150, power=3):
-    """tfmot's PolynomialDecay, written out as in its source."""
-    p = min(1.0, max(0.0, (step - begin) / (end - begin)))
-    return (s_i - s_f) * (1 - p) ** power + s_f
+    """tfmot's PolynomialDecay, written out as in its source (float32 tensors)."""
+    f = np.float32
+    p = np.clip((f(step) - f(begin)) / (f(end) - f(begin)), f(0), f(1))
+    return (f(s_i) - f(s_f)) * (f(1) - p) ** f(power) + f(s_f)
+
+
+def tfmot_keep(size, sparsity):
+    """tfmot's ``_update_mask``: max(round(float32(size) * (1 - s)), 1), half to even."""
+    return max(int(np.round(np.float32(size) * (np.float32(1) - sparsity))), 1)
 
 
 def test_the_gradual_schedule_matches_tfmot_at_every_update_and_the_mask_only_grows(tmp_path):
@@ -48,7 +54,7 @@ def test_the_gradual_schedule_matches_tfmot_at_every_update_and_the_mask_only_gr
     for step, mask in seen:
         for path in plan.prunable:
             size = mask[path].size
-            assert np.count_nonzero(mask[path]) == round(size * (1 - tfmot_sparsity(step)))
+            assert np.count_nonzero(mask[path]) == tfmot_keep(size, tfmot_sparsity(step))
             assert not np.any(mask[path] & ~previous[path])  # nothing comes back
         previous = mask
     final = flatten(host_tree(run.state.params))
@@ -64,7 +70,7 @@ def test_a_gradual_run_stores_the_mask_it_ended_with(tmp_path):
     mask = flatten(store.replicate(0).mask(1))
     plan = experiment.prepare(cfg)
     for path in plan.prunable:
-        assert np.count_nonzero(mask[path]) == round(mask[path].size * (1 - tfmot_sparsity(145)))
+        assert np.count_nonzero(mask[path]) == tfmot_keep(mask[path].size, tfmot_sparsity(145))
     assert summary["prunable_remaining"] == count_alive(store.replicate(0).mask(1), plan.prunable)
 
 
@@ -74,6 +80,9 @@ def test_polynomial_decay_holds_before_and_after_its_window():
     assert schedule.sparsity(6000) == pytest.approx(0.8 - 0.8 * 0.5**3)
     assert schedule.update_steps(0, 12000)[:2] == [2000, 2100]
     assert schedule.update_steps(0, 12000)[-1] == 10000
+    # fc1 of LeNet-300-100 at step 5000: 92,977.5 in exact arithmetic; tfmot's float32 gives
+    # 92,978 where float64 would give 92,977.
+    assert keep_count(235_200, schedule.sparsity(5000)) == 92_978
 
 
 @pytest.mark.parametrize(
@@ -124,3 +133,22 @@ def test_zhou_criteria_rank_by_the_change_from_the_start():
     assert pruned["fc"]["kernel"].tolist() == [[True, False, False, True]]
     with pytest.raises(ConfigError, match=r"pruning\.criterion 'bigness'"):
         criterion_scores("bigness", final, start)
+
+
+def test_a_gradual_level_killed_after_its_final_mask_was_written_starts_again(tmp_path):
+    """The window between writing the final mask and the summary: the rerun must train from
+    the true start (the full mask), not from the final mask."""
+    import shutil
+
+    cfg = make_config([*DIGITS, *GRADUAL], tmp_path)
+    store, _ = experiment.run(cfg)
+    level = store.replicate(0).level_path(1)
+    finished = {f.name: f.read_bytes() for f in level.iterdir() if f.suffix == ".npz"}
+    partial = level.with_name("level_1.partial")
+    level.rename(partial)
+    for name in ("summary.json", "params.npz", "params_sparse.npz"):
+        (partial / name).unlink()
+    shutil.rmtree(partial / "checkpoints", ignore_errors=True)
+    experiment.run(cfg)
+    again = {f.name: f.read_bytes() for f in level.iterdir() if f.suffix == ".npz"}
+    assert again == finished

@@ -26,6 +26,7 @@ from lottery.branches.retrain import (
     rewind_to,
 )
 from lottery.config import Config, ConfigError
+from lottery.pruning.strategies import AT_INIT
 
 BRANCHES: dict[str, Branch] = {
     "random_reinit": Branch("random_reinit", random_reinit),
@@ -60,7 +61,19 @@ def check_branches(cfg: Config, timeline: Any, strategy: Any) -> list[Branch]:
                 f"branches=[instability] does not apply to pruning.method={strategy.name!r}, "
                 "whose mask changes during training; remove it"
             )
+        if name in ("lr_rewind", "finetune") and strategy.name in AT_INIT:
+            raise ConfigError(
+                f"branches=[{name}] does not apply to pruning.method={strategy.name!r}: its "
+                "masks are chosen at initialisation, not from trained weights; remove it"
+            )
         chosen.append(branch)
+    for name in BRANCHES:
+        args = branch_args(cfg, name)
+        if name not in cfg.branches and args != type(args)():
+            raise ConfigError(
+                f"branch.{name} is set but {name} is not in branches; add it "
+                f"(branches=[...,{name}]) or remove branch.{name}"
+            )
     return chosen
 
 

@@ -181,7 +181,9 @@ class Experiment:
         trainer = self.trainer
         trainer.use_data_stream(plan.data_stream(0))
         run = trainer.start(0, plan.init_params, plan.init_batch_stats, full_mask(plan.init_params))
-        stops = AtSteps(boundary_steps(plan, 0, plan.total_steps), lambda run: None)
+        # Level 0 also stopped at the experiment's rewind step (to save it there).
+        level_0_stops = boundary_steps(plan, 0, plan.total_steps) | {plan.rewind_step}
+        stops = AtSteps(level_0_stops, lambda run: None)
         with locked(self.dense.path):
             trainer.train(run, k, [stops, AtSteps([k], self._save_rewind_point)])
         point = self.dense.rewind_point(k)
@@ -266,6 +268,10 @@ class Experiment:
             folder.publish()
             return self.replicate.summary(level)
         plan = self.plan
+        if plan.strategy.during_training:
+            # The folder's mask.npz is replaced by the final mask just before the summary is
+            # written: a level killed in between must start again from its true start.
+            mask = self.replicate.mask(level - 1)
         params, batch_stats = self.rewind_point()
         start = LevelStart(plan.rewind_step, host_tree(apply_mask(params, mask)), batch_stats, mask)
         hooks = []
@@ -370,7 +376,8 @@ class Experiment:
             level,
             mask,
             (plan.cfg.seed, level),
-            lambda: self.replicate.params(level - 1),
+            # The weights the level's mask was chosen from (one-shot: always level 0's).
+            lambda: self.replicate.params(0 if plan.strategy.name == "oneshot" else level - 1),
             lambda: self.replicate.params(level),
             self.rewind_point,
             evaluate,
@@ -403,7 +410,13 @@ class Experiment:
                     folder.path.mkdir(parents=True, exist_ok=True)
                     folder.save_mask(mask)
                 start = LevelStart(run.start_step, host_tree(params), batch_stats, mask)
-                summary = self._train_into(folder, level, start, [], self.plan.digest, branch=run)
+                try:
+                    summary = self._train_into(
+                        folder, level, start, [], self.plan.digest, branch=run
+                    )
+                except LevelDiverged as error:  # a control must not stop the main line
+                    warn(f"{run.label}: {error} (this branch is skipped)")
+                    continue
                 trained.append(summary)
                 console.print(
                     f"level {level:>2} {run.label}: {summary['weights_remaining_pct']:6.2f}% "
@@ -566,7 +579,7 @@ def scoring_batch(plan: Plan, level: int, count: int) -> tuple[Any, Any]:
     pruning scores that look at data (SNIP, GraSP)."""
     dataset = plan.dataset
     if isinstance(dataset, StreamingDataset):
-        x, y = next(dataset.train_batches(count, plan.data_seed, 0))
+        x, y = next(dataset.train_batches(count, plan.data_seed, level))  # a batch per level
         return jax.numpy.asarray(x), jax.numpy.asarray(y)
     count = min(count, dataset.num_train)
     rng = np.random.default_rng([plan.data_seed, level, 3])

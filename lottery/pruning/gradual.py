@@ -11,7 +11,9 @@ largest-magnitude weights, with
 The update happens before the gradient step t (tfmot updates the mask in the forward pass of
 step t). Weights already pruned are 0, so they rank lowest and the mask only grows while s(t)
 rises. Ties go to the earlier weight (flat index), as in magnitude pruning; tfmot keeps every
-weight tied at the threshold. ``round`` halves to even, as ``tf.math.round`` does.
+weight tied at the threshold. The schedule and the keep count are computed in float32 and
+``round`` halves to even, as tfmot does with ``tf.math.round``; a layer keeps at least one
+weight.
 """
 
 from __future__ import annotations
@@ -36,12 +38,15 @@ class PolynomialDecay:
     frequency: int
     power: int = 3
 
-    def sparsity(self, step: int) -> float:
-        """s(t), held at s_i before ``begin_step`` and at s_f after ``end_step``."""
-        progress = min(1.0, max(0.0, (step - self.begin_step) / (self.end_step - self.begin_step)))
-        return (
+    def sparsity(self, step: int) -> np.float32:
+        """s(t), held at s_i before ``begin_step`` and at s_f after ``end_step``; in float32
+        as tfmot computes it (float64 would round some keep counts the other way)."""
+        f32 = np.float32
+        progress = (f32(step) - f32(self.begin_step)) / (f32(self.end_step) - f32(self.begin_step))
+        progress = np.minimum(f32(1.0), np.maximum(f32(0.0), progress))
+        decay = (f32(1.0) - progress) ** f32(self.power)
+        return (f32(self.initial_sparsity) - f32(self.final_sparsity)) * decay + f32(
             self.final_sparsity
-            + (self.initial_sparsity - self.final_sparsity) * (1.0 - progress) ** self.power
         )
 
     def update_steps(self, start: int, end: int) -> list[int]:
@@ -54,8 +59,10 @@ class PolynomialDecay:
 
 
 def keep_count(size: int, sparsity: float) -> int:
-    """Weights a layer of ``size`` keeps at ``sparsity`` (tfmot: ``round(size * (1 - s))``)."""
-    return round(size * (1.0 - sparsity))
+    """Weights a layer of ``size`` keeps at ``sparsity``: tfmot's
+    ``max(round(float32(size) * (1 - s)), 1)``, in float32, rounding half to even."""
+    kept = np.round(np.float32(size) * (np.float32(1.0) - np.float32(sparsity)))
+    return max(int(kept), 1)
 
 
 def gradual_mask(params: Any, mask: Mask, prunable: list[str], sparsity: float) -> Mask:

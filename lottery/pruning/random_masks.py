@@ -15,13 +15,18 @@ def random_mask_like(mask: Mask, prunable: list[str], scope: str, rng: np.random
 
     ``layerwise``: the same count in every prunable leaf (the layer-wise sparsities of the
     ticket, which carry much of its information; Frankle et al. 2021). ``global``: the same
-    total count spread at random over all prunable leaves. Other leaves keep their entries.
+    total count spread at random over all prunable leaves. Other leaves (biases,
+    normalisation) are all kept: a structured ticket's masked biases would otherwise silence
+    units whose random weights are alive.
     """
     if scope not in RANDOM_SCOPES:
         raise ConfigError(
             f"unknown branch.random_prune.scope {scope!r}; choose one of {', '.join(RANDOM_SCOPES)}"
         )
-    flat = {p: np.array(m, dtype=bool, copy=True) for p, m in flatten(mask).items()}
+    flat = {
+        p: np.array(m, dtype=bool, copy=True) if p in prunable else np.ones(np.shape(m), bool)
+        for p, m in flatten(mask).items()
+    }
     if scope == "layerwise":
         for path in prunable:
             flat[path] = _random_keep(flat[path].shape, int(np.count_nonzero(flat[path])), rng)

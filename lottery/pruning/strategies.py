@@ -190,6 +190,13 @@ def _gradual_settings(cfg: PruningConfig, timeline: Timeline | None) -> Polynomi
             f"{cfg.end_step!r} ({end} it) must satisfy begin < end < train.steps "
             f"({timeline.total_steps} it)"
         )
+    rewind = timeline.iterations(cfg.rewind_step, "pruning.rewind_step")
+    if rewind > begin:
+        raise ConfigError(
+            f"pruning.rewind_step={cfg.rewind_step!r} ({rewind} it) is after pruning.begin_step="
+            f"{cfg.begin_step!r} ({begin} it): level 1 trains from the rewind step and would skip "
+            "the start of the schedule; rewind to at most begin_step"
+        )
     return PolynomialDecay(
         cfg.initial_sparsity, cfg.final_sparsity, begin, end, frequency, cfg.power
     )
