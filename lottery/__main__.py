@@ -22,6 +22,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Check the overrides (one-line errors), then hand over to Hydra."""
+    sys.argv[1:] = cli.multirun_flag_first(sys.argv[1:])
     cli.exit_on_bad_overrides(sys.argv[1:])
     _hydra_main()
 

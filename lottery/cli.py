@@ -39,6 +39,13 @@ def describe_compose_error(error: BaseException) -> str:
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
+def multirun_flag_first(argv: list[str]) -> list[str]:
+    """``-m`` moved before the overrides, so ``python -m lottery seed=1,2 -m
+    hydra/launcher=slurm`` works (Hydra's argument parser takes no flag between overrides)."""
+    flags = [arg for arg in argv if arg in MULTIRUN_FLAGS]
+    return flags[:1] + [arg for arg in argv if arg not in MULTIRUN_FLAGS]
+
+
 def check_overrides(argv: list[str]) -> str | None:
     """Compose the config as Hydra will; the one-line error if that fails, else None.
 
@@ -118,9 +125,25 @@ def run(cfg: DictConfig) -> int:
     return 0
 
 
+SLURM_LAUNCHERS = ("hydra/launcher=slurm", "hydra/launcher=submitit_slurm")
+
+
+def check_launcher(argv: list[str]) -> str | None:
+    """The one-line error for a Slurm sweep started where Slurm is not (submitit would fail
+    with a traceback on its first job); None otherwise."""
+    import shutil
+
+    if any(arg in SLURM_LAUNCHERS for arg in argv) and shutil.which("srun") is None:
+        return (
+            "hydra/launcher=slurm needs Slurm (no `srun` on this machine); start the sweep on "
+            "the cluster's login node, or use hydra/launcher=local on this machine"
+        )
+    return None
+
+
 def exit_on_bad_overrides(argv: list[str]) -> None:
     """Exit with status 2 and one line if the command-line overrides do not compose."""
-    message = check_overrides(argv)
+    message = check_launcher(argv) or check_overrides(argv)
     if message is not None:
         error_line(message)
         sys.exit(2)

@@ -1,0 +1,91 @@
+"""Sweeps through Hydra's launchers, run for real on this machine: joblib (``hydra/launcher=
+local``, several processes at once) and submitit's local executor (what ``hydra/launcher=
+slurm`` runs on a cluster), each job a full run into the shared results store."""
+
+import json
+
+import pytest
+
+from conftest import DIGITS, run_cli
+
+SMALL = [o for o in DIGITS if not o.startswith("pruning.levels")] + ["pruning.levels=1"]
+
+
+def finished(root):
+    """(experiment hash, replicate, level) of every finished level under ``root``."""
+    found = set()
+    for file in root.rglob("level_*/summary.json"):
+        summary = json.loads(file.read_text())
+        found.add((file.parents[2].name, summary["replicate"], summary["level"]))
+    return found
+
+
+@pytest.mark.slow
+def test_a_local_sweep_over_seeds_runs_both_into_one_experiment(tmp_path):
+    results = tmp_path / "results"
+    result = run_cli(
+        [*SMALL, f"results_root={results}", "seed=0,1", "-m", "hydra/launcher=local"], tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    [experiment] = [p for p in (results / "mnist1d_imp").iterdir() if not p.name.startswith("d")]
+    assert {(r, lv) for h, r, lv in finished(results) if h == experiment.name} == {
+        (0, 0), (0, 1), (1, 0), (1, 1),
+    }
+    curve = (experiment / "curve.csv").read_text().splitlines()
+    assert [line.split(",")[:2] for line in curve[1:]] == [
+        ["0", "0"], ["0", "1"], ["1", "0"], ["1", "1"],
+    ]
+    assert [p.name for p in results.iterdir()] == ["mnist1d_imp"]  # no sweep folders in it
+    assert len(list((tmp_path / "multirun").glob("*/multirun.yaml"))) == 1
+
+
+@pytest.mark.slow
+def test_a_submitit_sweep_over_fractions_shares_level_0_and_keeps_job_logs(tmp_path):
+    results = tmp_path / "results"
+    result = run_cli(
+        [*SMALL, f"results_root={results}", "pruning.fraction=0.2,0.5",
+         "hydra/launcher=submitit_local", "-m"],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    store = results / "mnist1d_imp"
+    dense = [p for p in store.iterdir() if p.name.startswith("dense_")]
+    experiments = [p for p in store.iterdir() if not p.name.startswith("dense_")]
+    assert len(dense) == 1 and len(experiments) == 2  # one level 0 for both fractions
+    levels = finished(results)
+    for experiment in experiments:
+        assert (experiment.name, 0, 1) in levels
+        assert (experiment / "replicate_0" / "level_0").is_symlink()
+    files = store.glob("*/replicate_0/level_1/summary.json")
+    summaries = [json.loads(f.read_text()) for f in files]
+    assert sorted(round(s["weights_remaining_pct"]) for s in summaries) == [50, 80]
+    logs = list((tmp_path / "multirun").glob("*/.submitit/*/*_log.out"))
+    assert len(logs) == 2 and all("level  1:" in log.read_text() for log in logs)
+
+
+def test_the_slurm_profile_composes_and_is_overridable():
+    from hydra import compose, initialize_config_dir
+
+    from lottery.cli import CONFIG_DIR
+    from lottery.config import register
+
+    register()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                                           "hydra.launcher.gpus_per_node=2"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.cpus_per_task) == ("gpu", 2, 8)
+    assert launcher.max_num_timeout > 0  # preempted or timed-out jobs are requeued
+
+
+def test_a_slurm_sweep_without_slurm_is_one_line(tmp_path):
+    result = run_cli(["seed=1,2", "-m", "hydra/launcher=slurm", f"results_root={tmp_path}/r"],
+                     tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: hydra/launcher=slurm needs Slurm (no `srun` on this machine); start the sweep "
+        "on the cluster's login node, or use hydra/launcher=local on this machine"
+    ]
+    assert not (tmp_path / "r").exists()
