@@ -89,3 +89,26 @@ def test_a_slurm_sweep_without_slurm_is_one_line(tmp_path):
         "on the cluster's login node, or use hydra/launcher=local on this machine"
     ]
     assert not (tmp_path / "r").exists()
+
+
+def test_the_wandb_sweep_file_gives_valid_commands():
+    """Every grid point of experiments/sweeps/*.yaml, expanded as the W&B agent does
+    (``${args_no_hyphens}`` = ``key=value`` per parameter), is a command that composes."""
+    import itertools
+
+    import yaml
+
+    from lottery.cli import check_overrides
+
+    from conftest import REPO
+
+    for file in (REPO / "experiments" / "sweeps").glob("*.yaml"):
+        sweep = yaml.safe_load(file.read_text())
+        command = sweep["command"]
+        assert command[:4] == ["${env}", "python", "-m", "lottery"], file
+        fixed = [arg for arg in command[4:] if not arg.startswith("${")]
+        names = list(sweep["parameters"])
+        grid = [sweep["parameters"][name]["values"] for name in names]
+        for values in itertools.product(*grid):
+            args = [f"{name}={value}" for name, value in zip(names, values, strict=True)]
+            assert check_overrides([*fixed, *args]) is None, (file, args)
