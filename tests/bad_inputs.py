@@ -91,6 +91,7 @@ CASES = [
     case("branch arguments without the branch", "branches=[]", "branch.finetune.steps=100it"),
     case("gradual rewinding past its start", "pruning.method=gradual", "pruning.levels=1",
          "pruning.begin_step=50it", "pruning.end_step=150it", "pruning.rewind_step=100it"),
+    case("unknown precision", "train.precision=fp8"),
     case("unknown criterion", "pruning.criterion=biggest"),
     case("structured with an L3 norm", "pruning.method=structured", "pruning.criterion=l3"),
     case("gradual over 10 levels", "pruning.method=gradual"),

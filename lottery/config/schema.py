@@ -125,6 +125,9 @@ class TrainConfig:
     checkpoint_every: str = "5min"
     # Checkpoints kept per unfinished level (the newest ones). Not in the experiment hash.
     keep_checkpoints: int = 2
+    # fp32, or bf16: forward and backward in bfloat16 with float32 master weights (for GPUs
+    # and TPUs; on a CPU bfloat16 is emulated and slower).
+    precision: str = "fp32"
 
 
 @dataclass

@@ -10,6 +10,8 @@ from lottery.config.steps import Step, parse_cadence
 
 # A results folder name: one path component, no hidden or parent folders.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+# Known values of train.precision (see lottery.train.steps.PRECISIONS).
+PRECISIONS = ("fp32", "bf16")
 
 
 def validate(cfg: Config) -> None:
@@ -33,6 +35,11 @@ def validate(cfg: Config) -> None:
     ):
         if value < 1:
             raise ConfigError(f"{name}={value} must be a positive number of examples")
+    if train.precision not in PRECISIONS:
+        raise ConfigError(
+            f"train.precision={train.precision!r} is not known; choose one of "
+            f"{', '.join(PRECISIONS)}"
+        )
     if cfg.dataset.validation_size < 0:
         raise ConfigError(f"dataset.validation_size={cfg.dataset.validation_size} must be >= 0")
     for name, value in (("train.steps", train.steps), ("train.eval_every", train.eval_every)):

@@ -124,6 +124,7 @@ class Experiment:
             eval_batch_size=cfg.train.eval_batch_size,
             data_seed=plan.data_seed,
             augment=crop_flip if cfg.dataset.augment else None,
+            precision=cfg.train.precision,
         )
 
     def trainer_for(self, optimizer: Any | None) -> Trainer:

@@ -118,6 +118,7 @@ class Trainer:
         eval_batch_size: int,
         data_seed: int,
         augment: Augment | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.network = network
         self.total_steps = total_steps
@@ -126,13 +127,15 @@ class Trainer:
         self.schedule = make_schedule(optimizer, steps_per_epoch, total_steps)
         evaluate = make_evaluate(network)
         if isinstance(dataset, StreamingDataset):
-            steps = make_streamed_train_steps(network, self.tx, self.schedule, augment)
+            steps = make_streamed_train_steps(
+                network, self.tx, self.schedule, augment, precision
+            )
             self.feed: DeviceFeed | StreamFeed = StreamFeed(
                 dataset, batch_size=batch_size, eval_batch_size=eval_batch_size,
                 train_steps=steps, evaluate=evaluate,
             )
         else:
-            steps = make_train_steps(network, self.tx, self.schedule, augment)
+            steps = make_train_steps(network, self.tx, self.schedule, augment, precision)
             params = jax.eval_shape(network.init, jax.random.key(0))[0]
             self.feed = DeviceFeed(
                 dataset, batch_size=batch_size, total_steps=total_steps,

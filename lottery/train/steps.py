@@ -47,21 +47,48 @@ def masked(tree: Any, mask: Any) -> Any:
     return jax.tree.map(lambda t, m: jnp.where(m, t, jnp.zeros_like(t)), tree, mask)
 
 
+PRECISIONS = {"fp32": None, "bf16": jnp.bfloat16}
+
+
+def cast_floating(tree: Any, dtype: Any) -> Any:
+    """``tree`` with its floating-point leaves cast to ``dtype`` (integers left alone)."""
+    return jax.tree.map(
+        lambda t: t.astype(dtype) if jnp.issubdtype(t.dtype, jnp.floating) else t, tree
+    )
+
+
 def make_step(
     network: Network,
     tx: optax.GradientTransformation,
     schedule: Schedule,
     augment: Augment | None = None,
+    precision: str = "fp32",
 ) -> Callable[..., tuple[TrainState, jax.Array]]:
     """``step(state, mask, x, y, key) -> (state, loss)``: one masked SGD step on one batch.
 
     ``key`` seeds the step's randomness (augmentation) as ``fold_in(key, step)``, so a step's
     randomness does not depend on how the steps are split into calls.
+
+    ``precision="bf16"``: the forward and backward passes compute in bfloat16 on bfloat16
+    copies of the weights, inputs and BatchNorm statistics; the weights themselves, the
+    gradients (through the cast), the optimizer and the statistics kept stay float32 (mixed
+    precision with float32 master weights). The masks apply to the float32 weights as in
+    float32 training, so a pruned weight is still exactly +0.0.
     """
+    compute = PRECISIONS[precision]
 
     def loss_fn(params, batch_stats, x, y):
-        logits, new_batch_stats = network.apply(params, batch_stats, x, train=True)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        if compute is not None:
+            params, x = cast_floating(params, compute), x.astype(compute)
+            stats_in = cast_floating(batch_stats, compute)
+        else:
+            stats_in = batch_stats
+        logits, new_batch_stats = network.apply(params, stats_in, x, train=True)
+        loss = optax.softmax_cross_entropy_with_integer_labels(
+            logits.astype(jnp.float32), y
+        ).mean()
+        if compute is not None:
+            new_batch_stats = cast_floating(new_batch_stats, jnp.float32)
         return loss, new_batch_stats
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -100,13 +127,14 @@ def make_train_steps(
     tx: optax.GradientTransformation,
     schedule: Schedule,
     augment: Augment | None = None,
+    precision: str = "fp32",
 ) -> Callable[..., tuple[TrainState, jax.Array]]:
     """``train_steps(state, mask, x, y, order, key, num_steps) -> (state, mean loss)``.
 
     ``x, y`` is the whole training set on the device, ``order[s]`` the example indices of
     step ``s``: batches are gathered on the device, inside the scan.
     """
-    step = make_step(network, tx, schedule, augment)
+    step = make_step(network, tx, schedule, augment, precision)
 
     def train_steps(state, mask, x_all, y_all, order, key, num_steps):
         def one_step(state: TrainState, _):
@@ -126,13 +154,14 @@ def make_streamed_train_steps(
     tx: optax.GradientTransformation,
     schedule: Schedule,
     augment: Augment | None = None,
+    precision: str = "fp32",
 ) -> Callable[..., tuple[TrainState, jax.Array]]:
     """``train_steps(state, mask, xs, ys, key) -> (state, mean loss)`` over stacked batches.
 
     For datasets streamed from the host (ImageNet): ``xs, ys`` hold one batch per step,
     stacked on a leading axis, and the scan runs one step per batch.
     """
-    step = make_step(network, tx, schedule, augment)
+    step = make_step(network, tx, schedule, augment, precision)
 
     def train_steps(state, mask, xs, ys, key):
         def one_step(state: TrainState, batch):
