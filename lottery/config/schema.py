@@ -128,6 +128,10 @@ class TrainConfig:
     # fp32, or bf16: forward and backward in bfloat16 with float32 master weights (for GPUs
     # and TPUs; on a CPU bfloat16 is emulated and slower).
     precision: str = "fp32"
+    # Split each batch over every local device (GPUs, TPU cores, or CPU devices made with
+    # XLA_FLAGS=--xla_force_host_platform_device_count=N); the same results to float
+    # rounding. Datasets held on the device only. Not in the experiment hash.
+    data_parallel: bool = False
 
 
 @dataclass

@@ -125,6 +125,7 @@ class Experiment:
             data_seed=plan.data_seed,
             augment=crop_flip if cfg.dataset.augment else None,
             precision=cfg.train.precision,
+            data_parallel=cfg.train.data_parallel,
         )
 
     def trainer_for(self, optimizer: Any | None) -> Trainer:

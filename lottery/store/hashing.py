@@ -38,6 +38,7 @@ NOT_HASHED = frozenset(
         "train.eval_batch_size",
         "train.checkpoint_every",
         "train.keep_checkpoints",
+        "train.data_parallel",
     }
 )
 

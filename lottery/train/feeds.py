@@ -34,18 +34,21 @@ class DeviceFeed:
         train_steps: Any,
         evaluate: Any,
         max_fused: int | None = None,
+        placement: jax.sharding.Sharding | None = None,
     ) -> None:
         self.max_fused = max_fused
+        # Where arrays go: the default device, or replicated over a data-parallel mesh.
+        self.put = lambda x: jax.device_put(x, placement)
         self.batch_size, self.total_steps = batch_size, total_steps
         # jax.device_put, not jnp.asarray: on the CPU the latter makes an extra host copy
         # of the whole dataset (measured: +317 MB against +164 MB for 172 MB of images).
-        self.x = jax.device_put(dataset.train.x)
-        self.y = jax.device_put(dataset.train.y)
+        self.x = self.put(dataset.train.x)
+        self.y = self.put(dataset.train.y)
         self.order: jax.Array | None = None
         self._stream: tuple[int, int] | None = None
         self.eval_sets = {
             name: (
-                *map(jax.device_put, pad_for_eval(split.x, split.y, eval_batch_size)),
+                *map(self.put, pad_for_eval(split.x, split.y, eval_batch_size)),
                 len(split),
             )
             for name, split in (("val", dataset.validation), ("test", dataset.test))
@@ -58,7 +61,7 @@ class DeviceFeed:
         if self._stream != (data_seed, stream):
             self.order = None  # free the previous order's device memory first
             order = batch_order((data_seed, stream), len(self.y), self.batch_size, self.total_steps)
-            self.order = jax.device_put(order)
+            self.order = self.put(order)
             self._stream = (data_seed, stream)
 
     def run(

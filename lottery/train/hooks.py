@@ -125,4 +125,6 @@ class UpdateMask:
         from lottery.train.steps import masked
 
         run.mask = jax.tree.map(jax.numpy.asarray, self.update(run))
+        if trainer.placement is not None:  # data parallel: where the rest of the state is
+            run.mask = jax.device_put(run.mask, trainer.placement)
         run.state = run.state.replace(params=masked(run.state.params, run.mask))

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lottery.config import OptimizerConfig
+from lottery.config import ConfigError, OptimizerConfig
 from lottery.data import Dataset, StreamingDataset
 from lottery.models import Network
 from lottery.train.feeds import DeviceFeed, StreamFeed
@@ -119,8 +119,10 @@ class Trainer:
         data_seed: int,
         augment: Augment | None = None,
         precision: str = "fp32",
+        data_parallel: bool = False,
     ) -> None:
         self.network = network
+        self.placement: jax.sharding.Sharding | None = None  # set for data parallelism
         self.total_steps = total_steps
         self.data_seed = data_seed
         self.tx = make_optimizer(optimizer)
@@ -135,12 +137,19 @@ class Trainer:
                 train_steps=steps, evaluate=evaluate,
             )
         else:
-            steps = make_train_steps(network, self.tx, self.schedule, augment, precision)
+            sharding = batch_sharding(batch_size) if data_parallel else None
+            if sharding is not None:  # everything else replicated on the same devices
+                self.placement = jax.sharding.NamedSharding(
+                    sharding.mesh, jax.sharding.PartitionSpec()
+                )
+            steps = make_train_steps(
+                network, self.tx, self.schedule, augment, precision, sharding
+            )
             params = jax.eval_shape(network.init, jax.random.key(0))[0]
             self.feed = DeviceFeed(
                 dataset, batch_size=batch_size, total_steps=total_steps,
                 eval_batch_size=eval_batch_size, train_steps=steps, evaluate=evaluate,
-                max_fused=fused_steps_limit(params),
+                max_fused=fused_steps_limit(params), placement=self.placement,
             )
         self.use_data_stream(0)
         self.last_step = 0  # the last step trained to, for messages (Ctrl-C)
@@ -165,7 +174,10 @@ class Trainer:
     def start(self, step: int, params: Any, batch_stats: Any, mask: Any) -> RunState:
         """A fresh :class:`RunState` at ``step``: given weights, fresh optimizer, no history."""
         device_mask = jax.tree.map(jnp.asarray, mask)
-        return RunState(step, self.init_state(step, params, batch_stats), device_mask)
+        state = self.init_state(step, params, batch_stats)
+        if self.placement is not None:
+            state, device_mask = jax.device_put((state, device_mask), self.placement)
+        return RunState(step, state, device_mask)
 
     def _compiled_fn(self, key: Any, jitted: Any, *args: Any, **static: Any) -> Any:
         """Compile ``jitted`` ahead of time once per ``key``, counting the seconds it takes."""
@@ -220,3 +232,16 @@ class Trainer:
 def host_tree(tree: Any) -> Any:
     """A numpy copy of a pytree of arrays."""
     return jax.tree.map(np.asarray, tree)
+
+
+def batch_sharding(batch_size: int) -> jax.sharding.NamedSharding:
+    """A batch axis over every local device (data parallelism); one ConfigError line if the
+    batch does not split evenly."""
+    devices = jax.local_devices()
+    if batch_size % len(devices):
+        raise ConfigError(
+            f"train.batch_size={batch_size} does not split over the {len(devices)} local "
+            f"devices of train.data_parallel=true; choose a multiple of {len(devices)}"
+        )
+    mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))

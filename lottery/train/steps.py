@@ -128,18 +128,28 @@ def make_train_steps(
     schedule: Schedule,
     augment: Augment | None = None,
     precision: str = "fp32",
+    batch_sharding: jax.sharding.Sharding | None = None,
 ) -> Callable[..., tuple[TrainState, jax.Array]]:
     """``train_steps(state, mask, x, y, order, key, num_steps) -> (state, mean loss)``.
 
     ``x, y`` is the whole training set on the device, ``order[s]`` the example indices of
     step ``s``: batches are gathered on the device, inside the scan.
+
+    With ``batch_sharding`` (a batch axis over the local devices), each gathered batch is
+    split across the devices and XLA partitions the step (GSPMD): the weights are
+    replicated, the gradients and BatchNorm's batch statistics are reduced over the whole
+    batch, so the step computes what one device would, to float rounding.
     """
     step = make_step(network, tx, schedule, augment, precision)
 
     def train_steps(state, mask, x_all, y_all, order, key, num_steps):
         def one_step(state: TrainState, _):
             index = order[state.step]
-            return step(state, mask, x_all[index], y_all[index], key)
+            x, y = x_all[index], y_all[index]
+            if batch_sharding is not None:  # data parallel: each device a slice of the batch
+                x = jax.lax.with_sharding_constraint(x, batch_sharding)
+                y = jax.lax.with_sharding_constraint(y, batch_sharding)
+            return step(state, mask, x, y, key)
 
         if num_steps == 1:  # no loop at all: see ``fused_steps_limit``
             return one_step(state, None)
