@@ -161,7 +161,7 @@ def test_a_remade_rewind_point_equals_the_one_level_0_saved(tmp_path):
     """rewind_to k makes θ_k again by training level 0 to k, stopping where level 0 stopped
     (its evaluations and its own rewind step): the same bits as saving it in level 0."""
     common = [
-        "dataset=digits", "model.hidden=[64,32]", "train.steps=200it", "train.batch_size=50",
+        "dataset=digits", "model.hidden=[64,32]", "train.steps=120it", "train.batch_size=50",
         "train.eval_every=80it", "pruning.levels=1", "progress=false",
     ]
     remade = make_config(

@@ -59,7 +59,10 @@ def test_bad_input_exits_non_zero_with_one_line_and_keeps_what_was_written(case,
 
 @pytest.mark.slow
 def test_default_experiment_runs_end_to_end_and_a_rerun_only_prints_the_table(tmp_path):
-    first = run_cli([f"results_root={tmp_path}"], tmp_path)
+    # The default as shipped (11 levels, both controls), 1,000 iterations per training
+    # instead of 3,000 to keep the suite short.
+    args = [f"results_root={tmp_path}", "train.steps=1000it"]
+    first = run_cli(args, tmp_path)
     assert first.returncode == 0, first.stderr
     found = summaries(tmp_path)
     assert sorted(found) == [(0, level) for level in range(11)]
@@ -73,7 +76,7 @@ def test_default_experiment_runs_end_to_end_and_a_rerun_only_prints_the_table(tm
     assert "random_reinit" in first.stdout and "random_prune" in first.stdout
     assert (experiment / "sparsity_accuracy.png").stat().st_size > 10_000
 
-    again = run_cli([f"results_root={tmp_path}"], tmp_path)
+    again = run_cli(args, tmp_path)
     assert again.returncode == 0, again.stderr
     assert "weights left, test accuracy" not in again.stdout  # no level was trained
     assert "mnist1d_imp" in again.stdout and "10.74" in again.stdout

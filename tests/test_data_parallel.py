@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO
 
-# Trains a small ResNet (BatchNorm) 8 steps on one device and on 8, in one process with 8
+# Trains a small VGG (BatchNorm) 8 steps on one device and on 8, in one process with 8
 # CPU devices; prints the largest differences of weights, BatchNorm statistics and loss.
 # (At lr 0.1 this tiny network on random data is chaotic: rounding differences of 1e-7
 # grow to 1e-2 within 4 steps.)
@@ -22,10 +22,10 @@ from lottery.train import Trainer
 
 assert jax.local_device_count() == 8
 rng = np.random.default_rng(0)
-x = rng.normal(size=(96, 8, 8, 3)).astype(np.float32)
+x = rng.normal(size=(96, 32, 32, 3)).astype(np.float32)
 y = (np.arange(96) % 10).astype(np.int32)
 data = Dataset("toy", Split(x[:64], y[:64]), Split(x[64:80], y[64:80]), Split(x[80:], y[80:]), 10)
-network = models.build(ModelConfig(name="resnet20", width=4), (8, 8, 3), 10)
+network = models.build(ModelConfig(name="vgg11", width=4), (32, 32, 3), 10)
 params, stats = jax.device_get(network.init(jax.random.key(0)))
 mask = magnitude_prune(params, full_mask(params), prunable_paths(params, ".*kernel"), "global",
                        0.5, {})

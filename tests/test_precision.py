@@ -17,18 +17,18 @@ from conftest import DIGITS, make_config
 
 
 @pytest.fixture(scope="module")
-def resnet():
-    network = models.build(ModelConfig(name="resnet20", width=4), (8, 8, 3), 10)
+def vgg():
+    network = models.build(ModelConfig(name="vgg11", width=4), (32, 32, 3), 10)
     params, stats = jax.device_get(network.init(jax.random.key(0)))
     prunable = prunable_paths(params, r".*kernel")
     mask = magnitude_prune(params, full_mask(params), prunable, "global", 0.5, {})
-    x = jax.random.normal(jax.random.key(1), (16, 8, 8, 3))
+    x = jax.random.normal(jax.random.key(1), (16, 32, 32, 3))
     y = jnp.arange(16) % 10
     return network, params, stats, mask, prunable, x, y
 
 
-def train(resnet, precision, steps=3):
-    network, params, stats, mask, _, x, y = resnet
+def train(vgg, precision, steps=3):
+    network, params, stats, mask, _, x, y = vgg
     tx = make_optimizer(OptimizerConfig(name="sgd", lr=0.1, momentum=0.9))
     step = jax.jit(make_step(network, tx, lambda s: 0.1, precision=precision))
     masked = jax.tree.map(lambda p, m: np.where(m, p, 0.0), params, mask)
@@ -40,9 +40,9 @@ def train(resnet, precision, steps=3):
     return state, losses
 
 
-def test_bf16_keeps_float32_master_weights_and_exact_zeros(resnet):
-    _, _, _, mask, prunable, _, _ = resnet
-    state, losses = train(resnet, "bf16")
+def test_bf16_keeps_float32_master_weights_and_exact_zeros(vgg):
+    _, _, _, mask, prunable, _, _ = vgg
+    state, losses = train(vgg, "bf16")
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.batch_stats))
     for path in prunable:
@@ -52,9 +52,9 @@ def test_bf16_keeps_float32_master_weights_and_exact_zeros(resnet):
     assert all(np.isfinite(losses))
 
 
-def test_bf16_follows_float32_training_closely(resnet):
-    _, bf16 = train(resnet, "bf16")
-    _, fp32 = train(resnet, "fp32")
+def test_bf16_follows_float32_training_closely(vgg):
+    _, bf16 = train(vgg, "bf16")
+    _, fp32 = train(vgg, "fp32")
     assert bf16 != fp32  # it really computes in bfloat16
     assert np.allclose(bf16, fp32, rtol=0.05)
 
