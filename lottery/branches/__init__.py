@@ -15,7 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 from lottery.branches.base import Branch, BranchInputs, BranchRun
-from lottery.branches.controls import check_random_prune, random_prune, random_reinit
+from lottery.branches.controls import (
+    check_random_prune,
+    check_random_reinit,
+    random_prune,
+    random_reinit,
+)
 from lottery.branches.instability import check_instability, instability
 from lottery.branches.retrain import (
     check_finetune,
@@ -29,7 +34,7 @@ from lottery.config import Config, ConfigError
 from lottery.pruning.strategies import AT_INIT
 
 BRANCHES: dict[str, Branch] = {
-    "random_reinit": Branch("random_reinit", random_reinit),
+    "random_reinit": Branch("random_reinit", random_reinit, check_random_reinit),
     "random_prune": Branch("random_prune", random_prune, check_random_prune),
     "lr_rewind": Branch("lr_rewind", lr_rewind, check_lr_rewind),
     "finetune": Branch("finetune", finetune, check_finetune),

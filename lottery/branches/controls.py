@@ -54,7 +54,18 @@ def random_prune(inputs: BranchInputs, args: RandomPruneBranch) -> list[BranchRu
     return [BranchRun("random_prune", run_args, plan.rewind_step, start)]
 
 
+def check_seed(name: str, seed: int) -> None:
+    """A branch seed is a 32-bit unsigned integer (it is folded into a PRNG key)."""
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"branch.{name}.seed={seed} must be in [0, 2^32), e.g. 0 or 1")
+
+
+def check_random_reinit(args: RandomReinitBranch, timeline: Any) -> None:
+    check_seed("random_reinit", args.seed)
+
+
 def check_random_prune(args: RandomPruneBranch, timeline: Any) -> None:
+    check_seed("random_prune", args.seed)
     if args.scope not in RANDOM_SCOPES:
         raise ConfigError(
             f"unknown branch.random_prune.scope {args.scope!r}; choose one of "

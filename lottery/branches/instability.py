@@ -82,5 +82,7 @@ def check_instability(args: InstabilityBranch, timeline: Any) -> None:
         raise ConfigError(
             f"branch.instability.points={args.points} must be at least 2 (the two ends)"
         )
-    if args.data_seed < 0:
-        raise ConfigError(f"branch.instability.data_seed={args.data_seed} must be 0 or more")
+    if not 0 <= args.data_seed < 2**11:  # streams of 2^20 levels each, in a 32-bit stream id
+        raise ConfigError(
+            f"branch.instability.data_seed={args.data_seed} must be in [0, 2048), e.g. 1"
+        )
