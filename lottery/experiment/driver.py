@@ -408,9 +408,7 @@ class Experiment:
                 folder.publish()
             if not folder_done(folder.final):
                 params, batch_stats, mask = run.start()
-                if not folder.has_mask():
-                    folder.path.mkdir(parents=True, exist_ok=True)
-                    folder.save_mask(mask)
+                mask = self._prune_into(folder, lambda mask=mask: mask)
                 start = LevelStart(run.start_step, host_tree(params), batch_stats, mask)
                 try:
                     summary = self._train_into(
@@ -420,18 +418,15 @@ class Experiment:
                     warn(f"{run.label}: {error} (this branch is skipped)")
                     continue
                 trained.append(summary)
-                console.print(
-                    f"level {level:>2} {run.label}: {summary['weights_remaining_pct']:6.2f}% "
-                    f"weights left, test accuracy {100 * summary['test_accuracy']:.2f}% "
-                    f"({summary['timing']['wall']:.1f} s)"
-                )
+                print_finished(level, summary, run.label)
             self._send_folder_to_loggers(folder.final)
         return trained
 
     def _send_folder_to_loggers(self, folder: Path) -> None:
+        """Give a finished level's or branch's folder to the loggers."""
         summary = read_summary(folder)
         if self.loggers and summary is not None:
-            summary["hash"] = self.plan.digest
+            summary["hash"] = self.plan.digest  # level 0 is named by this experiment too
             for logger in self.loggers:
                 logger.log_level(summary, folder)
 
@@ -463,11 +458,8 @@ class Experiment:
 
     def _send_to_loggers(self, level: int) -> None:
         """Give a finished level (trained now or by an earlier run) to the loggers."""
-        if self.loggers and self.replicate.is_done(level):
-            summary = self.replicate.summary(level)
-            summary["hash"] = self.plan.digest  # level 0 is named by this experiment too
-            for logger in self.loggers:
-                logger.log_level(summary, self.replicate.level_path(level))
+        if self.replicate.is_done(level):
+            self._send_folder_to_loggers(self.replicate.level_path(level))
 
     # -- the whole run --------------------------------------------------------------------
 
@@ -530,11 +522,7 @@ class Experiment:
                     continue
                 self._send_to_loggers(level)
                 if summary is not None:
-                    console.print(
-                        f"level {level:>2}: {summary['weights_remaining_pct']:6.2f}% weights "
-                        f"left, test accuracy {100 * summary['test_accuracy']:.2f}% "
-                        f"({summary['timing']['wall']:.1f} s)"
-                    )
+                    print_finished(level, summary)
                     self.store.write_curve()
                 if self.train_branches(level):
                     self.store.write_curve()
@@ -543,6 +531,15 @@ class Experiment:
         for logger in self.loggers:
             logger.finish(rows)
         return rows
+
+
+def print_finished(level: int, summary: dict[str, Any], branch: str | None = None) -> None:
+    """One console line for a level (or one of its branches) trained by this run."""
+    name = f"level {level:>2}" + (f" {branch}" if branch else "")
+    console.print(
+        f"{name}: {summary['weights_remaining_pct']:6.2f}% weights left, test accuracy "
+        f"{100 * summary['test_accuracy']:.2f}% ({summary['timing']['wall']:.1f} s)"
+    )
 
 
 def _remove_unfinished(folders: list[Path]) -> None:

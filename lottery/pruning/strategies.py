@@ -81,14 +81,20 @@ def _check_scope(cfg: PruningConfig) -> None:
         raise ConfigError(f"unknown pruning.scope {cfg.scope!r}; choose one of {', '.join(SCOPES)}")
 
 
-def _magnitude_settings(cfg: PruningConfig, timeline: Timeline | None) -> MagnitudeSettings:
-    _check_scope(cfg)
-    criterion = cfg.criterion or "magnitude"
-    if criterion not in CRITERIA:
+def _criterion(cfg: PruningConfig, choices: tuple[str, ...]) -> str:
+    """``pruning.criterion``, or the method's default (the first choice) when unset."""
+    criterion = cfg.criterion or choices[0]
+    if criterion not in choices:
         raise ConfigError(
             f"unknown pruning.criterion {criterion!r} for pruning.method={cfg.method!r}; "
-            f"choose one of {', '.join(CRITERIA)}"
+            f"choose one of {', '.join(choices)}"
         )
+    return criterion
+
+
+def _magnitude_settings(cfg: PruningConfig, timeline: Timeline | None) -> MagnitudeSettings:
+    _check_scope(cfg)
+    criterion = _criterion(cfg, CRITERIA)
     return MagnitudeSettings(cfg.fraction, cfg.scope, dict(cfg.layer_fractions), criterion)
 
 
@@ -136,13 +142,7 @@ class StructuredSettings:
 
 def _structured_settings(cfg: PruningConfig, timeline: Timeline | None) -> StructuredSettings:
     _check_scope(cfg)
-    norm = cfg.criterion or "l1"
-    if norm not in NORMS:
-        raise ConfigError(
-            f"unknown pruning.criterion {norm!r} for pruning.method=structured; "
-            f"choose one of {', '.join(NORMS)}"
-        )
-    return StructuredSettings(cfg.fraction, cfg.scope, norm)
+    return StructuredSettings(cfg.fraction, cfg.scope, _criterion(cfg, NORMS))
 
 
 def _structured(inputs: PruneInputs, s: StructuredSettings) -> Mask:
