@@ -132,6 +132,11 @@ class TrainConfig:
     # XLA_FLAGS=--xla_force_host_platform_device_count=N); the same results to float
     # rounding. Datasets held on the device only. Not in the experiment hash.
     data_parallel: bool = False
+    # Train this many seeds (seed, seed+1, ...) at once: their steps run as one vmapped,
+    # jit-compiled step, split over the local devices; each seed writes its own replicate,
+    # equal to training it alone to float rounding. Datasets held on the device only. Not
+    # in the experiment hash.
+    replicas: int = 1
 
 
 @dataclass

@@ -52,6 +52,21 @@ def validate(cfg: Config) -> None:
             f"train.keep_checkpoints={train.keep_checkpoints} must be >= 1 (the newest "
             "checkpoints of an unfinished level that are kept)"
         )
+    if train.replicas < 1:
+        raise ConfigError(
+            f"train.replicas={train.replicas} must be >= 1 (the number of seeds trained at "
+            "once; 1 trains one)"
+        )
+    if train.replicas > 1 and train.data_parallel:
+        raise ConfigError(
+            f"train.replicas={train.replicas} and train.data_parallel=true both want the "
+            "devices; choose one (replicas split over the devices by themselves)"
+        )
+    if cfg.seed + train.replicas > 2**32:
+        raise ConfigError(
+            f"seed={cfg.seed} with train.replicas={train.replicas} goes past 2^32 - 1; "
+            "choose a smaller seed"
+        )
     for name, seed in (("seed", cfg.seed), ("data_seed", cfg.data_seed)):
         if seed is not None and not 0 <= seed < 2**32:
             raise ConfigError(f"{name}={seed} must be in [0, 2^32); choose e.g. {name}=0")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ from lottery.train import (
     host_tree,
 )
 from lottery.train.optim import make_schedule
+from lottery.train.replicas import ReplicaBatcher
 
 # The weights of a finished level in the sparse format of :mod:`lottery.deploy.sparse_format`.
 SPARSE_PARAMS = "params_sparse.npz"
@@ -94,9 +96,17 @@ class NothingLeftToPrune(Exception):
 class Experiment:
     """One replicate of an iterative pruning experiment, level by level."""
 
-    def __init__(self, plan: Plan, loggers: list[RunLogger] | None = None) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        loggers: list[RunLogger] | None = None,
+        batcher: ReplicaBatcher | None = None,
+        device: jax.Device | None = None,
+    ) -> None:
         self.plan = plan
         self.loggers = list(loggers or [])
+        # Shared with the other seeds of ``train.replicas``; the device this seed trains on.
+        self.batcher, self.device = batcher, device
         cfg = plan.cfg
         self.store = ExperimentStore(cfg.results_root, cfg.name, plan.digest, plan.dense_digest)
         self.replicate: ReplicateStore = self.store.replicate(cfg.seed)
@@ -126,6 +136,8 @@ class Experiment:
             augment=crop_flip if cfg.dataset.augment else None,
             precision=cfg.train.precision,
             data_parallel=cfg.train.data_parallel,
+            batcher=self.batcher,
+            device=self.device,
         )
 
     def trainer_for(self, optimizer: Any | None) -> Trainer:
@@ -162,8 +174,8 @@ class Experiment:
         self.replicate.link_level(0, self.dense.level_path(0))
         if summary is None and newly_linked:
             console.print(
-                f"level  0: reusing the dense training in {self.store.dense_path.name} "
-                "(same data, model, optimizer and training)"
+                f"{plan.prefix}level  0: reusing the dense training in "
+                f"{self.store.dense_path.name} (same data, model, optimizer and training)"
             )
         return summary
 
@@ -179,7 +191,9 @@ class Experiment:
         point = self.dense.rewind_point(k)
         if point is not None:
             return point
-        console.print(f"level  0: making the rewind point at step {k:,} (training to it again)")
+        console.print(
+            f"{plan.prefix}level  0: making the rewind point at step {k:,} (training to it again)"
+        )
         trainer = self.trainer
         trainer.use_data_stream(plan.data_stream(0))
         run = trainer.start(0, plan.init_params, plan.init_batch_stats, full_mask(plan.init_params))
@@ -418,7 +432,7 @@ class Experiment:
                     warn(f"{run.label}: {error} (this branch is skipped)")
                     continue
                 trained.append(summary)
-                print_finished(level, summary, run.label)
+                print_finished(level, summary, run.label, self.plan.prefix)
             self._send_folder_to_loggers(folder.final)
         return trained
 
@@ -498,7 +512,7 @@ class Experiment:
         ensure_writable(Path(cfg.results_root))
         config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
         self.store.write_config(config_yaml, plan.hashed, dense_values(plan.hashed))
-        console.print(f"results: {self.store.path}")
+        console.print(f"{plan.prefix}results: {self.store.path}")
         with locked(self.replicate.path):
             remove_stale_temp_files(self.replicate.path, older_than=60.0)
             remove_stale_temp_files(self.store.path)
@@ -513,7 +527,7 @@ class Experiment:
                     else:
                         summary = self.train(level)
                 except NothingLeftToPrune as stop:
-                    console.print(str(stop))
+                    console.print(f"{plan.prefix}{stop}")
                     break
                 except BrokenLevel as broken:
                     store = self.dense if broken.level == 0 else self.replicate
@@ -522,7 +536,7 @@ class Experiment:
                     continue
                 self._send_to_loggers(level)
                 if summary is not None:
-                    print_finished(level, summary)
+                    print_finished(level, summary, prefix=plan.prefix)
                     self.store.write_curve()
                 if self.train_branches(level):
                     self.store.write_curve()
@@ -533,9 +547,11 @@ class Experiment:
         return rows
 
 
-def print_finished(level: int, summary: dict[str, Any], branch: str | None = None) -> None:
+def print_finished(
+    level: int, summary: dict[str, Any], branch: str | None = None, prefix: str = ""
+) -> None:
     """One console line for a level (or one of its branches) trained by this run."""
-    name = f"level {level:>2}" + (f" {branch}" if branch else "")
+    name = f"{prefix}level {level:>2}" + (f" {branch}" if branch else "")
     console.print(
         f"{name}: {summary['weights_remaining_pct']:6.2f}% weights left, test accuracy "
         f"{100 * summary['test_accuracy']:.2f}% ({summary['timing']['wall']:.1f} s)"
@@ -555,7 +571,8 @@ def ensure_writable(root: Path) -> None:
     root = root.expanduser()
     try:
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write_test_{os.getpid()}"
+        # The thread too: the seeds of ``train.replicas`` check at once, in one process.
+        probe = root / f".write_test_{os.getpid()}_{threading.get_ident()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
@@ -569,6 +586,10 @@ def ensure_writable(root: Path) -> None:
 def run(cfg: Config) -> tuple[ExperimentStore, list[dict[str, Any]]]:
     """Validate ``cfg`` and run (or finish) its experiment; returns the store and curve."""
     plan = prepare(cfg)
+    if cfg.train.replicas > 1:
+        from lottery.experiment.replicas import run_replicas
+
+        return run_replicas(plan)
     experiment = Experiment(plan, make_loggers(cfg, plan.digest))
     return experiment.store, experiment.run()
 

@@ -73,7 +73,7 @@ def train_level(
     and before the checkpoint at a step. ``stream`` replaces the level's data stream and
     ``label`` names a branch in messages."""
     trainer.use_data_stream(plan.data_stream(level) if stream is None else stream)
-    name = f"level {level}" + (f" {label}" if label else "")
+    name = f"{plan.prefix}level {level}" + (f" {label}" if label else "")
     checkpointer = Checkpointer(folder.checkpoint_dir, plan.cfg.train.keep_checkpoints)
     try:
         run = trainer.start(start.step, start.params, start.batch_stats, start.mask)
@@ -87,7 +87,7 @@ def train_level(
         for logger in loggers:
             logger.begin_level(level, weights_pct)
         with LevelProgress(
-            level, weights_pct, start.step, plan.total_steps, plan.cfg.progress
+            level, weights_pct, start.step, plan.total_steps, plan.cfg.progress, plan.prefix
         ) as bar:
 
             def on_record(record: dict[str, float]) -> None:

@@ -7,6 +7,7 @@ dataset that is missing, a rewind step past the end) is found here and raised as
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,11 @@ class Plan:
     def data_seed(self) -> int:
         return self.cfg.seed if self.cfg.data_seed is None else self.cfg.data_seed
 
+    @property
+    def prefix(self) -> str:
+        """What starts the run's console lines: its seed when several seeds train at once."""
+        return f"seed {self.cfg.seed} " if self.cfg.train.replicas > 1 else ""
+
     def data_stream(self, level: int) -> int:
         """Which level's batch order and augmentation ``level`` trains with."""
         return 0 if self.cfg.train.replay_data_order else level
@@ -85,6 +91,12 @@ def prepare(cfg: Config) -> Plan:
             f"pruning.rewind_step={cfg.pruning.rewind_step!r} ({rewind} iterations) is at or past "
             f"the end of training (train.steps={cfg.train.steps!r} = {total} iterations); "
             f"choose a rewind step below {total}"
+        )
+    if cfg.train.replicas > 1 and isinstance(dataset, data.StreamingDataset):
+        raise ConfigError(
+            f"train.replicas={cfg.train.replicas} needs a dataset held on the device, and "
+            f"{cfg.dataset.name} is streamed; run the seeds as a sweep instead "
+            f"(seed={cfg.seed},{cfg.seed + 1} -m)"
         )
     strategy, settings = strategy_for(cfg.pruning, Timeline(steps_per_epoch, total))
     branches = check_branches(cfg, Timeline(steps_per_epoch, total), strategy)
@@ -128,4 +140,14 @@ def prepare(cfg: Config) -> Plan:
         digest(hashed),
         digest(dense_values(hashed)),
         branches,
+    )
+
+
+def with_seed(plan: Plan, seed: int) -> Plan:
+    """The same plan for another replicate: its seed and its initial weights (the data, the
+    model and the hash are the seed's too, since the seed is not hashed)."""
+    cfg = dataclasses.replace(plan.cfg, seed=seed)
+    params, batch_stats = plan.network.init(jax.random.fold_in(jax.random.key(seed), 0))
+    return dataclasses.replace(
+        plan, cfg=cfg, init_params=host_tree(params), init_batch_stats=host_tree(batch_stats)
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -29,13 +30,18 @@ class LevelProgress:
     """Progress of one level's training: step, train loss, accuracy, steps/s.
 
     On a terminal, a live rich bar. Elsewhere (a Slurm log, CI, a pipe) a live bar is noise,
-    so one plain line per evaluation instead. ``enabled=False`` shows nothing.
+    so one plain line per evaluation instead, as from a replica's thread (several seeds
+    training at once, ``train.replicas``: rich shows one live bar at a time). ``prefix``
+    starts the label (the seed). ``enabled=False`` shows nothing.
     """
 
-    def __init__(self, level: int, weights_pct: float, start: int, end: int, enabled: bool):
+    def __init__(
+        self, level: int, weights_pct: float, start: int, end: int, enabled: bool, prefix: str = ""
+    ):
         self.start, self.end = start, end
-        self.label = f"level {level:>2} [{weights_pct:6.2f}% left]"
-        self.lines = enabled and not console.is_terminal
+        self.label = f"{prefix}level {level:>2} [{weights_pct:6.2f}% left]"
+        in_thread = threading.current_thread() is not threading.main_thread()
+        self.lines = enabled and (in_thread or not console.is_terminal)
         self.began = time.perf_counter()
         self.progress = Progress(
             TextColumn(self.label),

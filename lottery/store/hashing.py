@@ -39,6 +39,7 @@ NOT_HASHED = frozenset(
         "train.checkpoint_every",
         "train.keep_checkpoints",
         "train.data_parallel",
+        "train.replicas",
     }
 )
 

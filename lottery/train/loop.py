@@ -29,11 +29,13 @@ from lottery.data import Dataset, StreamingDataset
 from lottery.models import Network
 from lottery.train.feeds import DeviceFeed, StreamFeed
 from lottery.train.optim import make_optimizer, make_schedule
+from lottery.train.replicas import ReplicaBatcher
 from lottery.train.state import TrainState
 from lottery.train.steps import (
     Augment,
     fused_steps_limit,
     make_evaluate,
+    make_replica_train_steps,
     make_streamed_train_steps,
     make_train_steps,
 )
@@ -120,15 +122,28 @@ class Trainer:
         augment: Augment | None = None,
         precision: str = "fp32",
         data_parallel: bool = False,
+        batcher: ReplicaBatcher | None = None,
+        device: jax.Device | None = None,
     ) -> None:
         self.network = network
-        self.placement: jax.sharding.Sharding | None = None  # set for data parallelism
+        # Replicas (``train.replicas``): stretches go through the batcher, which runs those of
+        # the same ``kind`` (trainers computing the same steps) on the same device as one
+        # vmapped call. A replica's state and data live on its ``device``.
+        self.batcher = batcher
+        self.kind = repr(optimizer)
+        self.device = device
+        # Where the state and data go: one device, or replicated for data parallelism.
+        self.placement: jax.sharding.Sharding | None = (
+            None if device is None else jax.sharding.SingleDeviceSharding(device)
+        )
         self.total_steps = total_steps
         self.data_seed = data_seed
         self.tx = make_optimizer(optimizer)
         self.schedule = make_schedule(optimizer, steps_per_epoch, total_steps)
         evaluate = make_evaluate(network)
         if isinstance(dataset, StreamingDataset):
+            if batcher is not None:
+                raise ConfigError("train.replicas needs a dataset held on the device")
             steps = make_streamed_train_steps(
                 network, self.tx, self.schedule, augment, precision
             )
@@ -145,6 +160,10 @@ class Trainer:
             steps = make_train_steps(
                 network, self.tx, self.schedule, augment, precision, sharding
             )
+            if batcher is not None:
+                self.replica_steps = make_replica_train_steps(
+                    network, self.tx, self.schedule, augment, precision
+                )
             params = jax.eval_shape(network.init, jax.random.key(0))[0]
             self.feed = DeviceFeed(
                 dataset, batch_size=batch_size, total_steps=total_steps,
@@ -211,9 +230,12 @@ class Trainer:
             if target > run.step:
                 num_steps = target - run.step
                 compile_before, begin = self.timing.compile, time.perf_counter()
-                run.state, loss = self.feed.run(
-                    self._compiled_fn, run.state, run.mask, self.key, run.step, num_steps
-                )
+                if self.batcher is not None:
+                    run.state, loss = self.batcher.run(self, run.state, run.mask, num_steps)
+                else:
+                    run.state, loss = self.feed.run(
+                        self._compiled_fn, run.state, run.mask, self.key, run.step, num_steps
+                    )
                 loss = float(loss)  # the one host sync of a stretch
                 if not math.isfinite(loss) or loss > DIVERGED_LOSS:
                     raise DivergedError(run.step, target, loss)

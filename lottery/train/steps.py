@@ -130,6 +130,40 @@ def make_train_steps(
     precision: str = "fp32",
     batch_sharding: jax.sharding.Sharding | None = None,
 ) -> Callable[..., tuple[TrainState, jax.Array]]:
+    """``train_steps(state, mask, x, y, order, key, num_steps) -> (state, mean loss)``,
+    jit-compiled with the state donated (see :func:`train_steps_function`)."""
+    train_steps = train_steps_function(
+        network, tx, schedule, augment, precision, batch_sharding
+    )
+    return jax.jit(train_steps, static_argnames="num_steps", donate_argnames="state")
+
+
+def make_replica_train_steps(
+    network: Network,
+    tx: optax.GradientTransformation,
+    schedule: Schedule,
+    augment: Augment | None = None,
+    precision: str = "fp32",
+) -> Callable[..., tuple[TrainState, jax.Array]]:
+    """The train steps of many replicas at once (``jax.vmap``): the state, mask, batch order
+    and key carry a leading replica axis, the dataset is shared; the loss is one per replica.
+
+    Each replica computes what :func:`make_train_steps` computes for it alone, to float
+    rounding (XLA may batch the replicas' matrix products into one).
+    """
+    train_steps = train_steps_function(network, tx, schedule, augment, precision)
+    replicated = jax.vmap(train_steps, in_axes=(0, 0, None, None, 0, 0, None))
+    return jax.jit(replicated, static_argnums=6, donate_argnums=0)
+
+
+def train_steps_function(
+    network: Network,
+    tx: optax.GradientTransformation,
+    schedule: Schedule,
+    augment: Augment | None = None,
+    precision: str = "fp32",
+    batch_sharding: jax.sharding.Sharding | None = None,
+) -> Callable[..., tuple[TrainState, jax.Array]]:
     """``train_steps(state, mask, x, y, order, key, num_steps) -> (state, mean loss)``.
 
     ``x, y`` is the whole training set on the device, ``order[s]`` the example indices of
@@ -156,7 +190,7 @@ def make_train_steps(
         state, losses = jax.lax.scan(one_step, state, length=num_steps)
         return state, jnp.mean(losses)
 
-    return jax.jit(train_steps, static_argnames="num_steps", donate_argnames="state")
+    return train_steps
 
 
 def make_streamed_train_steps(
