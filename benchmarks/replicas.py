@@ -3,10 +3,12 @@
 For the default experiment's MNIST-1D MLP (batch 100, Adam) and LeNet-300-100 on
 Fashion-MNIST (batch 60, Adam, the lenet_fashion_imp preset), N = 1, 2, 4, 8: N trainers of
 the real driver (one per seed) train ``--steps`` steps each, stopping every 100 steps as the
-presets' evaluations do, either one after the other or together through the
-:class:`ReplicaBatcher` (one thread per seed, one vmapped step). Each configuration runs in
-a fresh process with 1 and with 2 CPU devices (``--xla_force_host_platform_device_count``);
-medians of ``--repeats`` timings after a compiling warm-up.
+presets' evaluations do, either one after the other or as ``train.replicas=N`` trains them:
+through the :class:`ReplicaBatcher` (one thread per seed; on a CPU each device runs its
+replicas' own steps, the default, or one vmapped step, as on a GPU), or one after another
+on a single CPU device, where nothing would run at once. Each configuration runs in a fresh
+process with 1 and with 2 CPU devices (``--xla_force_host_platform_device_count``); medians
+of ``--repeats`` timings after a compiling warm-up.
 
     python benchmarks/replicas.py [--steps 1000] [--repeats 3] [--json out.json]
 """
@@ -37,7 +39,7 @@ def measure(case: str, count: int, steps: int, repeats: int, vmap: bool) -> dict
     from lottery.experiment.plan import with_seed
     from lottery.experiment.replicas import replica_experiments
     from lottery.pruning import full_mask
-    from lottery.train import AtSteps
+    from lottery.train import AtSteps, replicas
     from lottery.train.replicas import ReplicaBatcher
 
     from conftest import make_config
@@ -65,6 +67,8 @@ def measure(case: str, count: int, steps: int, repeats: int, vmap: bool) -> dict
         return time.perf_counter() - begin
 
     def together(group: list) -> float:
+        if batcher is None:  # one CPU device: the seeds train one after another anyway
+            return one_after_another(group)
         batcher.start_round(count)  # every replica takes part again
 
         def work(seed: int, trainer) -> None:
@@ -82,8 +86,9 @@ def measure(case: str, count: int, steps: int, repeats: int, vmap: bool) -> dict
         return time.perf_counter() - begin
 
     sequential_group = trainers(None)
-    batcher = ReplicaBatcher(count, vmap=vmap)
-    replica_group = trainers(batcher)
+    replicas.VMAP_ON_CPU = vmap
+    batcher = ReplicaBatcher(count) if replicas.worth_batching() else None
+    replica_group = trainers(batcher) if batcher is not None else sequential_group
     one_after_another(sequential_group)  # compile
     together(replica_group)
     sequential, replicated = [], []

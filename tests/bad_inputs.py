@@ -129,6 +129,18 @@ CASES = [
     case("IDX files truncated", "dataset=idx", "dataset.path=idx", setup="idx_truncated"),
     case("IDX files empty", "dataset=idx", "dataset.path=idx", setup="idx_empty"),
     case("tfds dataset not prepared", "dataset=cifar10", "dataset.path=empty", setup="empty"),
+    # Starting from a trained model, budgets and deployment.
+    case("init.checkpoint missing", "init.checkpoint=/nonexistent/params.npz"),
+    case("init.checkpoint of another shape", "init.checkpoint=wrong.npz", setup="npz_wrong"),
+    case("init.checkpoint not a weights file", "init.checkpoint=a_file", setup="file"),
+    case("level 0 kept without a checkpoint", "init.train_level_0=false"),
+    case("level 0 kept, rewinding past it", "init.checkpoint=right.npz", "init.train_level_0=false",
+         "pruning.rewind_step=100it", setup="npz_right"),
+    case("unknown start_from", "pruning.start_from=middle"),
+    case("negative accuracy budget", "pruning.max_accuracy_drop=-1"),
+    case("budget without validation data", "pruning.max_accuracy_drop=1",
+         "dataset.validation_size=0"),
+    case("unknown quantization", "deploy.quantize=int4"),
     # Sweeps (-m) are checked before any job starts.
     case("sweep with an unknown key", "-m", "seed=0,1", "foo=1"),
     case("sweep with a bad value", "-m", "pruning.fraction=0.2,1.5"),
@@ -162,6 +174,15 @@ def prepare(setup: str, folder: Path) -> str | None:
     """Make the folder's starting state; returns a cleanup command's mount point, if any."""
     if setup in ("idx_truncated", "idx_empty"):
         write_idx(folder / "idx", truncated=setup == "idx_truncated", empty=setup == "idx_empty")
+    elif setup in ("npz_wrong", "npz_right"):  # weights of the default MLP (40-100-100-10)
+        import numpy as np
+
+        shapes = {"fc1/kernel": (40, 100), "fc1/bias": (100,), "fc2/kernel": (100, 100),
+                  "fc2/bias": (100,), "out/kernel": (100, 10), "out/bias": (10,)}
+        if setup == "npz_wrong":
+            shapes["fc2/kernel"] = (100, 64)
+        np.savez(folder / f"{setup[4:]}.npz", **{k: np.zeros(v, np.float32)
+                                                 for k, v in shapes.items()})
     elif setup == "empty":
         (folder / "empty").mkdir()
     elif setup == "file":

@@ -89,6 +89,14 @@ class PruningConfig:
     levels: int = 10
     # Where level L >= 1 rewinds its surviving weights to: 0 = initialisation.
     rewind_step: str = "0it"
+    # What level L >= 1 trains from: "rewind" (the weights at ``rewind_step``, the lottery
+    # ticket) or "previous" (level L-1's trained weights, pruned, then fine-tuned from
+    # ``rewind_step`` of the schedule: prune-and-fine-tune, Han et al. 2015).
+    start_from: str = "rewind"
+    # Prune to an accuracy budget: stop after the first level whose validation accuracy is
+    # more than this many points below level 0's; the level before it is the answer. None:
+    # every level runs. Needs a validation split. Not in the experiment hash.
+    max_accuracy_drop: float | None = None
     # What ranks the weights (None: the method's own). magnitude: magnitude |w_T|,
     # magnitude_increase |w_T| - |w_k|, movement |w_T - w_k| (Zhou et al. 2019);
     # structured: l1 or l2, the norm of each neuron's or channel's weights.
@@ -137,6 +145,34 @@ class TrainConfig:
     # equal to training it alone to float rounding. Datasets held on the device only. Not
     # in the experiment hash.
     replicas: int = 1
+
+
+@dataclass
+class InitConfig:
+    """Where level 0's weights come from: the model's initialiser, or a trained model."""
+
+    # A trained model to start from: a level folder of a results store, an Orbax checkpoint,
+    # or a .npz / .safetensors file keyed by parameter path ("fc1/kernel"; statistics as
+    # "batch_stats/..."). Hashed by the weights' content, not by the path.
+    checkpoint: str | None = None
+    # false: level 0 is the loaded model as it is, evaluated and not trained (needs
+    # ``checkpoint``); pruning starts from it.
+    train_level_0: bool = True
+
+
+@dataclass
+class DeployConfig:
+    """What each level would cost to ship. Not in the experiment hash (it changes no
+    training): a finished experiment run again with ``deploy.measure=true`` is measured."""
+
+    # Sizes on disk, CPU latency (dense, and compacted or BCOO-sparse) and, with
+    # ``quantize``, the int8 network's accuracy: deployment.json per level, and the table.
+    measure: bool = False
+    # none, int8 (int8 weights per output channel, Qwix), or int8_dynamic (int8 weights and
+    # activations quantized on the fly).
+    quantize: str = "none"
+    # Write the chosen level (the accuracy budget's, or the last) as a jax.export artifact.
+    export: bool = False
 
 
 @dataclass
@@ -230,6 +266,8 @@ class Config:
     progress: bool = True
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -12,6 +12,10 @@ from lottery.config.steps import Step, parse_cadence
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 # Known values of train.precision (see lottery.train.steps.PRECISIONS).
 PRECISIONS = ("fp32", "bf16")
+# Known values of deploy.quantize (see lottery.deploy.quantize.SCHEMES).
+QUANTIZE = ("none", "int8", "int8_dynamic")
+# Known values of pruning.start_from.
+START_FROM = ("rewind", "previous")
 
 
 def validate(cfg: Config) -> None:
@@ -51,6 +55,26 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"train.keep_checkpoints={train.keep_checkpoints} must be >= 1 (the newest "
             "checkpoints of an unfinished level that are kept)"
+        )
+    if pruning.start_from not in START_FROM:
+        raise ConfigError(
+            f"pruning.start_from={pruning.start_from!r} is not known; choose rewind (the "
+            "weights at the rewind step) or previous (the previous level's trained weights)"
+        )
+    if pruning.max_accuracy_drop is not None and not 0 <= pruning.max_accuracy_drop <= 100:
+        raise ConfigError(
+            f"pruning.max_accuracy_drop={pruning.max_accuracy_drop} must be in [0, 100] "
+            "percentage points of validation accuracy (1.0 allows a drop of one point)"
+        )
+    if cfg.deploy.quantize not in QUANTIZE:
+        raise ConfigError(
+            f"deploy.quantize={cfg.deploy.quantize!r} is not known; choose one of "
+            f"{', '.join(QUANTIZE)}"
+        )
+    if not cfg.init.train_level_0 and not cfg.init.checkpoint:
+        raise ConfigError(
+            "init.train_level_0=false keeps level 0 as loaded, and no init.checkpoint=PATH "
+            "says what to load; give a trained model, or leave init.train_level_0 true"
         )
     if train.replicas < 1:
         raise ConfigError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -26,17 +27,29 @@ def inference_latency(
     """Median seconds of one jitted eval-mode forward pass on zeros of shape
     ``(batch_size, *network.input_shape)``, after a warm-up call that compiles it.
 
-    Each call is timed to ``block_until_ready``; variables are put on the device first, so
-    only the computation is measured.
+    Variables are put on the device first, so only the computation is measured.
     """
-    forward = jax.jit(lambda p, b, x: network.apply(p, b, x, train=False)[0])
+    apply = jax.jit(lambda p, b, x: network.apply(p, b, x, train=False)[0])
     params, batch_stats = jax.device_put((params, batch_stats))
-    x = jnp.zeros((batch_size, *network.input_shape), jnp.float32)
-    forward(params, batch_stats, x).block_until_ready()
+    return forward_latency(
+        lambda x: apply(params, batch_stats, x), network.input_shape, batch_size, repeats
+    )
+
+
+def forward_latency(
+    forward: Callable[[Any], Any],
+    input_shape: tuple[int, ...],
+    batch_size: int,
+    repeats: int = 20,
+) -> float:
+    """Median seconds of ``forward(x)`` on zeros of shape ``(batch_size, *input_shape)``,
+    each call timed to ``block_until_ready``, after a warm-up call that compiles it."""
+    x = jnp.zeros((batch_size, *input_shape), jnp.float32)
+    jax.block_until_ready(forward(x))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        forward(params, batch_stats, x).block_until_ready()
+        jax.block_until_ready(forward(x))
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

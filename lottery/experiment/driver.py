@@ -21,6 +21,7 @@ resumable and skipped when finished, before level L+1 is pruned.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import threading
@@ -32,6 +33,7 @@ import jax
 import numpy as np
 from omegaconf import OmegaConf
 
+from lottery.atomic import atomic_write_json
 from lottery.branches import BranchInputs, BranchRun, branch_args
 from lottery.config import Config, ConfigError, RunError
 from lottery.data import StreamingDataset
@@ -70,6 +72,8 @@ from lottery.train import (
 from lottery.train.optim import make_schedule
 from lottery.train.replicas import ReplicaBatcher
 
+# What an accuracy budget chose (``pruning.max_accuracy_drop``), in the replicate's folder.
+BUDGET_FILE = "budget.json"
 # The weights of a finished level in the sparse format of :mod:`lottery.deploy.sparse_format`.
 SPARSE_PARAMS = "params_sparse.npz"
 # Batch sizes of the measured inference latency of compacted structured tickets.
@@ -167,7 +171,10 @@ class Experiment:
             if not self.dense.is_done(0):
                 folder = self.dense.partial_level(0)
                 mask = self._prune_into(folder, lambda: full_mask(plan.init_params))
-                start = LevelStart(0, plan.init_params, plan.init_batch_stats, mask)
+                # A trained model kept as loaded (init.train_level_0=false) starts at the
+                # end: evaluated, not trained.
+                first = 0 if plan.cfg.init.train_level_0 else plan.total_steps
+                start = LevelStart(first, plan.init_params, plan.init_batch_stats, mask)
                 rewind = AtSteps([plan.rewind_step], self._save_rewind_point)
                 summary = self._train_into(folder, 0, start, [rewind], plan.dense_digest)
         newly_linked = not self.replicate.level_path(0).is_symlink()
@@ -288,7 +295,13 @@ class Experiment:
             # The folder's mask.npz is replaced by the final mask just before the summary is
             # written: a level killed in between must start again from its true start.
             mask = self.replicate.mask(level - 1)
-        params, batch_stats = self.rewind_point()
+        if plan.cfg.pruning.start_from == "previous":  # prune, then fine-tune
+            try:
+                params, batch_stats = self.replicate.params(level - 1)
+            except Exception as error:  # truncated or garbled files: redo that level
+                raise BrokenLevel(level - 1, f"{type(error).__name__}: {error}") from None
+        else:
+            params, batch_stats = self.rewind_point()
         start = LevelStart(plan.rewind_step, host_tree(apply_mask(params, mask)), batch_stats, mask)
         hooks = []
         updates = mask_updates(
@@ -475,6 +488,48 @@ class Experiment:
         if self.replicate.is_done(level):
             self._send_folder_to_loggers(self.replicate.level_path(level))
 
+    # -- the accuracy budget --------------------------------------------------------------
+
+    def over_budget(self, level: int) -> bool:
+        """With ``pruning.max_accuracy_drop``: whether level ``level`` fell past the budget
+        (the run stops there; the level before is the answer, written to ``budget.json``).
+        Judged on validation accuracy, the same way for levels trained now or before."""
+        drop = self.plan.cfg.pruning.max_accuracy_drop
+        if drop is None or level == 0:
+            return False
+        reference, current = val_accuracy(self.replicate, 0), val_accuracy(self.replicate, level)
+        # Rounded: a drop of exactly the budget (61.2% to 60.2%) is within it.
+        over = round(100 * (reference - current), 6) > drop
+        if over or level == self.plan.cfg.pruning.levels:
+            chosen = level - 1 if over else level
+            verdict = budget_verdict(self.replicate, chosen, drop, level if over else None)
+            atomic_write_json(self.replicate.path / BUDGET_FILE, verdict)
+            console.print(f"{self.plan.prefix}{describe_budget(verdict)}")
+        return over
+
+    def deploy(self, last: int) -> None:
+        """With ``deploy.*``: each finished level's deployment figures and the table, and
+        the chosen level (the budget's, or the last finished) exported."""
+        plan, deploy = self.plan, self.plan.cfg.deploy
+        if not (deploy.measure or deploy.export):
+            return
+        from lottery.experiment import deployment
+
+        levels = [level for level in range(last + 1) if self.replicate.is_done(level)]
+        if not levels:
+            return
+        if deploy.measure:
+            rows = deployment.measure_replicate(plan, self.replicate, levels)
+            title = f"{plan.prefix}deployment of {plan.cfg.name} [{self.store.path.name}]"
+            deployment.print_deployment(rows, title)
+        if deploy.export:
+            budget = self.replicate.path / BUDGET_FILE
+            judged = budget.is_file() and plan.cfg.pruning.max_accuracy_drop is not None
+            chosen = json.loads(budget.read_text())["chosen_level"] if judged else None
+            level = chosen if chosen in levels else levels[-1]
+            path = deployment.export_level(plan, self.replicate.level_path(level))
+            console.print(f"{plan.prefix}exported level {level}: {path}")
+
     # -- the whole run --------------------------------------------------------------------
 
     def run(self) -> list[dict[str, Any]]:
@@ -540,11 +595,55 @@ class Experiment:
                     self.store.write_curve()
                 if self.train_branches(level):
                     self.store.write_curve()
+                if self.over_budget(level):
+                    break
                 level += 1
+            self.deploy(min(level, cfg.pruning.levels))
             rows = self.store.write_curve()
         for logger in self.loggers:
             logger.finish(rows)
         return rows
+
+
+def budget_verdict(
+    replicate: ReplicateStore, chosen: int, drop: float, first_over: int | None
+) -> dict[str, Any]:
+    """What an accuracy budget chose: the sparsest level within it, judged on validation
+    accuracy, with its test accuracy reported (test never chose it)."""
+    summary = replicate.summary(chosen)
+    return {
+        "max_accuracy_drop": drop,
+        "reference_val_accuracy": val_accuracy(replicate, 0),
+        "chosen_level": chosen,
+        "chosen_val_accuracy": val_accuracy(replicate, chosen),
+        "chosen_test_accuracy": summary["test_accuracy"],
+        "weights_remaining_pct": summary["weights_remaining_pct"],
+        "first_level_over_budget": first_over,
+    }
+
+
+def val_accuracy(replicate: ReplicateStore, level: int) -> float:
+    """A finished level's final validation accuracy (from its metrics when its summary is
+    older than the ``val_accuracy`` entry)."""
+    value = replicate.summary(level).get("val_accuracy")
+    if value is None:
+        lines = (replicate.level_path(level) / "metrics.jsonl").read_text().splitlines()
+        value = json.loads(lines[-1])["val/accuracy"]
+    return float(value)
+
+
+def describe_budget(verdict: dict[str, Any]) -> str:
+    """One console line for a budget's choice."""
+    within = f"within {verdict['max_accuracy_drop']:g} points of level 0's validation accuracy"
+    over = verdict["first_level_over_budget"]
+    ended = f"level {over} fell past it" if over is not None else "no level fell past it"
+    return (
+        f"budget: level {verdict['chosen_level']} ({verdict['weights_remaining_pct']:.2f}% "
+        f"weights left) is the sparsest {within} (val "
+        f"{100 * verdict['chosen_val_accuracy']:.2f}% against "
+        f"{100 * verdict['reference_val_accuracy']:.2f}%; {ended}); its test accuracy "
+        f"{100 * verdict['chosen_test_accuracy']:.2f}%"
+    )
 
 
 def print_finished(

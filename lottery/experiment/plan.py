@@ -17,6 +17,7 @@ from lottery import data, models
 from lottery.branches import Branch, check_branches
 from lottery.config import Config, ConfigError, Step, parse_cadence, to_iterations, validate
 from lottery.config.applicability import check_applicable
+from lottery.experiment.pretrained import load_pretrained
 from lottery.pruning import Strategy, prunable_paths, strategy_for
 from lottery.pruning.strategies import Timeline
 from lottery.store import dense_values, digest, hashed_values
@@ -116,10 +117,18 @@ def prepare(cfg: Config) -> Plan:
             "model for this data"
         ) from None
     params, batch_stats = host_tree(params), host_tree(batch_stats)
+    weights_digest = None
+    if cfg.init.checkpoint:
+        params, batch_stats, weights_digest = load_pretrained(
+            cfg.init.checkpoint, params, batch_stats
+        )
+    check_pretrained_start(cfg, rewind, dataset)
     prunable = prunable_paths(params, cfg.pruning.prunable)
     strategy.check(params, prunable, settings)
     fingerprint = data.fingerprint(dataset)
     hashed = hashed_values(cfg, fingerprint)
+    if weights_digest is not None:  # the weights, wherever the file lies
+        hashed["init.checkpoint"] = f"weights:{weights_digest}"
     return Plan(
         cfg,
         dataset,
@@ -143,10 +152,33 @@ def prepare(cfg: Config) -> Plan:
     )
 
 
+def check_pretrained_start(cfg: Config, rewind: int, dataset: Any) -> None:
+    """One line for starting points that contradict each other, and for a budget with no
+    validation data to judge it."""
+    if not cfg.init.train_level_0 and cfg.pruning.start_from == "rewind" and rewind:
+        raise ConfigError(
+            f"init.train_level_0=false leaves level 0 untrained, so there are no weights at "
+            f"pruning.rewind_step={cfg.pruning.rewind_step!r}; rewind to 0it, or set "
+            "pruning.start_from=previous"
+        )
+    validation = getattr(dataset, "validation", None)  # streamed data: judged as it comes
+    if cfg.pruning.max_accuracy_drop is not None and validation is not None and not len(
+        validation
+    ):
+        raise ConfigError(
+            f"pruning.max_accuracy_drop={cfg.pruning.max_accuracy_drop} is judged on "
+            "validation accuracy and dataset.validation_size=0 holds none out; set "
+            "dataset.validation_size=N (test data never chooses)"
+        )
+
+
 def with_seed(plan: Plan, seed: int) -> Plan:
     """The same plan for another replicate: its seed and its initial weights (the data, the
-    model and the hash are the seed's too, since the seed is not hashed)."""
+    model and the hash are the seed's too, since the seed is not hashed). A run from a
+    trained model (``init.checkpoint``) starts every seed from it."""
     cfg = dataclasses.replace(plan.cfg, seed=seed)
+    if cfg.init.checkpoint:
+        return dataclasses.replace(plan, cfg=cfg)
     params, batch_stats = plan.network.init(jax.random.fold_in(jax.random.key(seed), 0))
     return dataclasses.replace(
         plan, cfg=cfg, init_params=host_tree(params), init_batch_stats=host_tree(batch_stats)

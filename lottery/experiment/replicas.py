@@ -17,9 +17,9 @@ import jax
 from lottery.config import ConfigError, RunError
 from lottery.experiment.driver import Experiment
 from lottery.experiment.plan import Plan, with_seed
-from lottery.logging import RunLogger, make_loggers
+from lottery.logging import RunLogger, console, make_loggers
 from lottery.store import ExperimentStore
-from lottery.train.replicas import ReplicaBatcher
+from lottery.train.replicas import ReplicaBatcher, worth_batching
 
 # Seconds between the main thread's looks at the replica threads (so Ctrl-C reaches it).
 _JOIN_POLL = 0.2
@@ -49,16 +49,16 @@ class LockedLogger:
             self.logger.finish(rows)
 
 
-def replica_experiments(plan: Plan, batcher: ReplicaBatcher) -> list[Experiment]:
+def replica_experiments(plan: Plan, batcher: ReplicaBatcher | None) -> list[Experiment]:
     """The experiments of seeds ``seed .. seed + replicas - 1``, seed i on device i mod D,
-    their loggers taking turns."""
+    their loggers taking turns (with no batcher: plain runs, one after another)."""
     lock = threading.Lock()
     devices = jax.local_devices()
     experiments = []
     for index in range(plan.cfg.train.replicas):
         replica = with_seed(plan, plan.cfg.seed + index)
         loggers = [LockedLogger(logger, lock) for logger in make_loggers(replica.cfg, plan.digest)]
-        device = devices[index % len(devices)]
+        device = devices[index % len(devices)] if batcher is not None else None
         experiments.append(Experiment(replica, loggers, batcher, device))
     return experiments
 
@@ -69,10 +69,25 @@ def run_replicas(plan: Plan) -> tuple[ExperimentStore, list[dict[str, Any]]]:
     A seed that fails does not stop the others; the first failure is raised (one line, with
     its seed) once every seed has stopped. Ctrl-C stops them all at their next step.
     """
-    batcher = ReplicaBatcher(plan.cfg.train.replicas)
+    together = worth_batching()
+    batcher = ReplicaBatcher(plan.cfg.train.replicas) if together else None
     experiments = replica_experiments(plan, batcher)
     seeds = [experiment.plan.cfg.seed for experiment in experiments]
     errors: dict[int, BaseException] = {}
+    if batcher is None:  # one CPU device: one after another, in this thread
+        console.print(
+            f"train.replicas={len(seeds)} on one CPU device: the seeds train one after "
+            "another (XLA_FLAGS=--xla_force_host_platform_device_count=2 trains them on two "
+            "cores at once)"
+        )
+        for seed, experiment in zip(seeds, experiments, strict=True):
+            try:
+                experiment.run()
+            except (ConfigError, RunError) as error:
+                errors[seed] = error
+                if str(error).startswith("interrupted"):
+                    break
+        return _finished(experiments, seeds, errors)
 
     def work(seed: int, experiment: Experiment) -> None:
         try:
@@ -96,6 +111,13 @@ def run_replicas(plan: Plan) -> tuple[ExperimentStore, list[dict[str, Any]]]:
         batcher.stop()  # every seed ends at its next step, keeping its checkpoints
         for thread in threads:
             thread.join()
+    return _finished(experiments, seeds, errors)
+
+
+def _finished(
+    experiments: list[Experiment], seeds: list[int], errors: dict[int, BaseException]
+) -> tuple[ExperimentStore, list[dict[str, Any]]]:
+    """The store and curve once every seed has stopped; the first seed's error, if any."""
     for seed in seeds:
         if seed in errors:
             raise _with_seed(errors[seed], seed)

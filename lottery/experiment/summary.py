@@ -82,6 +82,8 @@ def summarize(
     summary["collapsed_layers"] = [
         path for path, layer in summary["layers"].items() if layer["remaining"] == 0
     ]
+    if "val/accuracy" in final:  # what an accuracy budget judges by
+        summary["val_accuracy"] = final["val/accuracy"]
     if "val/loss" in final:
         early = min(history, key=lambda r: r["val/loss"])  # first minimum on ties
         summary["early_stop_iteration"] = early["iteration"]

@@ -30,7 +30,7 @@ from lottery.pruning.magnitude import CRITERIA, criterion_scores, magnitude_prun
 from lottery.pruning.mask import Mask, count_alive, full_mask
 
 # Keys of ``pruning`` every strategy reads (what to prune, how often, where to rewind).
-COMMON_KEYS = frozenset({"method", "levels", "rewind_step", "prunable"})
+COMMON_KEYS = frozenset({"method", "levels", "rewind_step", "prunable", "max_accuracy_drop"})
 SCOPES = ("global", "layerwise")
 NORMS = ("l1", "l2")
 AT_INIT = ("snip", "grasp", "synflow", "magnitude_init", "random")
@@ -284,7 +284,7 @@ class Strategy:
     during_training: bool = False
 
 
-_MAGNITUDE_KEYS = frozenset({"fraction", "scope", "layer_fractions", "criterion"})
+_MAGNITUDE_KEYS = frozenset({"fraction", "scope", "layer_fractions", "criterion", "start_from"})
 STRATEGIES: dict[str, Strategy] = {
     "magnitude": Strategy(
         "magnitude", _MAGNITUDE_KEYS, _magnitude_settings, _magnitude, _check_magnitude
@@ -294,7 +294,7 @@ STRATEGIES: dict[str, Strategy] = {
     ),
     "structured": Strategy(
         "structured",
-        frozenset({"fraction", "scope", "criterion"}),
+        frozenset({"fraction", "scope", "criterion", "start_from"}),
         _structured_settings,
         _structured,
         _check_structured,

@@ -1,0 +1,197 @@
+"""What each finished level would cost to ship (``deploy.*``): sizes, latency, int8, export.
+
+For every main-line level of a replicate, ``deployment.json`` in the level's folder records:
+
+- sizes on disk: the dense float32 ``.npz``, the same compressed, the sparse format of
+  :mod:`lottery.deploy.sparse_format`, and (with ``deploy.quantize``) the sparse format of
+  the int8 weights with their scales (``params_sparse_int8.npz``, written beside);
+- the median CPU latency at batch 1 and 256 of the dense network, and of what could run
+  faster: the compacted network of a structured level, the BCOO sparse products of an
+  unstructured one (:mod:`lottery.deploy.sparse_inference`), and the int8 network;
+- the int8 network's test accuracy beside the float one, and whether its pruned weights are
+  still exactly 0.
+
+Figures are made once per level, by the first run that asks for them (a finished experiment
+can be measured later by running it again with ``deploy.measure=true``). With
+``deploy.export=true`` the chosen level (the accuracy budget's, or the last) is written as a
+``jax.export`` artifact, ``model.jax_export``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from rich.table import Table
+
+from lottery.atomic import atomic_write_json
+from lottery.deploy import compact
+from lottery.deploy.export import export_model
+from lottery.deploy.latency import forward_latency
+from lottery.deploy.quantize import int8_tree, quantize, zeros_kept
+from lottery.deploy.sparse_format import dense_size, save_sparse
+from lottery.deploy.sparse_inference import sparse_forward
+from lottery.experiment.plan import Plan
+from lottery.logging import console
+from lottery.store import ReplicateStore
+from lottery.train.steps import pad_for_eval
+
+DEPLOYMENT_FILE = "deployment.json"
+EXPORT_FILE = "model.jax_export"
+INT8_FILE = "params_sparse_int8.npz"
+BATCHES = (1, 256)
+
+
+def accuracy_on_test(forward: Any, plan: Plan, batch_size: int = 1000) -> float:
+    """Accuracy of ``forward`` on the test split held in memory."""
+    split = plan.dataset.test
+    x, y, weight = pad_for_eval(split.x, split.y, batch_size)
+    correct = 0.0
+    for xb, yb, wb in zip(x, y, weight, strict=True):
+        predicted = jnp.argmax(forward(jnp.asarray(xb)), axis=-1)
+        correct += float(jnp.sum((predicted == jnp.asarray(yb)) * jnp.asarray(wb)))
+    return correct / len(split)
+
+
+def _latencies(forward: Any, input_shape: tuple[int, ...]) -> dict[str, float]:
+    return {f"batch_{b}_ms": 1e3 * forward_latency(forward, input_shape, b) for b in BATCHES}
+
+
+def _compressed_size(params: Any) -> int:
+    from lottery.pruning import flatten
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{p: np.asarray(v) for p, v in flatten(params).items()})
+    return buffer.getbuffer().nbytes
+
+
+def level_figures(plan: Plan, folder: Path, dense_ms: dict[str, float]) -> dict[str, Any]:
+    """The deployment figures of one finished level (see the module's docstring)."""
+    from lottery.store import load_tree_npz
+
+    cfg, network = plan.cfg, plan.network
+    weights = load_tree_npz(folder / "params.npz")
+    params, stats = weights.get("params", {}), weights.get("batch_stats", {})
+    mask = load_tree_npz(folder / "mask.npz")["mask"]
+    summary = json.loads((folder / "summary.json").read_text())
+    figures: dict[str, Any] = {
+        "level": summary["level"],
+        "weights_remaining_pct": summary["weights_remaining_pct"],
+        "test_accuracy": summary["test_accuracy"],
+        "val_accuracy": summary.get("val_accuracy"),
+        "nonzero_params": summary.get("nonzero_params"),
+        "flops": summary.get("flops"),
+        "bytes": {
+            "dense_float": dense_size(params),
+            "dense_compressed": _compressed_size(params),
+            "sparse": (folder / "params_sparse.npz").stat().st_size
+            if (folder / "params_sparse.npz").is_file()
+            else None,
+        },
+        "latency": {"dense": dense_ms},
+    }
+    if plan.strategy.name == "structured":
+        small, small_params, small_stats = compact(network, params, stats, mask)
+        apply = jax.jit(lambda x: small.apply(small_params, small_stats, x, train=False)[0])
+        figures["latency"]["compacted"] = _latencies(apply, network.input_shape)
+        figures["bytes"]["compacted_float"] = dense_size(small_params)
+    elif summary["level"] > 0:
+        forward = sparse_forward(network, params, stats, mask)
+        figures["latency"]["sparse_bcoo"] = _latencies(forward, network.input_shape)
+    if cfg.deploy.quantize != "none":
+        quantized = quantize(network, params, stats, cfg.deploy.quantize)
+        tree, alive = int8_tree(quantized, mask)
+        figures["bytes"]["sparse_int8"] = save_sparse(folder / INT8_FILE, tree, alive)
+        figures["int8"] = {
+            "scheme": cfg.deploy.quantize,
+            "test_accuracy": accuracy_on_test(quantized.forward, plan),
+            "pruned_weights_zero": zeros_kept(quantized, mask),
+        }
+        figures["latency"]["int8"] = _latencies(quantized.forward, network.input_shape)
+    return figures
+
+
+def measure_replicate(plan: Plan, replicate: ReplicateStore, levels: list[int]) -> list[dict]:
+    """Deployment figures of the given finished levels, made where missing; all of them."""
+    rows, dense_ms = [], None
+    for level in levels:
+        folder = replicate.level_path(level)
+        file = folder / DEPLOYMENT_FILE
+        if not file.is_file():
+            if dense_ms is None:  # the unpruned network, measured once per run
+                apply = jax.jit(
+                    lambda x: plan.network.apply(
+                        plan.init_params, plan.init_batch_stats, x, train=False
+                    )[0]
+                )
+                dense_ms = _latencies(apply, plan.network.input_shape)
+            atomic_write_json(file, level_figures(plan, folder, dense_ms))
+        rows.append(json.loads(file.read_text()))
+    return rows
+
+
+def export_level(plan: Plan, folder: Path) -> Path:
+    """Write ``folder``'s network (compacted where structured, quantized where asked) as a
+    ``jax.export`` artifact in the folder; its path."""
+    from lottery.store import load_tree_npz
+
+    network = plan.network
+    weights = load_tree_npz(folder / "params.npz")
+    params, stats = weights.get("params", {}), weights.get("batch_stats", {})
+    mask = load_tree_npz(folder / "mask.npz")["mask"]
+    if plan.strategy.name == "structured":
+        network, params, stats = compact(network, params, stats, mask)
+    scheme = plan.cfg.deploy.quantize
+    forward = quantize(network, params, stats, scheme).forward if scheme != "none" else None
+    path = folder / EXPORT_FILE
+    export_model(network, params, stats, path, forward)
+    return path
+
+
+def deployment_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """Accuracy, nonzeros, FLOPs, sizes and latency of each level."""
+    table = Table(title=title)
+    columns = ("level", "weights\n%", "val\nacc %", "test\nacc %", "int8\nacc %", "nonzero",
+               "MFLOPs", "float\nKB", "sparse\nKB", "int8\nKB", "dense\nms b1/b256",
+               "fast\nms b1/b256")
+    for column in columns:
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in rows:
+        fast = row["latency"].get("compacted") or row["latency"].get("sparse_bcoo")
+        int8 = row.get("int8") or {}
+        table.add_row(
+            str(row["level"]),
+            f"{row['weights_remaining_pct']:.2f}",
+            _pct(row.get("val_accuracy")),
+            _pct(row["test_accuracy"]),
+            _pct(int8.get("test_accuracy")),
+            f"{row['nonzero_params']:,}" if row.get("nonzero_params") is not None else "-",
+            f"{row['flops'] / 1e6:.2f}" if row.get("flops") is not None else "-",
+            _kb(row["bytes"]["dense_float"]),
+            _kb(row["bytes"].get("sparse")),
+            _kb(row["bytes"].get("sparse_int8")),
+            _ms(row["latency"]["dense"]),
+            _ms(fast) if fast else "-",
+        )
+    return table
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _kb(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1024:,.1f}"
+
+
+def _ms(latency: dict[str, float]) -> str:
+    return f"{latency['batch_1_ms']:.3f}/{latency['batch_256_ms']:.2f}"
+
+
+def print_deployment(rows: list[dict[str, Any]], title: str) -> None:
+    console.print(deployment_table(rows, title))

@@ -1,0 +1,177 @@
+"""From a trained model to a shippable one: ``init.checkpoint``, the accuracy budget
+(``pruning.max_accuracy_drop``), int8 quantization, sparse inference and the exported model."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from safetensors.numpy import save_file
+
+from lottery import experiment, load
+from lottery.config import ConfigError
+from lottery.deploy.quantize import quantize, zeros_kept
+from lottery.deploy.sparse_inference import sparse_forward
+from lottery.experiment.pretrained import load_pretrained
+from lottery.pruning import flatten
+
+from conftest import DIGITS, make_config
+
+FROM_SOURCE = ["init.train_level_0=false"]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """Level 0 of a trained digits MLP: the model the other runs start from."""
+    root = tmp_path_factory.mktemp("source")
+    experiment.run(make_config([*DIGITS, "pruning.levels=0"], root))
+    return next(root.rglob("replicate_0/level_0"))
+
+
+@pytest.fixture(scope="module")
+def budget_run(source, tmp_path_factory) -> Path:
+    """Prune-and-fine-tune from the source to a budget of 5 points, measured and exported
+    (it keeps level 2 and stops after level 3 on this data)."""
+    root = tmp_path_factory.mktemp("budget")
+    overrides = [
+        *DIGITS, *FROM_SOURCE, f"init.checkpoint={source}", "pruning.start_from=previous",
+        "pruning.max_accuracy_drop=5", "pruning.fraction=0.6", "pruning.levels=5",
+        "train.steps=100it", "deploy.measure=true", "deploy.quantize=int8", "deploy.export=true",
+    ]
+    experiment.run(make_config(overrides, root))
+    return next(root.rglob("replicate_0/budget.json")).parent
+
+
+def test_a_loaded_level_reproduces_the_source_exactly(source, tmp_path):
+    cfg = make_config([*DIGITS, *FROM_SOURCE, "pruning.levels=0", f"init.checkpoint={source}"],
+                      tmp_path)
+    experiment.run(cfg)
+    level_0 = next(tmp_path.rglob("replicate_0/level_0"))
+    loaded = json.loads((level_0 / "summary.json").read_text())
+    original = json.loads((source / "summary.json").read_text())
+    assert loaded["test_accuracy"] == original["test_accuracy"]
+    assert loaded["test_loss"] == original["test_loss"]
+    assert loaded["train_iterations"] == 0  # evaluated, not trained
+    for key, value in np.load(source / "params.npz").items():
+        np.testing.assert_array_equal(np.load(level_0 / "params.npz")[key], value)
+
+
+def test_every_kind_of_checkpoint_gives_the_same_weights(source, tmp_path):
+    reference = load(source)
+    params = jax.device_get(reference.params)
+    fresh = jax.tree.map(np.zeros_like, params)
+    _, _, digest = load_pretrained(str(source), fresh, {})
+    flat = flatten(params)
+    np.savez(tmp_path / "weights.npz", **flat)
+    save_file({k: np.ascontiguousarray(v) for k, v in flat.items()},
+              str(tmp_path / "weights.safetensors"))
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        checkpointer.save((tmp_path / "orbax").absolute(), {"params": params})
+    for path in ("weights.npz", "weights.safetensors", "orbax"):
+        loaded, _, other = load_pretrained(str(tmp_path / path), fresh, {})
+        assert other == digest, path  # the same weights: the same experiment hash
+        for key, value in flatten(loaded).items():
+            np.testing.assert_array_equal(value, flat[key], err_msg=path)
+
+
+def test_a_checkpoint_of_another_shape_names_the_path_and_both_shapes(source):
+    reference = load(source)
+    params = jax.device_get(reference.params)
+    params["fc2"]["kernel"] = np.zeros((64, 16), np.float32)
+    with pytest.raises(ConfigError) as error:
+        load_pretrained(str(source), params, {})
+    assert str(error.value) == (
+        f"init.checkpoint={str(source)!r}: params 'fc2/kernel' has shape (64, 32) where the "
+        "model has (64, 16); choose the model (and widths) it was trained with"
+    )
+
+
+def test_the_hash_follows_the_weights_not_their_path(source, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(source, copy)
+    digests = [
+        experiment.prepare(make_config([*DIGITS, f"init.checkpoint={path}"], tmp_path)).digest
+        for path in (source, copy)
+    ]
+    assert digests[0] == digests[1]
+    plain = experiment.prepare(make_config(DIGITS, tmp_path)).digest
+    assert plain != digests[0]
+
+
+def test_the_budget_stops_at_the_first_level_past_it_and_keeps_the_one_before(budget_run):
+    verdict = json.loads((budget_run / "budget.json").read_text())
+    summaries = {
+        int(path.parent.name.removeprefix("level_")): json.loads(path.read_text())
+        for path in budget_run.glob("level_*/summary.json")
+    }
+    over = verdict["first_level_over_budget"]
+    assert over is not None and over >= 2, "the budget should keep a pruned level here"
+    assert verdict["chosen_level"] == over - 1
+    assert sorted(summaries) == list(range(over + 1))  # nothing trained after the first miss
+    drop = {level: 100 * (summaries[0]["val_accuracy"] - s["val_accuracy"])
+            for level, s in summaries.items()}
+    assert all(drop[level] <= 5 + 1e-9 for level in range(over))
+    assert drop[over] > 5
+    assert verdict["chosen_test_accuracy"] == summaries[over - 1]["test_accuracy"]
+
+
+def test_every_level_reports_its_deployment_figures(budget_run):
+    for level_folder in sorted(budget_run.glob("level_*")):
+        figures = json.loads((level_folder / "deployment.json").read_text())
+        summary = json.loads((level_folder / "summary.json").read_text())
+        assert figures["int8"]["pruned_weights_zero"] is True
+        assert abs(figures["int8"]["test_accuracy"] - summary["test_accuracy"]) < 0.05
+        assert figures["bytes"]["sparse_int8"] < figures["bytes"]["sparse"]
+        assert set(figures["latency"]["dense"]) == {"batch_1_ms", "batch_256_ms"}
+        if summary["level"] > 0:
+            assert figures["bytes"]["sparse"] < figures["bytes"]["dense_float"]
+            assert "sparse_bcoo" in figures["latency"]
+
+
+def test_the_exported_model_runs_in_a_fresh_process_without_this_package(budget_run, tmp_path):
+    verdict = json.loads((budget_run / "budget.json").read_text())
+    folder = budget_run / f"level_{verdict['chosen_level']}"
+    ticket = load(folder)
+    x = np.random.default_rng(0).normal(size=(5, *ticket.summary["input_shape"]))
+    np.save(tmp_path / "x.npy", x.astype(np.float32))
+    script = (
+        "import sys, numpy as np, jax\n"
+        "call = jax.export.deserialize(bytearray(open(sys.argv[1], 'rb').read())).call\n"
+        "np.save(sys.argv[3], np.asarray(call(np.load(sys.argv[2]))))\n"
+        "assert 'lottery' not in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(folder / "model.jax_export"),
+                          str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    expected = quantize(ticket.network, ticket.params, ticket.batch_stats).forward(x)
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-5, atol=1e-5)
+
+
+def pruned_level(budget_run: Path) -> Path:
+    """The budget run's last (most pruned) level."""
+    verdict = json.loads((budget_run / "budget.json").read_text())
+    return budget_run / f"level_{verdict['first_level_over_budget']}"
+
+
+def test_int8_keeps_pruned_weights_zero_and_the_check_sees_one_that_is_not(budget_run):
+    ticket = load(pruned_level(budget_run))
+    quantized = quantize(ticket.network, ticket.params, ticket.batch_stats)
+    assert zeros_kept(quantized, ticket.mask)
+    kernel = quantized.int8["fc1/kernel"] = quantized.int8["fc1/kernel"].copy()
+    pruned = np.argwhere(~np.asarray(ticket.mask["fc1"]["kernel"]))[0]
+    kernel[tuple(pruned)] = 1
+    assert not zeros_kept(quantized, ticket.mask)
+
+
+def test_sparse_products_give_the_masked_network_logits(budget_run):
+    ticket = load(pruned_level(budget_run))
+    x = np.random.default_rng(1).normal(size=(7, *ticket.summary["input_shape"]))
+    dense = ticket.predict(x)
+    sparse = sparse_forward(ticket.network, ticket.params, ticket.batch_stats, ticket.mask)(x)
+    np.testing.assert_allclose(sparse, dense, rtol=1e-5, atol=1e-5)
