@@ -106,10 +106,27 @@ def quiet_libraries() -> None:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
 
+def cpu_devices_for_replicas(replicas: int) -> None:
+    """With ``train.replicas=N``: one CPU device per core (up to N), so that the seeds train
+    on every core at once, unless ``XLA_FLAGS`` already sets the count. Only the CPU backend
+    is affected (a GPU run keeps its GPUs); too late once JAX has started, then left alone."""
+    import os
+
+    if replicas < 2 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    import contextlib
+
+    import jax
+
+    with contextlib.suppress(RuntimeError):  # the backend is already up (a caller in Python)
+        jax.config.update("jax_num_cpu_devices", min(replicas, os.cpu_count() or 1))
+
+
 def run(cfg: DictConfig) -> int:
     """Run the experiment; print the table and draw the plot. Returns the exit code."""
     quiet_libraries()
     config = to_config(cfg)
+    cpu_devices_for_replicas(config.train.replicas)
     try:
         store, rows = experiment.run(config)
     except ConfigError as error:

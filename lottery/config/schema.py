@@ -98,8 +98,9 @@ class PruningConfig:
     # every level runs. Needs a validation split. Not in the experiment hash.
     max_accuracy_drop: float | None = None
     # What ranks the weights (None: the method's own). magnitude: magnitude |w_T|,
-    # magnitude_increase |w_T| - |w_k|, movement |w_T - w_k| (Zhou et al. 2019);
-    # structured: l1 or l2, the norm of each neuron's or channel's weights.
+    # magnitude_increase |w_T| - |w_k|, movement |w_T - w_k| (Zhou et al. 2019), taylor
+    # |w_T · g|; structured: l1 or l2, the norm of each neuron's or channel's weights, or
+    # taylor, Molchanov et al. 2017's first-order change of the loss.
     criterion: str | None = None
     # gradual (Zhu & Gupta 2017, tfmot's PolynomialDecay): inside one training, every
     # ``frequency`` steps from ``begin_step`` to ``end_step`` each prunable layer is pruned to
@@ -112,8 +113,12 @@ class PruningConfig:
     power: int = 3
     # synflow: rounds of scoring and pruning towards each level's target (Tanaka et al. 2020).
     synflow_rounds: int = 100
-    # snip, grasp: training examples the scores are computed on (GraSP's 10 per class x 10).
+    # snip, grasp, and criterion=taylor: training examples the scores are computed on
+    # (GraSP's 10 per class x 10).
     score_examples: int = 100
+    # structured, criterion=taylor: subtract this times each unit's share of the FLOPs (the
+    # costliest unit counts 1) from its normalised score (Molchanov et al. 2017's variant).
+    taylor_flops_weight: float = 0.0
 
 
 @dataclass

@@ -227,7 +227,9 @@ class Experiment:
         folder.save_mask(mask)
         return mask
 
-    def _prune_inputs(self, level: int, previous: Any, previous_mask: Any) -> PruneInputs:
+    def _prune_inputs(
+        self, level: int, previous: Any, previous_mask: Any, previous_stats: Any = None
+    ) -> PruneInputs:
         plan = self.plan
 
         def dense() -> Any:
@@ -247,6 +249,7 @@ class Experiment:
             plan.network,
             batches,
             key,
+            previous_stats if previous_stats is not None else {},
         )
 
     def prune(self, level: int) -> tuple[PartialFolder, Any, float]:
@@ -257,12 +260,13 @@ class Experiment:
 
         def make_mask() -> Any:
             try:
-                previous, _ = self.replicate.params(level - 1)
+                previous, previous_stats = self.replicate.params(level - 1)
                 previous_mask = self.replicate.mask(level - 1)
             except Exception as error:  # truncated or garbled files: redo that level
                 raise BrokenLevel(level - 1, f"{type(error).__name__}: {error}") from None
             mask = plan.strategy.prune(
-                self._prune_inputs(level, previous, previous_mask), plan.strategy_settings
+                self._prune_inputs(level, previous, previous_mask, previous_stats),
+                plan.strategy_settings,
             )
             alive = count_alive(mask, plan.prunable)
             if not plan.strategy.during_training and alive == count_alive(

@@ -50,6 +50,7 @@ class PruneInputs:
     network: Any = None
     batches: Callable[[int], Sequence[tuple[Any, Any]]] = field(default=lambda n: [])
     key: Any = None  # a jax PRNG key of this level, for random choices
+    batch_stats: Any = field(default_factory=dict)  # level L-1's BatchNorm statistics
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class MagnitudeSettings:
     scope: str
     layer_fractions: dict[str, float]
     criterion: str = "magnitude"
+    score_examples: int = 100  # taylor: training examples the gradients are taken on
 
 
 def _check_scope(cfg: PruningConfig) -> None:
@@ -94,13 +96,23 @@ def _criterion(cfg: PruningConfig, choices: tuple[str, ...]) -> str:
 
 def _magnitude_settings(cfg: PruningConfig, timeline: Timeline | None) -> MagnitudeSettings:
     _check_scope(cfg)
-    criterion = _criterion(cfg, CRITERIA)
-    return MagnitudeSettings(cfg.fraction, cfg.scope, dict(cfg.layer_fractions), criterion)
+    criterion = _criterion(cfg, (*CRITERIA, "taylor"))
+    return MagnitudeSettings(
+        cfg.fraction, cfg.scope, dict(cfg.layer_fractions), criterion, cfg.score_examples
+    )
 
 
 def _magnitude(inputs: PruneInputs, s: MagnitudeSettings) -> Mask:
-    start = inputs.start()[0] if s.criterion != "magnitude" else None
-    scores = criterion_scores(s.criterion, inputs.params, start)
+    if s.criterion == "taylor":  # |w · g| at the trained weights (Molchanov et al. 2017)
+        from lottery.pruning.at_init import snip_scores
+
+        scores = snip_scores(
+            inputs.network, inputs.params, inputs.batch_stats, inputs.mask, inputs.prunable,
+            inputs.batches(s.score_examples),
+        )
+    else:
+        start = inputs.start()[0] if s.criterion != "magnitude" else None
+        scores = criterion_scores(s.criterion, inputs.params, start)
     return magnitude_prune(
         inputs.params,
         inputs.mask,
@@ -133,22 +145,48 @@ def _check_magnitude(params: Any, prunable: list[str], s: MagnitudeSettings) -> 
 
 @dataclass(frozen=True)
 class StructuredSettings:
-    """Remove ``fraction`` of the remaining neurons / channels of lowest norm per level."""
+    """Remove ``fraction`` of the remaining neurons / channels of lowest score per level:
+    their weights' norm, or the Taylor criterion (Molchanov et al. 2017)."""
 
     fraction: float
     scope: str
     norm: str
+    score_examples: int = 100
+    flops_weight: float = 0.0
 
 
 def _structured_settings(cfg: PruningConfig, timeline: Timeline | None) -> StructuredSettings:
     _check_scope(cfg)
-    return StructuredSettings(cfg.fraction, cfg.scope, _criterion(cfg, NORMS))
+    criterion = _criterion(cfg, (*NORMS, "taylor"))
+    if cfg.taylor_flops_weight and criterion != "taylor":
+        raise ConfigError(
+            f"pruning.taylor_flops_weight={cfg.taylor_flops_weight} applies to "
+            f"pruning.criterion=taylor, not {criterion}; remove it or choose taylor"
+        )
+    if cfg.taylor_flops_weight < 0:
+        raise ConfigError(
+            f"pruning.taylor_flops_weight={cfg.taylor_flops_weight} must be >= 0 (0 ranks by "
+            "the Taylor criterion alone)"
+        )
+    return StructuredSettings(
+        cfg.fraction, cfg.scope, criterion, cfg.score_examples, cfg.taylor_flops_weight
+    )
 
 
 def _structured(inputs: PruneInputs, s: StructuredSettings) -> Mask:
-    from lottery.pruning.structured import structured_prune
+    from lottery.pruning.structured import structured_prune, unit_groups
 
-    return structured_prune(inputs.params, inputs.mask, s.fraction, s.scope, s.norm)
+    scores = None
+    if s.norm == "taylor":
+        from lottery.pruning.taylor import taylor_scores, unit_flops
+
+        groups = unit_groups(inputs.params)
+        flops = unit_flops(inputs.network, inputs.params, groups) if s.flops_weight else None
+        scores = taylor_scores(
+            inputs.network, inputs.params, inputs.batch_stats, inputs.mask, groups,
+            inputs.batches(s.score_examples), flops, s.flops_weight,
+        )
+    return structured_prune(inputs.params, inputs.mask, s.fraction, s.scope, s.norm, scores)
 
 
 def _check_structured(params: Any, prunable: list[str], s: StructuredSettings) -> None:
@@ -284,7 +322,9 @@ class Strategy:
     during_training: bool = False
 
 
-_MAGNITUDE_KEYS = frozenset({"fraction", "scope", "layer_fractions", "criterion", "start_from"})
+_MAGNITUDE_KEYS = frozenset(
+    {"fraction", "scope", "layer_fractions", "criterion", "start_from", "score_examples"}
+)
 STRATEGIES: dict[str, Strategy] = {
     "magnitude": Strategy(
         "magnitude", _MAGNITUDE_KEYS, _magnitude_settings, _magnitude, _check_magnitude
@@ -294,7 +334,10 @@ STRATEGIES: dict[str, Strategy] = {
     ),
     "structured": Strategy(
         "structured",
-        frozenset({"fraction", "scope", "criterion", "start_from"}),
+        frozenset(
+            {"fraction", "scope", "criterion", "start_from", "score_examples",
+             "taylor_flops_weight"}
+        ),
         _structured_settings,
         _structured,
         _check_structured,

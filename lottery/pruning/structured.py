@@ -311,7 +311,12 @@ def _kill(group: UnitGroup, flat_mask: dict[str, np.ndarray], units: np.ndarray)
 
 
 def structured_prune(
-    params: Any, mask: Mask, fraction: float, scope: str = "layerwise", norm: str = "l1"
+    params: Any,
+    mask: Mask,
+    fraction: float,
+    scope: str = "layerwise",
+    norm: str = "l1",
+    scores: list[np.ndarray] | None = None,
 ) -> Mask:
     """The next mask: remove ``round(fraction * alive)`` units of lowest norm (see
     :func:`unit_scores`), per group (``layerwise``) or ranked across groups (``global``,
@@ -322,18 +327,21 @@ def structured_prune(
     unit index first, as in magnitude pruning. Scores come from ``params`` as they are before
     this level (masked entries count as 0). A pruned unit's producer and consumer slices are
     all False; leaves in no group are unchanged. Returns a new mask of numpy bool arrays.
+    ``scores`` (one array per group of :func:`unit_groups`) replace the norms (the Taylor
+    criterion of :mod:`lottery.pruning.taylor`).
     """
     if not 0.0 <= fraction < 1.0:
         raise ConfigError(f"structured pruning fraction={fraction} must be in [0, 1)")
     if scope not in SCOPES:
         raise ConfigError(f"unknown structured pruning scope {scope!r}; choose one of {SCOPES}")
-    if norm not in NORMS:
+    if scores is None and norm not in NORMS:
         raise ConfigError(f"unknown structured pruning norm {norm!r}; choose one of {NORMS}")
     groups = unit_groups(params)
     flat_params = flatten(params)
     old = {path: np.asarray(m, dtype=bool) for path, m in flatten(mask).items()}
     alive = [alive_in(group, old) for group in groups]
-    scores = [unit_scores(group, flat_params, old, norm) for group in groups]
+    if scores is None:
+        scores = [unit_scores(group, flat_params, old, norm) for group in groups]
     if scope == "layerwise":
         chosen = [_layerwise_choice(s, a, fraction) for s, a in zip(scores, alive, strict=True)]
     else:
