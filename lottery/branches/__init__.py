@@ -5,7 +5,8 @@
 - ``lr_rewind``: the trained weights, the learning-rate schedule replayed from step k;
 - ``finetune``: the trained weights, trained at the final learning rate;
 - ``rewind_to``: the mask on several rewind points k;
-- ``instability``: a second copy on another data order, and the error barrier between them.
+- ``instability``: a second copy on another data order, and the error barrier between them;
+- ``small_dense``: a narrower dense network with the ticket's parameter count (Zhu & Gupta).
 
 Each branch's arguments are ``branch.<name>.*`` (typed in :mod:`lottery.config.schema`).
 """
@@ -30,6 +31,7 @@ from lottery.branches.retrain import (
     lr_rewind,
     rewind_to,
 )
+from lottery.branches.small_dense import check_small_dense, small_dense
 from lottery.config import Config, ConfigError
 from lottery.pruning.strategies import AT_INIT
 
@@ -40,6 +42,7 @@ BRANCHES: dict[str, Branch] = {
     "finetune": Branch("finetune", finetune, check_finetune),
     "rewind_to": Branch("rewind_to", rewind_to, check_rewind_to),
     "instability": Branch("instability", instability, check_instability),
+    "small_dense": Branch("small_dense", small_dense, check_small_dense),
 }
 
 

@@ -30,6 +30,7 @@ class BranchRun:
     stream: int | None = None  # the data stream (order, augmentation); None: the level's
     # (trained weights, batch stats) -> extra summary entries, computed before it is finished
     finalize: Callable[[Any, Any], dict[str, Any]] | None = None
+    network: Any = None  # a lottery.models.Network replacing the experiment's, or None
 
 
 @dataclass

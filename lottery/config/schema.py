@@ -246,6 +246,14 @@ class InstabilityBranch:
 
 
 @dataclass
+class SmallDenseBranch:
+    """A dense network narrowed to the level's nonzero count, trained from scratch (Zhu &
+    Gupta 2017's small-dense baseline)."""
+
+    seed: int = 0
+
+
+@dataclass
 class BranchConfig:
     """The arguments of each branch; which ones run is ``branches``."""
 
@@ -255,6 +263,7 @@ class BranchConfig:
     finetune: FinetuneBranch = field(default_factory=FinetuneBranch)
     rewind_to: RewindToBranch = field(default_factory=RewindToBranch)
     instability: InstabilityBranch = field(default_factory=InstabilityBranch)
+    small_dense: SmallDenseBranch = field(default_factory=SmallDenseBranch)
 
 
 @dataclass
@@ -278,8 +287,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     # Extra trainings from each pruned level's mask (controls, rewinding variants), by name:
-    # random_reinit, random_prune, lr_rewind, finetune, rewind_to, instability. Not in the
-    # experiment hash: each branch has its own folder inside the level.
+    # random_reinit, random_prune, lr_rewind, finetune, rewind_to, instability, small_dense.
+    # Not in the experiment hash: each branch has its own folder inside the level.
     branches: list[str] = field(default_factory=list)
     branch: BranchConfig = field(default_factory=BranchConfig)
 

@@ -72,6 +72,23 @@ def _narrower(module: nn.Module, shapes: dict[str, tuple[int, ...]]) -> nn.Modul
     raise ConfigError(f"compaction supports {SUPPORTED}, not a {type(module).__name__}")
 
 
+def scaled_network(network: Network, factor: float) -> Network:
+    """The same family with every hidden width (neurons, channels) times ``factor``, rounded,
+    at least 1; the output layer keeps its classes. Equal widths stay equal (a ResNet's
+    residual stream keeps one width per stage)."""
+    shapes = {
+        path: tuple(leaf.shape)
+        for path, leaf in flatten(jax.eval_shape(network.init, jax.random.key(0))[0]).items()
+    }
+    scaled = {}
+    for path, shape in shapes.items():
+        if path.startswith("out/") or len(shape) == 0:
+            scaled[path] = shape
+        else:
+            scaled[path] = (*shape[:-1], max(1, round(shape[-1] * factor)))
+    return dataclasses.replace(network, module=_narrower(network.module, scaled))
+
+
 def kept_units(group: UnitGroup, flat_mask: dict[str, np.ndarray]) -> np.ndarray:
     """Indices of the units compaction keeps: the alive ones (at least one, see below).
 

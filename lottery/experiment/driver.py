@@ -20,6 +20,7 @@ resumable and skipped when finished, before level L+1 is pruned.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -42,7 +43,7 @@ from lottery.experiment.levels import LevelStart, boundary_steps, train_level
 from lottery.experiment.plan import Plan, prepare
 from lottery.experiment.summary import environment, summarize
 from lottery.logging import RunLogger, console, make_loggers
-from lottery.pruning import apply_mask, count_alive, flatten, full_mask
+from lottery.pruning import apply_mask, count_alive, flatten, full_mask, prunable_paths
 from lottery.pruning.strategies import PruneInputs, mask_updates
 from lottery.store import (
     MAIN_BRANCH,
@@ -126,10 +127,10 @@ class Experiment:
             self._trainer = self._make_trainer(self.plan.cfg.optimizer)
         return self._trainer
 
-    def _make_trainer(self, optimizer: Any) -> Trainer:
+    def _make_trainer(self, optimizer: Any, network: Any = None) -> Trainer:
         plan, cfg = self.plan, self.plan.cfg
         return Trainer(
-            plan.network,
+            network or plan.network,
             plan.dataset,
             optimizer,
             batch_size=cfg.train.batch_size,
@@ -144,13 +145,15 @@ class Experiment:
             device=self.device,
         )
 
-    def trainer_for(self, optimizer: Any | None) -> Trainer:
-        """The experiment's trainer, or one for another optimizer (a branch's), built once."""
-        if optimizer is None or optimizer == self.plan.cfg.optimizer:
+    def trainer_for(self, optimizer: Any | None, network: Any = None) -> Trainer:
+        """The experiment's trainer, or one for another optimizer or network (a branch's),
+        built once."""
+        optimizer = optimizer or self.plan.cfg.optimizer
+        if optimizer == self.plan.cfg.optimizer and network is None:
             return self.trainer
-        key = repr(optimizer)
+        key = repr((optimizer, network))
         if key not in self._other_trainers:
-            self._other_trainers[key] = self._make_trainer(optimizer)
+            self._other_trainers[key] = self._make_trainer(optimizer, network)
         return self._other_trainers[key]
 
     # -- level 0 and the rewind point -----------------------------------------------------
@@ -336,7 +339,17 @@ class Experiment:
         branch: BranchRun | None = None,
     ) -> dict[str, Any]:
         plan, wall = self.plan, time.perf_counter()
-        trainer = self.trainer_for(branch.optimizer if branch else None)
+        if branch is not None and branch.network is not None:  # another network (small_dense)
+            plan = dataclasses.replace(
+                plan,
+                network=branch.network,
+                init_params=start.params,
+                init_batch_stats=start.batch_stats,
+                prunable=prunable_paths(start.params, plan.cfg.pruning.prunable),
+            )
+        trainer = self.trainer_for(
+            branch.optimizer if branch else None, branch.network if branch else None
+        )
         before = Timing(**trainer.timing.as_dict())
         try:
             result = train_level(

@@ -130,7 +130,7 @@ class Trainer:
         # the same ``kind`` (trainers computing the same steps) on the same device as one
         # vmapped call. A replica's state and data live on its ``device``.
         self.batcher = batcher
-        self.kind = repr(optimizer)
+        self.kind = repr((optimizer, network))
         self.device = device
         # Where the state and data go: one device, or replicated for data parallelism.
         self.placement: jax.sharding.Sharding | None = (

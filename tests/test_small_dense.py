@@ -1,0 +1,42 @@
+"""The small-dense baseline (Zhu & Gupta 2017): a narrower dense network with the ticket's
+parameter count, trained from scratch beside the ticket."""
+
+import json
+
+import pytest
+
+from lottery import experiment, models
+from lottery.branches.small_dense import parameter_count, small_dense_network
+from lottery.config import ModelConfig
+
+from conftest import DIGITS, make_config
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "fraction"),
+    [("lenet_300_100", (28, 28, 1), 0.107), ("conv4", (32, 32, 3), 0.2),
+     ("resnet20", (32, 32, 3), 0.3), ("vgg11", (32, 32, 3), 0.05)],
+)
+def test_the_narrower_network_has_the_target_count_within_2_percent(name, shape, fraction):
+    network = models.build(ModelConfig(name=name), shape, 10)
+    target = round(fraction * parameter_count(network))
+    small, factor = small_dense_network(network, target)
+    assert abs(parameter_count(small) - target) <= 0.02 * target
+    assert 0 < factor < 1
+    assert type(small.module) is type(network.module)
+
+
+def test_each_level_trains_a_small_dense_network_of_its_size(tmp_path):
+    experiment.run(make_config([*DIGITS, "branches=[small_dense]"], tmp_path))
+    found = 0
+    for file in tmp_path.rglob("branch_small_dense_*/summary.json"):
+        branch = json.loads(file.read_text())
+        level = json.loads((file.parent.parent / "summary.json").read_text())
+        info = branch["small_dense"]
+        assert info["target_params"] == level["nonzero_params"]
+        assert abs(info["params"] - info["target_params"]) <= 0.02 * info["target_params"]
+        assert branch["nonzero_params"] == info["params"]  # dense: every weight alive
+        assert branch["start_iteration"] == 0  # from scratch, the whole schedule
+        assert abs(branch["weights_remaining_pct"] - level["weights_remaining_pct"]) < 2
+        found += 1
+    assert found == 2  # levels 1 and 2
