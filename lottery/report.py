@@ -9,6 +9,8 @@ replicates (mean ± std) and writes, into ``--out`` (default: the first PATH's f
 * ``early_stopping.png/.pdf`` — early-stopping iteration and test accuracy there (when the
   runs had a validation set);
 * ``training_curves.png/.pdf`` — test accuracy over training for a few levels;
+* ``deployment.png/.pdf`` — test accuracy against size on disk and CPU latency, with the
+  deployment table printed (runs with ``deploy.measure=true`` only);
 * ``aggregate.csv`` — the printed table, every statistic.
 """
 
@@ -25,13 +27,16 @@ from rich.table import Table
 
 from lottery.analysis import (
     aggregate,
+    load_deployment,
     load_metrics,
     load_results,
     plot_accuracy_vs_weights,
+    plot_deployment,
     plot_early_stopping,
     plot_training_curves,
 )
 from lottery.logging import error_line
+from lottery.logging.deployment_table import deployment_table
 
 
 def default_out(first: str) -> Path:
@@ -136,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     written += plot_training_curves(
         load_metrics(*args.paths), out / "training_curves", levels=levels, band=band
     )
+    deployment = load_deployment(*args.paths)
+    if deployment:
+        console.print(deployment_table(deployment, "deployment (each level, as measured)"))
+        written += plot_deployment(deployment, out / "deployment")
     for path in written:
         console.print(f"wrote {path}")
     return 0

@@ -8,13 +8,21 @@ from typing import Any
 
 from lottery.analysis.plots import (
     plot_accuracy_vs_weights,
+    plot_deployment,
     plot_early_stopping,
     plot_sparsity_accuracy,
     plot_training_curves,
     save_figure,
 )
 
-_RESULTS = ("RESULT_COLUMNS", "aggregate", "load_metrics", "load_results", "load_wandb")
+_RESULTS = (
+    "RESULT_COLUMNS",
+    "aggregate",
+    "load_deployment",
+    "load_metrics",
+    "load_results",
+    "load_wandb",
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -28,6 +36,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     *_RESULTS,
     "plot_accuracy_vs_weights",
+    "plot_deployment",
     "plot_early_stopping",
     "plot_sparsity_accuracy",
     "plot_training_curves",

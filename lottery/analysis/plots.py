@@ -305,3 +305,43 @@ def plot_training_curves(
         fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_deployment(rows: Sequence[dict[str, Any]], path: str | Path) -> tuple[Path, Path]:
+    """Test accuracy against size on disk and against CPU latency (batch 256), one point
+    per level of the :func:`~lottery.analysis.results.load_deployment` rows, one line per
+    experiment/hash/replicate and way of storing or running it."""
+    fig, (by_size, by_latency) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
+    series: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        series[(row["experiment"], row["hash"], str(row["replicate"]))].append(row)
+    for index, (key, levels) in enumerate(sorted(series.items())):
+        levels = sorted(levels, key=lambda r: r["level"])
+        name = "/".join(key) if len(series) > 1 else ""
+        acc = [100 * r["test_accuracy"] for r in levels]
+        int8 = [100 * (r.get("int8") or {}).get("test_accuracy", np.nan) for r in levels]
+        style = ("-", "--", ":", "-.")[index % 4]  # one line style per series, a colour per way
+        for color, (store, accuracy) in enumerate(
+            (("dense_float", acc), ("sparse", acc), ("sparse_int8", int8))
+        ):
+            kb = [(r["bytes"].get(store) or np.nan) / 1024 for r in levels]
+            if not np.all(np.isnan(kb)):
+                by_size.plot(kb, accuracy, style, marker="o", ms=3, color=f"C{color}",
+                             label=f"{name} {store}".strip())
+        for color, way in enumerate(("dense", "sparse_bcoo", "compacted", "int8")):
+            ms = [(r["latency"].get(way) or {}).get("batch_256_ms", np.nan) for r in levels]
+            accuracy = int8 if way == "int8" else acc
+            if not np.all(np.isnan(ms)):
+                by_latency.plot(ms, accuracy, style, marker="o", ms=3, color=f"C{color}",
+                                label=f"{name} {way}".strip())
+    by_size.set(xscale="log", xlabel="size on disk (KB)", ylabel="test accuracy (%)",
+                title="accuracy against size")
+    by_latency.set(xscale="log", xlabel="CPU latency, batch 256 (ms)",
+                   title="accuracy against latency")
+    for ax in (by_size, by_latency):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    written = save_figure(fig, path)
+    plt.close(fig)
+    return written

@@ -334,3 +334,27 @@ def load_wandb(project: str, entity: str | None = None, api: Any = None) -> pd.D
     # A level can be found twice (a resumed run of the earlier layout); keep the last.
     frame = _frame(rows)
     return frame.drop_duplicates(list(KEYS), keep="last").reset_index(drop=True)
+
+
+def load_deployment(*paths: str | Path) -> list[dict[str, Any]]:
+    """Every level's ``deployment.json`` under ``paths`` (see
+    :mod:`lottery.experiment.deployment`), with its experiment, hash and replicate, in
+    path order."""
+    rows = []
+    for file in summary_files(*paths):
+        figures = file.parent / "deployment.json"
+        if not figures.is_file():
+            continue
+        try:
+            row = json.loads(figures.read_text())
+        except (OSError, ValueError) as error:
+            _skip(figures, "deployment figures", error)
+            continue
+        replicate = file.parent.parent
+        row.update(
+            experiment=replicate.parent.parent.name,
+            hash=replicate.parent.name,
+            replicate=replicate.name.removeprefix("replicate_"),
+        )
+        rows.append(row)
+    return rows

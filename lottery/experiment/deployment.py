@@ -27,7 +27,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from rich.table import Table
 
 from lottery.atomic import atomic_write_json
 from lottery.deploy import compact
@@ -38,6 +37,7 @@ from lottery.deploy.sparse_format import dense_size, save_sparse
 from lottery.deploy.sparse_inference import sparse_forward
 from lottery.experiment.plan import Plan
 from lottery.logging import console
+from lottery.logging.deployment_table import deployment_table
 from lottery.store import ReplicateStore
 from lottery.train.steps import pad_for_eval
 
@@ -116,13 +116,23 @@ def level_figures(plan: Plan, folder: Path, dense_ms: dict[str, float]) -> dict[
     return figures
 
 
+def _stale(file: Path, scheme: str) -> bool:
+    """No figures yet, unreadable ones, or figures of another quantization (level 0 is shared
+    by experiments that differ in ``deploy.quantize``)."""
+    try:
+        figures = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return True
+    return (figures.get("int8") or {}).get("scheme", "none") != scheme
+
+
 def measure_replicate(plan: Plan, replicate: ReplicateStore, levels: list[int]) -> list[dict]:
     """Deployment figures of the given finished levels, made where missing; all of them."""
     rows, dense_ms = [], None
     for level in levels:
         folder = replicate.level_path(level)
         file = folder / DEPLOYMENT_FILE
-        if not file.is_file():
+        if _stale(file, plan.cfg.deploy.quantize):
             if dense_ms is None:  # the unpruned network, measured once per run
                 apply = jax.jit(
                     lambda x: plan.network.apply(
@@ -151,46 +161,6 @@ def export_level(plan: Plan, folder: Path) -> Path:
     path = folder / EXPORT_FILE
     export_model(network, params, stats, path, forward)
     return path
-
-
-def deployment_table(rows: list[dict[str, Any]], title: str) -> Table:
-    """Accuracy, nonzeros, FLOPs, sizes and latency of each level."""
-    table = Table(title=title)
-    columns = ("level", "weights\n%", "val\nacc %", "test\nacc %", "int8\nacc %", "nonzero",
-               "MFLOPs", "float\nKB", "sparse\nKB", "int8\nKB", "dense\nms b1/b256",
-               "fast\nms b1/b256")
-    for column in columns:
-        table.add_column(column, justify="right", no_wrap=True)
-    for row in rows:
-        fast = row["latency"].get("compacted") or row["latency"].get("sparse_bcoo")
-        int8 = row.get("int8") or {}
-        table.add_row(
-            str(row["level"]),
-            f"{row['weights_remaining_pct']:.2f}",
-            _pct(row.get("val_accuracy")),
-            _pct(row["test_accuracy"]),
-            _pct(int8.get("test_accuracy")),
-            f"{row['nonzero_params']:,}" if row.get("nonzero_params") is not None else "-",
-            f"{row['flops'] / 1e6:.2f}" if row.get("flops") is not None else "-",
-            _kb(row["bytes"]["dense_float"]),
-            _kb(row["bytes"].get("sparse")),
-            _kb(row["bytes"].get("sparse_int8")),
-            _ms(row["latency"]["dense"]),
-            _ms(fast) if fast else "-",
-        )
-    return table
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
-
-
-def _kb(value: int | None) -> str:
-    return "-" if value is None else f"{value / 1024:,.1f}"
-
-
-def _ms(latency: dict[str, float]) -> str:
-    return f"{latency['batch_1_ms']:.3f}/{latency['batch_256_ms']:.2f}"
 
 
 def print_deployment(rows: list[dict[str, Any]], title: str) -> None:
