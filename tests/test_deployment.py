@@ -20,7 +20,7 @@ from lottery.deploy.sparse_inference import sparse_forward
 from lottery.experiment.pretrained import load_pretrained
 from lottery.pruning import flatten
 
-from conftest import DIGITS, make_config
+from conftest import DIGITS, make_config, run_cli
 
 FROM_SOURCE = ["init.train_level_0=false"]
 
@@ -33,17 +33,20 @@ def source(tmp_path_factory) -> Path:
     return next(root.rglob("replicate_0/level_0"))
 
 
+def budget_overrides(source: Path) -> list[str]:
+    return [
+        *DIGITS, *FROM_SOURCE, f"init.checkpoint={source}", "pruning.start_from=previous",
+        "pruning.max_accuracy_drop=5", "pruning.fraction=0.6", "pruning.levels=5",
+        "train.steps=100it", "deploy.measure=true", "deploy.quantize=int8", "deploy.export=true",
+    ]
+
+
 @pytest.fixture(scope="module")
 def budget_run(source, tmp_path_factory) -> Path:
     """Prune-and-fine-tune from the source to a budget of 5 points, measured and exported
     (it keeps level 2 and stops after level 3 on this data)."""
     root = tmp_path_factory.mktemp("budget")
-    overrides = [
-        *DIGITS, *FROM_SOURCE, f"init.checkpoint={source}", "pruning.start_from=previous",
-        "pruning.max_accuracy_drop=5", "pruning.fraction=0.6", "pruning.levels=5",
-        "train.steps=100it", "deploy.measure=true", "deploy.quantize=int8", "deploy.export=true",
-    ]
-    experiment.run(make_config(overrides, root))
+    experiment.run(make_config(budget_overrides(source), root))
     return next(root.rglob("replicate_0/budget.json")).parent
 
 
@@ -103,7 +106,9 @@ def test_the_hash_follows_the_weights_not_their_path(source, tmp_path):
     assert plain != digests[0]
 
 
-def test_the_budget_stops_at_the_first_level_past_it_and_keeps_the_one_before(budget_run):
+def test_the_budget_stops_at_the_first_level_past_it_and_keeps_the_one_before(
+    budget_run, source
+):
     verdict = json.loads((budget_run / "budget.json").read_text())
     summaries = {
         int(path.parent.name.removeprefix("level_")): json.loads(path.read_text())
@@ -118,6 +123,12 @@ def test_the_budget_stops_at_the_first_level_past_it_and_keeps_the_one_before(bu
     assert all(drop[level] <= 5 + 1e-9 for level in range(over))
     assert drop[over] > 5
     assert verdict["chosen_test_accuracy"] == summaries[over - 1]["test_accuracy"]
+    # The same command again trains nothing and comes to the same verdict.
+    root = budget_run.parent.parent.parent
+    before = sorted(p.name for p in budget_run.iterdir())
+    experiment.run(make_config(budget_overrides(source), root))
+    assert sorted(p.name for p in budget_run.iterdir()) == before
+    assert json.loads((budget_run / "budget.json").read_text()) == verdict
 
 
 def test_every_level_reports_its_deployment_figures(budget_run):
@@ -175,3 +186,29 @@ def test_sparse_products_give_the_masked_network_logits(budget_run):
     dense = ticket.predict(x)
     sparse = sparse_forward(ticket.network, ticket.params, ticket.batch_stats, ticket.mask)(x)
     np.testing.assert_allclose(sparse, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_the_prune_finetune_preset_prints_the_deployment_table(tmp_path):
+    experiment.run(make_config(["train.steps=300it", "pruning.levels=0", "branches=[]",
+                                "progress=false"], tmp_path / "results"))
+    level_0 = next((tmp_path / "results").rglob("mnist1d_imp/*/replicate_0/level_0"))
+    result = run_cli(["+experiment=prune_finetune", f"init.checkpoint={level_0}",
+                      "train.steps=100it", "pruning.levels=2", "progress=false",
+                      f"results_root={tmp_path / 'results'}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "deployment of prune_finetune" in result.stdout
+    assert "budget: level " in result.stdout  # the verdict, at the miss or the last level
+    assert "exported level " in result.stdout
+    assert list((tmp_path / "results" / "prune_finetune").rglob("model.jax_export"))
+
+
+def test_int8_activations_too_keep_the_accuracy_close(budget_run):
+    ticket = load(pruned_level(budget_run))
+    x = np.random.default_rng(2).normal(size=(64, *ticket.summary["input_shape"]))
+    plain = np.asarray(ticket.predict(x))
+    weights_only = quantize(ticket.network, ticket.params, ticket.batch_stats).forward(x)
+    dynamic = quantize(ticket.network, ticket.params, ticket.batch_stats, "int8_dynamic")
+    both = np.asarray(dynamic.forward(x))
+    assert not np.array_equal(both, np.asarray(weights_only))  # activations quantized too
+    agree = np.mean(np.argmax(both, -1) == np.argmax(plain, -1))
+    assert agree > 0.9 and zeros_kept(dynamic, ticket.mask)

@@ -39,6 +39,7 @@ from lottery.branches import BranchInputs, BranchRun, branch_args
 from lottery.config import Config, ConfigError, RunError
 from lottery.data import StreamingDataset
 from lottery.data.augment import crop_flip
+from lottery.experiment.budget import BUDGET_FILE, budget_verdict, describe_budget, val_accuracy
 from lottery.experiment.levels import LevelStart, boundary_steps, train_level
 from lottery.experiment.plan import Plan, prepare
 from lottery.experiment.summary import environment, summarize
@@ -73,8 +74,6 @@ from lottery.train import (
 from lottery.train.optim import make_schedule
 from lottery.train.replicas import ReplicaBatcher
 
-# What an accuracy budget chose (``pruning.max_accuracy_drop``), in the replicate's folder.
-BUDGET_FILE = "budget.json"
 # The weights of a finished level in the sparse format of :mod:`lottery.deploy.sparse_format`.
 SPARSE_PARAMS = "params_sparse.npz"
 # Batch sizes of the measured inference latency of compacted structured tickets.
@@ -620,47 +619,6 @@ class Experiment:
         for logger in self.loggers:
             logger.finish(rows)
         return rows
-
-
-def budget_verdict(
-    replicate: ReplicateStore, chosen: int, drop: float, first_over: int | None
-) -> dict[str, Any]:
-    """What an accuracy budget chose: the sparsest level within it, judged on validation
-    accuracy, with its test accuracy reported (test never chose it)."""
-    summary = replicate.summary(chosen)
-    return {
-        "max_accuracy_drop": drop,
-        "reference_val_accuracy": val_accuracy(replicate, 0),
-        "chosen_level": chosen,
-        "chosen_val_accuracy": val_accuracy(replicate, chosen),
-        "chosen_test_accuracy": summary["test_accuracy"],
-        "weights_remaining_pct": summary["weights_remaining_pct"],
-        "first_level_over_budget": first_over,
-    }
-
-
-def val_accuracy(replicate: ReplicateStore, level: int) -> float:
-    """A finished level's final validation accuracy (from its metrics when its summary is
-    older than the ``val_accuracy`` entry)."""
-    value = replicate.summary(level).get("val_accuracy")
-    if value is None:
-        lines = (replicate.level_path(level) / "metrics.jsonl").read_text().splitlines()
-        value = json.loads(lines[-1])["val/accuracy"]
-    return float(value)
-
-
-def describe_budget(verdict: dict[str, Any]) -> str:
-    """One console line for a budget's choice."""
-    within = f"within {verdict['max_accuracy_drop']:g} points of level 0's validation accuracy"
-    over = verdict["first_level_over_budget"]
-    ended = f"level {over} fell past it" if over is not None else "no level fell past it"
-    return (
-        f"budget: level {verdict['chosen_level']} ({verdict['weights_remaining_pct']:.2f}% "
-        f"weights left) is the sparsest {within} (val "
-        f"{100 * verdict['chosen_val_accuracy']:.2f}% against "
-        f"{100 * verdict['reference_val_accuracy']:.2f}%; {ended}); its test accuracy "
-        f"{100 * verdict['chosen_test_accuracy']:.2f}%"
-    )
 
 
 def print_finished(

@@ -153,13 +153,18 @@ def prepare(cfg: Config) -> Plan:
 
 
 def check_pretrained_start(cfg: Config, rewind: int, dataset: Any) -> None:
-    """One line for starting points that contradict each other, and for a budget with no
-    validation data to judge it."""
+    """One line for starting points that contradict each other, for a budget with no
+    validation data to judge it, and for deployment figures of streamed data."""
     if not cfg.init.train_level_0 and cfg.pruning.start_from == "rewind" and rewind:
         raise ConfigError(
             f"init.train_level_0=false leaves level 0 untrained, so there are no weights at "
             f"pruning.rewind_step={cfg.pruning.rewind_step!r}; rewind to 0it, or set "
             "pruning.start_from=previous"
+        )
+    if (cfg.deploy.measure or cfg.deploy.export) and isinstance(dataset, data.StreamingDataset):
+        raise ConfigError(
+            f"deploy.measure and deploy.export need a dataset held in memory, and "
+            f"{cfg.dataset.name} is streamed; measure a level with lottery.deploy in Python"
         )
     validation = getattr(dataset, "validation", None)  # streamed data: judged as it comes
     if cfg.pruning.max_accuracy_drop is not None and validation is not None and not len(

@@ -77,8 +77,7 @@ def run_replicas(plan: Plan) -> tuple[ExperimentStore, list[dict[str, Any]]]:
     if batcher is None:  # one CPU device: one after another, in this thread
         console.print(
             f"train.replicas={len(seeds)} on one CPU device: the seeds train one after "
-            "another (XLA_FLAGS=--xla_force_host_platform_device_count=2 trains them on two "
-            "cores at once)"
+            "another (nothing would run at once)"
         )
         for seed, experiment in zip(seeds, experiments, strict=True):
             try:
