@@ -124,6 +124,7 @@ CASES = [
     case("learning rate NaN", "optimizer.lr=nan"),
     case("learning rate inf", "optimizer.lr=inf"),
     case("learning rate 1e9", "optimizer.lr=1e9"),
+    case("two seeds at once, diverging", "optimizer.lr=1e9", "train.replicas=2"),
     # Data that is missing or damaged.
     case("IDX directory missing", "dataset=idx", "dataset.path=/nonexistent/idx"),
     case("IDX files truncated", "dataset=idx", "dataset.path=idx", setup="idx_truncated"),

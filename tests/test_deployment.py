@@ -22,6 +22,9 @@ from lottery.pruning import flatten
 
 from conftest import DIGITS, make_config, run_cli
 
+# One worker for the module: its trained fixtures are made once.
+pytestmark = pytest.mark.xdist_group("deployment")
+
 FROM_SOURCE = ["init.train_level_0=false"]
 
 
@@ -193,7 +196,7 @@ def test_the_prune_finetune_preset_prints_the_deployment_table(tmp_path):
                                 "progress=false"], tmp_path / "results"))
     level_0 = next((tmp_path / "results").rglob("mnist1d_imp/*/replicate_0/level_0"))
     result = run_cli(["+experiment=prune_finetune", f"init.checkpoint={level_0}",
-                      "train.steps=100it", "pruning.levels=2", "progress=false",
+                      "train.steps=100it", "pruning.levels=1", "progress=false",
                       f"results_root={tmp_path / 'results'}"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "deployment of prune_finetune" in result.stdout

@@ -16,15 +16,22 @@ from conftest import make_config, summaries
 
 @pytest.mark.parametrize(
     "model",
-    [["model.hidden=[64,32]"], ["model=resnet20", "model.width=4", "train.steps=60it"]],
+    [
+        ["model.hidden=[64,32]", "pruning.rewind_step=50it"],
+        # A convolutional network trains one step per call on a CPU: fewer, shorter steps.
+        ["model=resnet20", "model.width=4", "train.steps=24it", "train.eval_every=12it",
+         "pruning.rewind_step=12it"],
+    ],
     ids=["mlp", "resnet20_batchnorm"],
 )
 def test_level_one_starts_from_the_step_k_weights_under_its_mask(
     tmp_path, digits_overrides, monkeypatch, model
 ):
-    digits = [o for o in digits_overrides if not o.startswith("model.hidden")]
+    digits = [
+        o for o in digits_overrides if not o.startswith(("model.hidden", "train.eval_every"))
+    ]
     overrides = [*digits, *model]
-    cfg = make_config([*overrides, "pruning.rewind_step=50it", "pruning.levels=1"], tmp_path)
+    cfg = make_config([*overrides, "pruning.levels=1"], tmp_path)
     starts = []
     original = Trainer.start
 
@@ -41,8 +48,9 @@ def test_level_one_starts_from_the_step_k_weights_under_its_mask(
     plan = experiment.plan
     trainer = experiment.trainer
     run = trainer.start(0, plan.init_params, plan.init_batch_stats, imp.full_mask(plan.init_params))
-    reference = jax_free_copy((trainer.train(run, 50).state.params, run.state.batch_stats))
-    rewound, rewound_stats = experiment.dense.rewind_point(50)
+    k = plan.rewind_step
+    reference = jax_free_copy((trainer.train(run, k).state.params, run.state.batch_stats))
+    rewound, rewound_stats = experiment.dense.rewind_point(k)
     for path, value in flatten(reference[0]).items():
         np.testing.assert_array_equal(flatten(rewound)[path], value, err_msg=path)
     assert bool(rewound_stats) == ("model=resnet20" in model)
@@ -51,7 +59,7 @@ def test_level_one_starts_from_the_step_k_weights_under_its_mask(
         assert not np.array_equal(value, flatten(plan.init_batch_stats)[path]), "stats moved"
 
     params, batch_stats, mask, start = starts[1]
-    assert start == 50
+    assert start == k
     for path, value in flatten(rewound_stats).items():
         np.testing.assert_array_equal(flatten(batch_stats)[path], value, err_msg=path)
     first = next(p for p in plan.prunable)
@@ -74,7 +82,7 @@ def test_level_one_starts_from_the_step_k_weights_under_its_mask(
         assert np.mean(flatten(final)[path][alive] != flatten(params)[path][alive]) > 0.5
 
     # A lost rewind point is made again by training level 0 to step k: the same bits.
-    experiment.dense.rewind_file(50).unlink()
+    experiment.dense.rewind_file(k).unlink()
     again, again_stats = experiment.rewind_point()
     for path, value in flatten(rewound).items():
         np.testing.assert_array_equal(flatten(again)[path], value, err_msg=path)

@@ -555,14 +555,18 @@ class Experiment:
         the checkpoints of the unfinished one stay, and the same command resumes.
         """
         self.level = 0
-        cfg = self.plan.cfg
-        results_root = Path(cfg.results_root).expanduser().resolve()
-        folders = (self.store.path, self.store.dense_path, results_root / cfg.name, results_root)
+        # Seeds training at once (a batcher) share the experiment's folders: each removes
+        # only its own replicate's, and run_replicas the shared ones once all have stopped.
+        folders = (
+            self.shared_folders()
+            if self.batcher is None
+            else (self.replicate.path, self.dense.path)
+        )
         made_here = [p for p in folders if not p.exists()]
         try:
             return self._run()
         except LevelDiverged:
-            _remove_unfinished(made_here)
+            remove_unfinished(made_here)
             raise
         except KeyboardInterrupt:
             step = f" step {self.trainer.last_step:,}" if self._trainer is not None else ""
@@ -577,6 +581,12 @@ class Experiment:
                 f"the disk is full (writing {error.filename or self.store.path}); finished "
                 "levels are intact: free some space and run the same command to resume"
             ) from None
+
+    def shared_folders(self) -> tuple[Path, ...]:
+        """The folders this experiment writes into that other runs may share."""
+        cfg = self.plan.cfg
+        results_root = Path(cfg.results_root).expanduser().resolve()
+        return (self.store.path, self.store.dense_path, results_root / cfg.name, results_root)
 
     def _run(self) -> list[dict[str, Any]]:
         cfg, plan = self.plan.cfg, self.plan
@@ -632,7 +642,7 @@ def print_finished(
     )
 
 
-def _remove_unfinished(folders: list[Path]) -> None:
+def remove_unfinished(folders: list[Path]) -> None:
     """Remove folders this run made that hold no finished level (a run that diverged leaves
     nothing behind but what earlier runs finished)."""
     for folder in folders:

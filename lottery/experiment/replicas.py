@@ -15,7 +15,7 @@ from typing import Any
 import jax
 
 from lottery.config import ConfigError, RunError
-from lottery.experiment.driver import Experiment
+from lottery.experiment.driver import Experiment, LevelDiverged, remove_unfinished
 from lottery.experiment.plan import Plan, with_seed
 from lottery.logging import RunLogger, console, make_loggers
 from lottery.store import ExperimentStore
@@ -96,6 +96,7 @@ def run_replicas(plan: Plan) -> tuple[ExperimentStore, list[dict[str, Any]]]:
         finally:
             batcher.leave()
 
+    made_here = [p for p in experiments[0].shared_folders() if not p.exists()]
     threads = [
         threading.Thread(target=work, args=(seed, e), name=f"seed {seed}", daemon=True)
         for seed, e in zip(seeds, experiments, strict=True)
@@ -110,6 +111,8 @@ def run_replicas(plan: Plan) -> tuple[ExperimentStore, list[dict[str, Any]]]:
         batcher.stop()  # every seed ends at its next step, keeping its checkpoints
         for thread in threads:
             thread.join()
+    if errors and all(isinstance(e, LevelDiverged) for e in errors.values()):
+        remove_unfinished(made_here)  # what no seed finished anything in (as a single run)
     return _finished(experiments, seeds, errors)
 
 
