@@ -20,7 +20,7 @@ from lottery.deploy.sparse_inference import sparse_forward
 from lottery.experiment.pretrained import load_pretrained
 from lottery.pruning import flatten
 
-from conftest import DIGITS, make_config, run_cli
+from conftest import DIGITS, make_config
 
 # One worker for the module: its trained fixtures are made once.
 pytestmark = pytest.mark.xdist_group("deployment")
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.xdist_group("deployment")
 FROM_SOURCE = ["init.train_level_0=false"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def source(tmp_path_factory) -> Path:
     """Level 0 of a trained digits MLP: the model the other runs start from."""
     root = tmp_path_factory.mktemp("source")
@@ -44,7 +44,7 @@ def budget_overrides(source: Path) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def budget_run(source, tmp_path_factory) -> Path:
     """Prune-and-fine-tune from the source to a budget of 5 points, measured and exported
     (it keeps level 2 and stops after level 3 on this data)."""
@@ -191,18 +191,20 @@ def test_sparse_products_give_the_masked_network_logits(budget_run):
     np.testing.assert_allclose(sparse, dense, rtol=1e-5, atol=1e-5)
 
 
-def test_the_prune_finetune_preset_prints_the_deployment_table(tmp_path):
+def test_the_prune_finetune_preset_prints_the_deployment_table(tmp_path, capsys):
+    results = tmp_path / "results"
     experiment.run(make_config(["train.steps=300it", "pruning.levels=0", "branches=[]",
-                                "progress=false"], tmp_path / "results"))
-    level_0 = next((tmp_path / "results").rglob("mnist1d_imp/*/replicate_0/level_0"))
-    result = run_cli(["+experiment=prune_finetune", f"init.checkpoint={level_0}",
-                      "train.steps=100it", "pruning.levels=1", "progress=false",
-                      f"results_root={tmp_path / 'results'}"], tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "deployment of prune_finetune" in result.stdout
-    assert "budget: level " in result.stdout  # the verdict, at the miss or the last level
-    assert "exported level " in result.stdout
-    assert list((tmp_path / "results" / "prune_finetune").rglob("model.jax_export"))
+                                "progress=false"], results))
+    level_0 = next(results.rglob("mnist1d_imp/*/replicate_0/level_0"))
+    capsys.readouterr()
+    experiment.run(make_config(["+experiment=prune_finetune", f"init.checkpoint={level_0}",
+                                "train.steps=100it", "pruning.levels=1", "progress=false"],
+                               results))
+    printed = capsys.readouterr().out
+    assert "deployment of prune_finetune" in printed
+    assert "budget: level " in printed  # the verdict, at the miss or the last level
+    assert "exported level " in printed
+    assert list((results / "prune_finetune").rglob("model.jax_export"))
 
 
 def test_int8_activations_too_keep_the_accuracy_close(budget_run):

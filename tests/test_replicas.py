@@ -48,7 +48,7 @@ def assert_same_training(together: Path, alone: Path) -> None:
                 np.testing.assert_allclose(value, b[name][key], atol=1e-5, err_msg=f"{name} {key}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def alone(tmp_path_factory) -> Path:
     """Seeds 0 and 1, each trained by a run of its own."""
     root = tmp_path_factory.mktemp("alone")

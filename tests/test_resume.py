@@ -19,6 +19,9 @@ from conftest import make_config, run_cli
 
 # Level 0 rewinds to step 50 and is checkpointed every 100 steps (of 300); each pruned level
 # has a branch (random_reinit), resumed like a level.
+# One worker for the module: the uninterrupted reference run is made once.
+pytestmark = pytest.mark.xdist_group("resume")
+
 RESUMABLE = [
     "dataset=digits",
     "model.hidden=[64,32]",
@@ -100,7 +103,7 @@ def store_contents(root):
     return contents
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory):
     root = tmp_path_factory.mktemp("uninterrupted")
     result = run_cli([*RESUMABLE, f"results_root={root}"], cwd=root)
