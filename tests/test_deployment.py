@@ -1,6 +1,8 @@
 """From a trained model to a shippable one: ``init.checkpoint``, the accuracy budget
 (``pruning.max_accuracy_drop``), int8 quantization, sparse inference and the exported model."""
 
+import contextlib
+import io
 import json
 import shutil
 import subprocess
@@ -37,20 +39,30 @@ def source(tmp_path_factory) -> Path:
 
 
 def budget_overrides(source: Path) -> list[str]:
+    """The prune_finetune preset (level 0 as loaded, fine-tuning from the previous level, int8,
+    measured and exported), small, on the digits model, to a budget of 5 points."""
     return [
-        *DIGITS, *FROM_SOURCE, f"init.checkpoint={source}", "pruning.start_from=previous",
-        "pruning.max_accuracy_drop=5", "pruning.fraction=0.6", "pruning.levels=5",
-        "train.steps=100it", "deploy.measure=true", "deploy.quantize=int8", "deploy.export=true",
+        "+experiment=prune_finetune", "dataset=digits", "model.hidden=[64,32]",
+        "train.batch_size=50", "train.eval_every=50it", "train.steps=100it", "progress=false",
+        f"init.checkpoint={source}", "pruning.max_accuracy_drop=5", "pruning.fraction=0.6",
+        "pruning.levels=5",
     ]
 
 
 @pytest.fixture(scope="session")
-def budget_run(source, tmp_path_factory) -> Path:
-    """Prune-and-fine-tune from the source to a budget of 5 points, measured and exported
-    (it keeps level 2 and stops after level 3 on this data)."""
+def budget_printed(source, tmp_path_factory) -> tuple[Path, str]:
+    """The preset's run (it keeps a pruned level and stops after a later one on this data):
+    its replicate folder and what it printed."""
     root = tmp_path_factory.mktemp("budget")
-    experiment.run(make_config(budget_overrides(source), root))
-    return next(root.rglob("replicate_0/budget.json")).parent
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        experiment.run(make_config(budget_overrides(source), root))
+    return next(root.rglob("replicate_0/budget.json")).parent, printed.getvalue()
+
+
+@pytest.fixture(scope="session")
+def budget_run(budget_printed) -> Path:
+    return budget_printed[0]
 
 
 def test_a_loaded_level_reproduces_the_source_exactly(source, tmp_path):
@@ -191,20 +203,15 @@ def test_sparse_products_give_the_masked_network_logits(budget_run):
     np.testing.assert_allclose(sparse, dense, rtol=1e-5, atol=1e-5)
 
 
-def test_the_prune_finetune_preset_prints_the_deployment_table(tmp_path, capsys):
-    results = tmp_path / "results"
-    experiment.run(make_config(["train.steps=300it", "pruning.levels=0", "branches=[]",
-                                "progress=false"], results))
-    level_0 = next(results.rglob("mnist1d_imp/*/replicate_0/level_0"))
-    capsys.readouterr()
-    experiment.run(make_config(["+experiment=prune_finetune", f"init.checkpoint={level_0}",
-                                "train.steps=100it", "pruning.levels=1", "progress=false"],
-                               results))
-    printed = capsys.readouterr().out
+def test_the_prune_finetune_preset_prints_the_deployment_table(budget_printed):
+    folder, printed = budget_printed
+    verdict = json.loads((folder / "budget.json").read_text())
     assert "deployment of prune_finetune" in printed
-    assert "budget: level " in printed  # the verdict, at the miss or the last level
-    assert "exported level " in printed
-    assert list((results / "prune_finetune").rglob("model.jax_export"))
+    assert f"budget: level {verdict['chosen_level']} " in printed
+    assert f"exported level {verdict['chosen_level']}: " in printed
+    table = printed.split("deployment of prune_finetune", 1)[1]
+    rows = [line for line in table.splitlines() if line.startswith("│")]
+    assert len(rows) == verdict["first_level_over_budget"] + 1  # one row per level
 
 
 def test_int8_activations_too_keep_the_accuracy_close(budget_run):

@@ -40,13 +40,14 @@ def test_level_one_starts_from_the_step_k_weights_under_its_mask(
         return original(self, step, params, batch_stats, mask)
 
     monkeypatch.setattr(Trainer, "start", recording_start)
-    imp.run(cfg)
     experiment = imp.Experiment(imp.prepare(cfg))
+    experiment.run()  # its trainer, compiled, also makes the reference below
     replicate = experiment.replicate
 
     # θ_k of a separate training, by another Trainer, of the same seed for exactly k steps.
     plan = experiment.plan
     trainer = experiment.trainer
+    trainer.use_data_stream(plan.data_stream(0))  # level 0's batches (the run ended on 1's)
     run = trainer.start(0, plan.init_params, plan.init_batch_stats, imp.full_mask(plan.init_params))
     k = plan.rewind_step
     reference = jax_free_copy((trainer.train(run, k).state.params, run.state.batch_stats))
