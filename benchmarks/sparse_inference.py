@@ -8,8 +8,8 @@ pruned Dense kernel as a ``jax.experimental.sparse`` BCOO matrix
 (:func:`lottery.deploy.sparse_inference.sparse_forward`), and a structured ticket that keeps
 the square root of the density of units per layer, compacted into a narrower dense network
 (:func:`lottery.deploy.compact`; its own sparsity is the second column: the input pixels and
-the classes are never pruned, so it is less sparse). Median of ``--repeats`` timed calls each; prints the
-sparsity from which each way beats dense, if any.
+the classes are never pruned, so it is less sparse). Median of ``--repeats`` timed calls
+each; prints the sparsity from which each way beats dense, if any.
 
     python benchmarks/sparse_inference.py [--repeats 50] [--json out.json]
 """
