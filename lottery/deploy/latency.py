@@ -20,6 +20,9 @@ import numpy as np
 from lottery.models.network import BatchStats, Network, Params
 from lottery.pruning.mask import flatten
 
+# The batch sizes latency is reported at: one request, and a full batch.
+LATENCY_BATCHES = (1, 256)
+
 
 def inference_latency(
     network: Network, params: Params, batch_stats: BatchStats, batch_size: int, repeats: int = 20

@@ -137,6 +137,8 @@ def load_sparse(path: str | os.PathLike) -> Any:
     return unflatten(flat)
 
 
-def dense_size(params: Any) -> int:
-    """Bytes of the plain, uncompressed ``.npz`` of ``params``: what the sparse file saves on."""
-    return len(_npz_bytes({p: _raw(np.asarray(v)) for p, v in flatten(params).items()}, False))
+def dense_size(params: Any, compressed: bool = False) -> int:
+    """Bytes of the plain ``.npz`` of ``params`` (uncompressed unless asked): what the sparse
+    file saves on."""
+    arrays = {p: _raw(np.asarray(v)) for p, v in flatten(params).items()}
+    return len(_npz_bytes(arrays, compressed))

@@ -19,32 +19,28 @@ can be measured later by running it again with ``deploy.measure=true``). With
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lottery.atomic import atomic_write_json
-from lottery.deploy import compact
+from lottery.deploy import compact, inference_latency
 from lottery.deploy.export import export_model
-from lottery.deploy.latency import forward_latency
+from lottery.deploy.latency import LATENCY_BATCHES, forward_latency
 from lottery.deploy.quantize import int8_tree, quantize, zeros_kept
 from lottery.deploy.sparse_format import dense_size, save_sparse
 from lottery.deploy.sparse_inference import sparse_forward
 from lottery.experiment.plan import Plan
 from lottery.logging import console
 from lottery.logging.deployment_table import deployment_table
-from lottery.store import ReplicateStore
+from lottery.store import ReplicateStore, load_tree_npz
 from lottery.train.steps import pad_for_eval
 
 DEPLOYMENT_FILE = "deployment.json"
 EXPORT_FILE = "model.jax_export"
 INT8_FILE = "params_sparse_int8.npz"
-BATCHES = (1, 256)
 
 
 def accuracy_on_test(forward: Any, plan: Plan, batch_size: int = 1000) -> float:
@@ -59,25 +55,29 @@ def accuracy_on_test(forward: Any, plan: Plan, batch_size: int = 1000) -> float:
 
 
 def _latencies(forward: Any, input_shape: tuple[int, ...]) -> dict[str, float]:
-    return {f"batch_{b}_ms": 1e3 * forward_latency(forward, input_shape, b) for b in BATCHES}
+    return {
+        f"batch_{b}_ms": 1e3 * forward_latency(forward, input_shape, b) for b in LATENCY_BATCHES
+    }
 
 
-def _compressed_size(params: Any) -> int:
-    from lottery.pruning import flatten
+def _network_latencies(network: Any, params: Any, batch_stats: Any) -> dict[str, float]:
+    return {
+        f"batch_{b}_ms": 1e3 * inference_latency(network, params, batch_stats, b)
+        for b in LATENCY_BATCHES
+    }
 
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **{p: np.asarray(v) for p, v in flatten(params).items()})
-    return buffer.getbuffer().nbytes
+
+def _level_weights(folder: Path) -> tuple[Any, Any, Any]:
+    """A finished level's trained weights, BatchNorm statistics and mask."""
+    weights = load_tree_npz(folder / "params.npz")
+    mask = load_tree_npz(folder / "mask.npz")["mask"]
+    return weights.get("params", {}), weights.get("batch_stats", {}), mask
 
 
 def level_figures(plan: Plan, folder: Path, dense_ms: dict[str, float]) -> dict[str, Any]:
     """The deployment figures of one finished level (see the module's docstring)."""
-    from lottery.store import load_tree_npz
-
     cfg, network = plan.cfg, plan.network
-    weights = load_tree_npz(folder / "params.npz")
-    params, stats = weights.get("params", {}), weights.get("batch_stats", {})
-    mask = load_tree_npz(folder / "mask.npz")["mask"]
+    params, stats, mask = _level_weights(folder)
     summary = json.loads((folder / "summary.json").read_text())
     figures: dict[str, Any] = {
         "level": summary["level"],
@@ -88,7 +88,7 @@ def level_figures(plan: Plan, folder: Path, dense_ms: dict[str, float]) -> dict[
         "flops": summary.get("flops"),
         "bytes": {
             "dense_float": dense_size(params),
-            "dense_compressed": _compressed_size(params),
+            "dense_compressed": dense_size(params, compressed=True),
             "sparse": (folder / "params_sparse.npz").stat().st_size
             if (folder / "params_sparse.npz").is_file()
             else None,
@@ -97,8 +97,12 @@ def level_figures(plan: Plan, folder: Path, dense_ms: dict[str, float]) -> dict[
     }
     if plan.strategy.name == "structured":
         small, small_params, small_stats = compact(network, params, stats, mask)
-        apply = jax.jit(lambda x: small.apply(small_params, small_stats, x, train=False)[0])
-        figures["latency"]["compacted"] = _latencies(apply, network.input_shape)
+        measured = summary.get("compacted")  # the level's summary measured it already
+        figures["latency"]["compacted"] = (
+            {f"batch_{b}_ms": measured[f"latency_ms_batch_{b}"] for b in LATENCY_BATCHES}
+            if measured
+            else _network_latencies(small, small_params, small_stats)
+        )
         figures["bytes"]["compacted_float"] = dense_size(small_params)
     elif summary["level"] > 0:
         forward = sparse_forward(network, params, stats, mask)
@@ -134,12 +138,9 @@ def measure_replicate(plan: Plan, replicate: ReplicateStore, levels: list[int]) 
         file = folder / DEPLOYMENT_FILE
         if _stale(file, plan.cfg.deploy.quantize):
             if dense_ms is None:  # the unpruned network, measured once per run
-                apply = jax.jit(
-                    lambda x: plan.network.apply(
-                        plan.init_params, plan.init_batch_stats, x, train=False
-                    )[0]
+                dense_ms = _network_latencies(
+                    plan.network, plan.init_params, plan.init_batch_stats
                 )
-                dense_ms = _latencies(apply, plan.network.input_shape)
             atomic_write_json(file, level_figures(plan, folder, dense_ms))
         rows.append(json.loads(file.read_text()))
     return rows
@@ -148,12 +149,8 @@ def measure_replicate(plan: Plan, replicate: ReplicateStore, levels: list[int]) 
 def export_level(plan: Plan, folder: Path) -> Path:
     """Write ``folder``'s network (compacted where structured, quantized where asked) as a
     ``jax.export`` artifact in the folder; its path."""
-    from lottery.store import load_tree_npz
-
     network = plan.network
-    weights = load_tree_npz(folder / "params.npz")
-    params, stats = weights.get("params", {}), weights.get("batch_stats", {})
-    mask = load_tree_npz(folder / "mask.npz")["mask"]
+    params, stats, mask = _level_weights(folder)
     if plan.strategy.name == "structured":
         network, params, stats = compact(network, params, stats, mask)
     scheme = plan.cfg.deploy.quantize

@@ -76,8 +76,6 @@ from lottery.train.replicas import ReplicaBatcher
 
 # The weights of a finished level in the sparse format of :mod:`lottery.deploy.sparse_format`.
 SPARSE_PARAMS = "params_sparse.npz"
-# Batch sizes of the measured inference latency of compacted structured tickets.
-LATENCY_BATCHES = (1, 256)
 
 
 class BrokenLevel(Exception):
@@ -477,6 +475,7 @@ class Experiment:
         """The structured ticket compacted into a smaller network: parameters, bytes and
         median CPU latency at batch 1 and 256, beside the dense network's (measured once)."""
         from lottery.deploy import compact, inference_latency, parameter_count, size_on_disk
+        from lottery.deploy.latency import LATENCY_BATCHES
 
         def figures(network: Any, weights: Any, stats: Any) -> dict[str, Any]:
             return {
