@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from lottery.ticket import Ticket
 
+from lottery.xla_cpu import prefer_eigen_convolutions
+
 __version__ = "0.1.0"
+
+# Before JAX starts a backend: XLA reads its flags once (see lottery.xla_cpu).
+prefer_eigen_convolutions()
 
 
 def load(path: str | Path) -> Ticket:

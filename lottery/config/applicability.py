@@ -23,6 +23,8 @@ from lottery.config.schema import Config
 WIDTH_PREFIXES = ("conv", "resnet", "vgg", "mnist1d_cnn")
 # Models with BatchNorm layers (model.batchnorm_init): the CIFAR and ImageNet ResNets, VGGs.
 BATCHNORM_PREFIXES = ("resnet", "vgg")
+# Models built from lottery.models.cpu_kernels' layers (model.kernels): the 2-D conv families.
+KERNELS_PREFIXES = ("conv", "resnet", "vgg")
 ADAM_FAMILY = ("adam", "adamw")
 # Datasets streamed from the host: normalised by their stream, cropped to dataset.image_size.
 STREAMED = ("imagenet2012",)
@@ -60,6 +62,9 @@ def check_applicable(cfg: Config, input_shape: tuple[int, ...]) -> None:
     if not model.name.startswith(BATCHNORM_PREFIXES):
         why = "only the networks with BatchNorm (resnet*, vgg*) have scales to draw"
         _unused(cfg, "model.batchnorm_init", on_model, why, "remove it")
+    if not model.name.startswith(KERNELS_PREFIXES):
+        why = "only conv2/4/6, resnet* and vgg* have convolutions or BatchNorm it chooses"
+        _unused(cfg, "model.kernels", on_model, why, "remove it")
 
     on_opt = f"optimizer.name={opt.name!r}"
     if opt.name != "sgd":

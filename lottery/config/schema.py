@@ -47,6 +47,11 @@ class ModelConfig:
     batchnorm_init: str = "ones"
     # Biases of dense/conv layers: "zeros" or "pytorch", U(±1/sqrt(fan_in)) as OpenLTH keeps.
     bias_init: str = "zeros"
+    # Training kernels: "xla" (Flax's Conv and BatchNorm as XLA compiles them), "cpu" (a
+    # batch-chunked convolution weight gradient and matrix-product BatchNorm sums, faster
+    # under XLA's CPU backend: lottery.models.cpu_kernels) or "auto" (cpu on a CPU). Equal to
+    # float rounding, so not hashed.
+    kernels: str = "auto"
 
 
 @dataclass

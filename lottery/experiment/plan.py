@@ -74,6 +74,7 @@ def prepare(cfg: Config) -> Plan:
     validate(cfg)
     data.check_name(cfg.dataset.name)
     models.check_name(cfg.model.name)
+    models.check_kernels(cfg.model.kernels)
     strategy_for(cfg.pruning)  # a bad method or key fails before the data is loaded
     dataset = data.load(cfg.dataset)
     check_applicable(cfg, tuple(dataset.input_shape))

@@ -15,6 +15,7 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
 def environment() -> dict[str, Any]:
     """The versions and the device that produced a level: bits depend on both."""
     import importlib.metadata
+    import os
     import platform
 
     import jax
@@ -31,6 +32,8 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "device": f"{device.platform}:{device.device_kind}",
         "device_count": jax.device_count(),
+        # XLA's flags choose kernels (lottery.xla_cpu), which change float rounding.
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
 

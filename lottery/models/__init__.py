@@ -8,6 +8,8 @@
 - ``mnist1d_cnn``: the MNIST-1D convolutional baseline (:mod:`.cnn1d`).
 
 ``model.width`` sets the base width of the convolutional families (0 = the paper's).
+``model.kernels`` picks the training kernels of convolutions and BatchNorm
+(:mod:`lottery.models.cpu_kernels`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import flax.linen as nn
+import jax
 
 from lottery.config import ConfigError, ModelConfig
 from lottery.models import conv, resnet_cifar, resnet_imagenet, vgg
@@ -58,10 +61,29 @@ MODELS: dict[str, Builder] = {
 }
 
 
+KERNELS = ("auto", "xla", "cpu")
+
+
 def check_name(name: str) -> None:
     """Fail with one line if ``name`` is not a known model."""
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}")
+
+
+def check_kernels(kernels: str) -> None:
+    """Fail with one line if ``kernels`` is not a known choice of ``model.kernels``."""
+    if kernels not in KERNELS:
+        choices = ", ".join(KERNELS)
+        raise ConfigError(f"unknown model.kernels={kernels!r}; choose one of {choices}")
+
+
+def uses_cpu_kernels(kernels: str, platform: str | None = None) -> bool:
+    """Whether ``model.kernels`` means :mod:`lottery.models.cpu_kernels` on ``platform``
+    (default: JAX's default backend)."""
+    check_kernels(kernels)
+    if kernels == "auto":
+        return (platform or jax.default_backend()) == "cpu"
+    return kernels == "cpu"
 
 
 def build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> Network:
@@ -69,7 +91,17 @@ def build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> N
     check_name(cfg.name)
     kernel_init(cfg.init)  # fail early on an unknown initialiser
     reinit = reinit_function(cfg.batchnorm_init, cfg.bias_init)
-    return Network(MODELS[cfg.name](cfg, num_classes), tuple(input_shape), reinit)
+    module = MODELS[cfg.name](cfg, num_classes)
+    return Network(module, tuple(input_shape), reinit, uses_cpu_kernels(cfg.kernels))
 
 
-__all__ = ["MODELS", "BatchStats", "Network", "Params", "build", "check_name"]
+__all__ = [
+    "MODELS",
+    "BatchStats",
+    "Network",
+    "Params",
+    "build",
+    "check_kernels",
+    "check_name",
+    "uses_cpu_kernels",
+]

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax
 
+from lottery.models.cpu_kernels import conv_layer
+
 BASE_WIDTH = 64
 
 # Output channels of each convolution; "M" is a 2x2 max-pool.
@@ -61,7 +63,7 @@ class ConvNet(nn.Module):
                 continue
             features = widths[i]
             i += 1
-            conv = nn.Conv(
+            conv = conv_layer(
                 features, (3, 3), padding=1, kernel_init=self.kernel_init, name=f"conv{i}"
             )
             x = nn.relu(conv(x))

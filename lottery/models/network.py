@@ -10,6 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lottery.models import cpu_kernels
+
 Params = Any  # a nested dict of arrays
 BatchStats = Any  # a nested dict of arrays, empty for models without BatchNorm
 
@@ -26,6 +28,8 @@ class Network:
     input_shape: tuple[int, ...]
     # Redraws some parameters after the module's own initialisation (see init.py).
     reinit: Callable[[jax.Array, Params], Params] | None = None
+    # Train with lottery.models.cpu_kernels (equal results to float rounding, faster on a CPU).
+    cpu_kernels: bool = False
 
     def init(self, key: jax.Array) -> tuple[Params, BatchStats]:
         """Fresh parameters and BatchNorm statistics (``{}`` when there is none)."""
@@ -44,7 +48,10 @@ class Network:
         variables = {"params": params}
         if batch_stats:
             variables["batch_stats"] = batch_stats
-        if train and batch_stats:
-            logits, updates = self.module.apply(variables, x, train=True, mutable=["batch_stats"])
-            return logits, updates["batch_stats"]
-        return self.module.apply(variables, x, train=train), batch_stats
+        with cpu_kernels.enabled(self.cpu_kernels and train):
+            if train and batch_stats:
+                logits, updates = self.module.apply(
+                    variables, x, train=True, mutable=["batch_stats"]
+                )
+                return logits, updates["batch_stats"]
+            return self.module.apply(variables, x, train=train), batch_stats

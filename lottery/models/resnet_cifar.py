@@ -13,23 +13,20 @@ follows the nominal design, so the parameter names stay those of the full networ
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-BASE_WIDTH = 16
+from lottery.models.cpu_kernels import batch_norm, conv_layer
 
-# PyTorch's BatchNorm2d defaults (its momentum 0.1 is Flax's 0.9); statistics go to the
-# ``batch_stats`` collection. Call with ``use_running_average=not train``.
-BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+BASE_WIDTH = 16
 
 
 def conv(features: int, size: int, stride: int, kernel_init: Callable, name: str) -> nn.Conv:
     """A bias-free ``size`` x ``size`` convolution padded as PyTorch's ``padding=size // 2``."""
-    return nn.Conv(
+    return conv_layer(
         features,
         (size, size),
         strides=(stride, stride),
@@ -57,9 +54,9 @@ class BasicBlock(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         inner, out = (self.features, self.features) if self.widths is None else self.widths
         y = conv(inner, 3, self.stride, self.kernel_init, "conv1")(x)
-        y = nn.relu(BatchNorm(use_running_average=not train, name="bn1")(y))
+        y = nn.relu(batch_norm(use_running_average=not train, name="bn1")(y))
         y = conv(out, 3, 1, self.kernel_init, "conv2")(y)
-        y = BatchNorm(use_running_average=not train, name="bn2")(y)
+        y = batch_norm(use_running_average=not train, name="bn2")(y)
         skip = shortcut(x, out, self.stride, self.kernel_init, train, self.projection)
         return nn.relu(y + skip)
 
@@ -82,7 +79,7 @@ def shortcut(
     if not projection:
         return x
     x = conv(features, 1, stride, kernel_init, "shortcut_conv")(x)
-    return BatchNorm(use_running_average=not train, name="shortcut_bn")(x)
+    return batch_norm(use_running_average=not train, name="shortcut_bn")(x)
 
 
 def block_widths(
@@ -124,7 +121,7 @@ class CifarResNet(nn.Module):
         blocks = (self.depth - 2) // 6
         stem, widths = block_widths(self.widths, self.width, [2] * 3 * blocks)
         x = conv(stem, 3, 1, self.kernel_init, "stem_conv")(x)
-        x = nn.relu(BatchNorm(use_running_average=not train, name="stem_bn")(x))
+        x = nn.relu(batch_norm(use_running_average=not train, name="stem_bn")(x))
         channels = self.width  # nominal, which decides the projection shortcuts
         for stage in range(3):
             for index in range(blocks):

@@ -19,7 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lottery.models.resnet_cifar import BasicBlock, BatchNorm, block_widths, conv, shortcut
+from lottery.models.cpu_kernels import batch_norm
+from lottery.models.resnet_cifar import BasicBlock, block_widths, conv, shortcut
 
 BASE_WIDTH = 64
 
@@ -51,11 +52,11 @@ class Bottleneck(nn.Module):
         nominal = (self.features, self.features, self.features * self.expansion)
         first, second, out = nominal if self.widths is None else self.widths
         y = conv(first, 1, 1, self.kernel_init, "conv1")(x)
-        y = nn.relu(BatchNorm(use_running_average=not train, name="bn1")(y))
+        y = nn.relu(batch_norm(use_running_average=not train, name="bn1")(y))
         y = conv(second, 3, self.stride, self.kernel_init, "conv2")(y)
-        y = nn.relu(BatchNorm(use_running_average=not train, name="bn2")(y))
+        y = nn.relu(batch_norm(use_running_average=not train, name="bn2")(y))
         y = conv(out, 1, 1, self.kernel_init, "conv3")(y)
-        y = BatchNorm(use_running_average=not train, name="bn3")(y)
+        y = batch_norm(use_running_average=not train, name="bn3")(y)
         skip = shortcut(x, out, self.stride, self.kernel_init, train, self.projection)
         return nn.relu(y + skip)
 
@@ -80,7 +81,7 @@ class ImageNetResNet(nn.Module):
         convs, expansion = (3, 4) if self.bottleneck else (2, 1)
         stem, widths = block_widths(self.widths, self.width, [convs] * sum(self.stages))
         x = conv(stem, 7, 2, self.kernel_init, "stem_conv")(x)
-        x = nn.relu(BatchNorm(use_running_average=not train, name="stem_bn")(x))
+        x = nn.relu(batch_norm(use_running_average=not train, name="stem_bn")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         block_type = Bottleneck if self.bottleneck else BasicBlock
         channels, position = self.width, 0  # nominal channels decide the projections

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 
 from lottery.models.conv import conv_widths
-from lottery.models.resnet_cifar import BatchNorm
+from lottery.models.cpu_kernels import batch_norm, conv_layer
 
 BASE_WIDTH = 64
 
@@ -53,10 +53,11 @@ class VGG(nn.Module):
                 continue
             features = widths[i]
             i += 1
-            x = nn.Conv(features, (3, 3), padding=1, kernel_init=self.kernel_init, name=f"conv{i}")(
-                x
+            conv = conv_layer(
+                features, (3, 3), padding=1, kernel_init=self.kernel_init, name=f"conv{i}"
             )
-            x = nn.relu(BatchNorm(use_running_average=not train, name=f"bn{i}")(x))
+            x = conv(x)
+            x = nn.relu(batch_norm(use_running_average=not train, name=f"bn{i}")(x))
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))
         return nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="out")(x)

@@ -3,9 +3,10 @@
 As in OpenLTH, only values that differ from the schema's defaults enter the hash, so adding
 a new option with a default later does not rename every existing result folder. Names,
 seeds (replicates live inside the folder), paths, display, logging and checkpoint settings,
-the eval batch size and the number of levels (more levels extend a run) are left out. The
-data itself enters as a fingerprint of what was read (``data.fingerprint``), so two
-directories of different files never share a folder.
+the eval batch size, the training kernels (equal to float rounding) and the number of
+levels (more levels extend a run) are left out. The data itself enters as a fingerprint of
+what was read (``data.fingerprint``), so two directories of different files never share a
+folder.
 
 Level 0 (the dense training and its rewind points) has a hash of its own, of the same values
 less those that only change levels >= 1: every ``pruning.*`` key and
@@ -42,6 +43,7 @@ NOT_HASHED = frozenset(
         "train.keep_checkpoints",
         "train.data_parallel",
         "train.replicas",
+        "model.kernels",
     }
 )
 

@@ -1,0 +1,223 @@
+"""Convolutional networks on a CPU: train steps per second, ours against PyTorch eager.
+
+ResNet-20 (batch 128) and Conv-4 (batch 60) on CIFAR-10-shaped data: one step is random crop
+and flip, forward, cross-entropy, backward and SGD with momentum (weight decay 1e-4), dense
+(no mask) and masked (a random half of every weight tensor pruned). Rows:
+
+- ``lottery``: the package's defaults on a CPU (Eigen convolutions, ``model.kernels=auto``
+  which is ``cpu`` here, see :mod:`lottery.models.cpu_kernels` and :mod:`lottery.xla_cpu`);
+- ``lottery kernels=xla``: ``model.kernels=xla``, Flax's own Conv and BatchNorm;
+- ``lottery kernels=xla, YNNPACK convs``: also XLA's default convolutions (what the package
+  did before it set its XLA flag);
+- ``pytorch eager``: the same networks and step in PyTorch (``conv_cpu_torch.py``), if a
+  Python with PyTorch is given.
+
+Each row runs in a process of its own (XLA reads its flags once per process), one after the
+other: ``--repeats`` stretches of ``--steps`` steps after two warm-up steps, the median
+steps/s printed with the ratio to PyTorch's. For ``lottery`` it also prints where a step's
+time goes: forward (train mode), backward (forward+backward less forward), the update
+(step less forward+backward), and the convolutions alone (every layer's forward, input
+gradient and kernel gradient timed on its own, summed). Run it with nothing else computing.
+
+PyTorch is never a dependency of ``lottery``. To compare with it:
+
+    python -m venv /tmp/torch && /tmp/torch/bin/pip install torch numpy   # the CPU build
+    python benchmarks/conv_cpu.py --torch-python /tmp/torch/bin/python
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import parser, report
+
+HERE = Path(__file__).resolve().parent
+CASES = {"resnet20": 128, "conv4": 60}
+YNN_CONVOLUTIONS = "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution"
+VARIANTS = {
+    "lottery": ("auto", None),
+    "lottery kernels=xla": ("xla", None),
+    "lottery kernels=xla, YNNPACK convs": ("xla", YNN_CONVOLUTIONS),
+}
+
+
+def median_time(function, repeats: int) -> float:
+    """Median seconds of ``function()`` (which blocks until its result is ready)."""
+    times = []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+def conv_seconds(network, batch: int) -> float:
+    """Seconds for every convolution's forward, input gradient and kernel gradient, each
+    timed alone at its shape in the network (with the network's kernels)."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from lottery.models import cpu_kernels
+
+    layers = []
+
+    def record(next_fun, args, kwargs, context):
+        if context.method_name == "__call__" and isinstance(context.module, nn.Conv):
+            layers.append((context.module.clone(parent=None), args[0].shape))
+        return next_fun(*args, **kwargs)
+
+    x = jnp.zeros((batch, 32, 32, 3))
+    with nn.intercept_methods(record), cpu_kernels.enabled(network.cpu_kernels):
+        jax.eval_shape(lambda: network.module.init(jax.random.key(0), x, train=True))
+    total = 0.0
+    for module, shape in layers:
+        x = jnp.ones(shape)
+        variables = module.init(jax.random.key(0), x)
+
+        def loss(variables, x, module=module):
+            return jnp.sum(module.apply(variables, x) ** 2)
+
+        gradients = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        jax.block_until_ready(gradients(variables, x))
+        # the forward pass and both gradients of the backward pass
+        total += median_time(
+            lambda g=gradients, v=variables, x=x: jax.block_until_ready(g(v, x)), 5
+        )
+    return total
+
+
+def worker(case: str, kernels: str, masked: bool, steps: int, repeats: int) -> dict:
+    """Ours, in this process: steps/s of the jitted train step and where its time goes."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import lottery  # noqa: F401  (sets the XLA flag before JAX starts)
+    from lottery.config import ModelConfig, OptimizerConfig
+    from lottery.data.augment import crop_flip
+    from lottery.models import build
+    from lottery.train.optim import make_optimizer, make_schedule
+    from lottery.train.state import TrainState
+    from lottery.train.steps import make_step
+
+    batch = CASES[case]
+    network = build(ModelConfig(name=case, kernels=kernels), (32, 32, 3), 10)
+    params, stats = network.init(jax.random.key(0))
+    mask = (jax.tree.map(lambda p: jax.random.bernoulli(jax.random.key(p.size), 0.5, p.shape),
+                         params) if masked else None)
+    if masked:
+        params = jax.tree.map(lambda p, m: jnp.where(m, p, 0.0), params, mask)
+    opt = OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4)
+    tx = make_optimizer(opt)
+    step = jax.jit(make_step(network, tx, make_schedule(opt, 390, 63_000), crop_flip),
+                   donate_argnums=0)
+    state = TrainState.create(0, params, stats, tx)
+    x = jax.random.normal(jax.random.key(1), (batch, 32, 32, 3))
+    y = jax.random.randint(jax.random.key(2), (batch,), 0, 10)
+    key = jax.random.key(3)
+    begin = time.perf_counter()
+    state, loss = step(state, mask, x, y, key)
+    loss.block_until_ready()
+    compile_s = time.perf_counter() - begin
+    state, loss = step(state, mask, x, y, key)
+    loss.block_until_ready()
+    rates = []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        for _ in range(steps):
+            state, loss = step(state, mask, x, y, key)
+        loss.block_until_ready()
+        rates.append(steps / (time.perf_counter() - begin))
+    row = {"steps_per_s": statistics.median(rates), "rates": rates, "compile_s": compile_s,
+           "cpu_kernels": network.cpu_kernels, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    if masked:
+        return row
+
+    def objective(params, stats, x):
+        logits, new_stats = network.apply(params, stats, x, train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new_stats
+
+    forward = jax.jit(objective)
+    backward = jax.jit(jax.value_and_grad(objective, has_aux=True))
+    params, stats = state.params, state.batch_stats
+    jax.block_until_ready(forward(params, stats, x))
+    jax.block_until_ready(backward(params, stats, x))
+    forward_s = median_time(lambda: jax.block_until_ready(forward(params, stats, x)), 7)
+    both_s = median_time(lambda: jax.block_until_ready(backward(params, stats, x)), 7)
+    step_s = 1 / row["steps_per_s"]
+    row.update(forward_ms=1e3 * forward_s, backward_ms=1e3 * (both_s - forward_s),
+               update_ms=1e3 * (step_s - both_s),
+               convolutions_ms=1e3 * conv_seconds(network, batch))
+    return row
+
+
+def run_worker(case: str, variant: str, masked: bool, steps: int, repeats: int) -> dict:
+    kernels, flags = VARIANTS[variant]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if flags:
+        env["XLA_FLAGS"] = flags
+    command = [sys.executable, __file__, "--worker", case, kernels, str(int(masked)),
+               str(steps), str(repeats)]
+    out = subprocess.run(command, env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{variant} on {case} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_torch(python: str, case: str, steps: int, repeats: int) -> dict[bool, float]:
+    command = [python, str(HERE / "conv_cpu_torch.py"), "--cases", case, "--steps", str(steps),
+               "--repeats", str(repeats)]
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"PyTorch on {case} failed:\n{out.stderr[-3000:]}")
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    return {row["masked"]: row for row in rows}
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        case, kernels, masked, steps, repeats = sys.argv[2:7]
+        print(json.dumps(worker(case, kernels, bool(int(masked)), int(steps), int(repeats))))
+        return
+    args = parser(__doc__.splitlines()[0])
+    args.add_argument("--torch-python", help="a Python with PyTorch, to run PyTorch eager")
+    args.add_argument("--cases", default=",".join(CASES))
+    args.add_argument("--variants", default=";".join(VARIANTS),
+                      help="which of our rows to run (separated by ';')")
+    args.add_argument("--steps", type=int, default=10)
+    args.add_argument("--repeats", type=int, default=3)
+    opts = args.parse_args()
+    rows, extra = [], {}
+    for case in opts.cases.split(","):
+        torch_rows = run_torch(opts.torch_python, case, opts.steps, opts.repeats) \
+            if opts.torch_python else {}
+        for masked in (False, True):
+            theirs = torch_rows.get(masked)
+            if theirs:
+                rows.append({"case": case, "masked": masked, "what": "pytorch eager",
+                             "steps_per_s": theirs["steps_per_s"], "vs_pytorch": 1.0,
+                             "note": f"torch {theirs['torch']}, {theirs['threads']} threads"})
+            for variant in opts.variants.split(";"):
+                ours = run_worker(case, variant, masked, opts.steps, opts.repeats)
+                ratio = ours["steps_per_s"] / theirs["steps_per_s"] if theirs else None
+                rows.append({"case": case, "masked": masked, "what": variant,
+                             "steps_per_s": ours["steps_per_s"], "vs_pytorch": ratio,
+                             "compile_s": ours["compile_s"]})
+                if not masked and variant == "lottery":
+                    extra[f"{case} step breakdown (ms)"] = {
+                        k: round(ours[k], 1) for k in
+                        ("forward_ms", "backward_ms", "update_ms", "convolutions_ms")}
+    report("Train steps per second on this CPU: ours against PyTorch eager",
+           ["case", "masked", "what", "steps_per_s", "vs_pytorch", "compile_s", "note"],
+           rows, extra, opts.json)
+
+
+if __name__ == "__main__":
+    main()

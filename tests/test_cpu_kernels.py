@@ -1,0 +1,170 @@
+"""The CPU training kernels (lottery.models.cpu_kernels) and the XLA flag set on import:
+the same logits, gradients and BatchNorm statistics as Flax's layers, pruned weights +0.0."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lottery.config import ConfigError, ModelConfig, OptimizerConfig
+from lottery.models import build, cpu_kernels, uses_cpu_kernels
+from lottery.train.optim import make_optimizer, make_schedule
+from lottery.train.state import TrainState
+from lottery.train.steps import make_step
+from lottery.xla_cpu import EIGEN_CONVOLUTIONS
+
+
+def both(name: str, width: int) -> tuple:
+    """The network with Flax's layers and with the CPU kernels, and shared initial weights."""
+    network = build(ModelConfig(name=name, width=width, kernels="xla"), (32, 32, 3), 10)
+    params, stats = network.init(jax.random.key(0))
+    return network, dataclasses.replace(network, cpu_kernels=True), params, stats
+
+
+def loss_and_grads(network, params, stats, x, y):
+    def loss(params):
+        logits, new_stats = network.apply(params, stats, x, train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (
+            logits,
+            new_stats,
+        )
+
+    (value, (logits, new_stats)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+        params
+    )
+    return value, logits, new_stats, grads
+
+
+def assert_trees_close(a, b, rtol: float, atol: float) -> None:
+    flat_a, flat_b = jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)
+    assert len(flat_a) == len(flat_b)
+    for (path, left), right in zip(flat_a, flat_b, strict=True):
+        np.testing.assert_allclose(
+            np.asarray(left), np.asarray(right), rtol=rtol, atol=atol,
+            err_msg=jax.tree_util.keystr(path),
+        )
+
+
+@pytest.mark.parametrize(("name", "width"), [("resnet20", 8), ("conv2", 16), ("vgg11", 8)])
+def test_logits_gradients_and_statistics_equal_flax_layers(name: str, width: int) -> None:
+    plain, fast, params, stats = both(name, width)
+    # 48 examples: three chunks of the kernel gradient.
+    x = jax.random.normal(jax.random.key(1), (48, 32, 32, 3))
+    y = jax.random.randint(jax.random.key(2), (48,), 0, 10)
+    loss_p, logits_p, stats_p, grads_p = loss_and_grads(plain, params, stats, x, y)
+    loss_f, logits_f, stats_f, grads_f = loss_and_grads(fast, params, stats, x, y)
+    np.testing.assert_allclose(logits_f, logits_p, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(loss_f, loss_p, rtol=1e-5)
+    # Gradients summed over chunks in another order: equal to float32 rounding.
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads_p))
+    assert_trees_close(grads_f, grads_p, rtol=1e-3, atol=1e-5 * scale)
+    assert_trees_close(stats_f, stats_p, rtol=1e-4, atol=1e-6)
+    # Evaluation is Flax's own path either way: bit for bit.
+    eval_p, _ = plain.apply(params, stats, x, train=False)
+    eval_f, _ = fast.apply(params, stats, x, train=False)
+    np.testing.assert_array_equal(eval_f, eval_p)
+
+
+def test_the_fast_path_really_runs() -> None:
+    """The CPU kernels change the program: chunked kernel gradients, two-stage sums."""
+    plain, fast, params, stats = both("resnet20", 8)
+    x, y = jnp.ones((48, 32, 32, 3)), jnp.zeros((48,), jnp.int32)
+
+    def program(network) -> str:
+        def loss(params):
+            logits, _ = network.apply(params, stats, x, train=True)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        return jax.jit(jax.grad(loss)).lower(params).as_text()
+
+    plain_text, fast_text = program(plain), program(fast)
+    assert fast_text.count("convolution") > plain_text.count("convolution") + 2 * 20
+    # BatchNorm's first stage sums blocks of 32 rows: 48 x 32 x 32 rows of 8 channels.
+    blocks = "tensor<1536x32x8xf32>"
+    assert blocks in fast_text and blocks not in plain_text
+
+
+def test_pruned_weights_stay_positive_zero() -> None:
+    _, fast, params, stats = both("resnet20", 8)
+    mask = jax.tree.map(
+        lambda p: jax.random.bernoulli(jax.random.key(p.size), 0.5, p.shape), params
+    )
+    opt = OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4)
+    tx = make_optimizer(opt)
+    step = jax.jit(make_step(fast, tx, make_schedule(opt, 10, 100)))
+    state = TrainState.create(0, params, stats, tx)
+    x = jax.random.normal(jax.random.key(3), (32, 32, 32, 3))
+    y = jax.random.randint(jax.random.key(4), (32,), 0, 10)
+    for _ in range(3):
+        state, loss = step(state, mask, x, y, jax.random.key(5))
+    assert np.isfinite(float(loss))
+    for p, m in zip(jax.tree.leaves(state.params), jax.tree.leaves(mask), strict=True):
+        pruned = np.asarray(p)[~np.asarray(m)]
+        assert np.all(pruned == 0) and not np.any(np.signbit(pruned))
+        assert np.any(np.asarray(p)[np.asarray(m)] != 0)
+
+
+def test_batchnorm_in_bfloat16_matches_flax() -> None:
+    """Mixed precision: statistics in float32, output in the input's dtype, as Flax's."""
+    x = jax.random.normal(jax.random.key(6), (16, 8, 8, 4)).astype(jnp.bfloat16) * 3 + 1
+    flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
+    ours = cpu_kernels.MatmulBatchNorm(use_running_average=False)
+    variables = flax_bn.init(jax.random.key(0), x)
+    variables = {
+        "params": jax.tree.map(lambda a: a.astype(jnp.bfloat16), variables["params"]),
+        "batch_stats": variables["batch_stats"],
+    }
+    y_flax, s_flax = flax_bn.apply(variables, x, mutable=["batch_stats"])
+    y_ours, s_ours = ours.apply(variables, x, mutable=["batch_stats"])
+    assert y_ours.dtype == y_flax.dtype == jnp.bfloat16
+    np.testing.assert_allclose(
+        np.asarray(y_ours, np.float32), np.asarray(y_flax, np.float32), rtol=2e-2, atol=2e-2
+    )
+    assert_trees_close(s_ours, s_flax, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_means_cpu_kernels_on_a_cpu_only() -> None:
+    assert uses_cpu_kernels("auto", "cpu")
+    assert not uses_cpu_kernels("auto", "gpu")
+    assert uses_cpu_kernels("cpu", "gpu") and not uses_cpu_kernels("xla", "cpu")
+    with pytest.raises(ConfigError, match=r"model.kernels='fast'.*auto, xla, cpu"):
+        uses_cpu_kernels("fast")
+
+
+PROBE = """
+import json, os, lottery, jax, jax.numpy as jnp
+from jax import lax
+conv = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+grad = jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), argnums=1))
+text = grad.lower(jnp.ones((8, 16, 16, 32)), jnp.ones((3, 3, 32, 32))).compile().as_text()
+print(json.dumps({"flags": os.environ.get("XLA_FLAGS", ""), "ynn": "__ynn_fusion" in text}))
+"""
+
+
+def probe(xla_flags: str | None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if xla_flags is not None:
+        env["XLA_FLAGS"] = xla_flags
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_importing_lottery_keeps_convolutions_out_of_ynnpack_unless_told_otherwise() -> None:
+    default = probe(None)
+    assert EIGEN_CONVOLUTIONS in default["flags"] and not default["ynn"]
+    # The user's own setting wins, and then YNNPACK takes the convolutions again.
+    own = probe("--xla_cpu_experimental_ynn_fusion_type=individual_convolution")
+    assert EIGEN_CONVOLUTIONS not in own["flags"] and own["ynn"]
