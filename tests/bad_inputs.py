@@ -2,6 +2,7 @@
 with one line on stderr, no traceback, and no new file.
 
     python tests/bad_inputs.py          # prints one line per input and the counts
+    python tests/bad_inputs.py --shard 0/2   # every second case, from the first
 
 ``tests/test_bad_inputs.py`` runs it in the test suite. Environment faults (a full disk,
 Ctrl-C) are the exceptions to "no new file": what was finished before them must stay.
@@ -303,10 +304,16 @@ def run_all(cases: list[Case] = CASES) -> list[Outcome]:
     return [here[c] for c in cases]
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    """``--shard K/N`` runs every N-th case from the K-th (0-based): the test suite runs the
+    shards side by side."""
+    cases = CASES
+    if argv[:1] == ["--shard"]:
+        index, count = (int(part) for part in argv[1].split("/"))
+        cases = CASES[index::count]
     if shutil.which("mount") is None:
         print("note: no `mount`: the full-disk case is skipped")
-    outcomes = run_all()
+    outcomes = run_all(cases)
     for outcome in outcomes:
         print(f"{outcome.verdict:>13}  {outcome.case.what}: {outcome.detail}")
     counts = {v: sum(o.verdict == v for o in outcomes) for v in
@@ -316,4 +323,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -8,11 +8,14 @@ import pytest
 
 from conftest import REPO
 
+SHARDS = 2  # run side by side by the suite's workers
+
 
 @pytest.mark.slow
-def test_every_bad_input_is_one_clear_line():
+@pytest.mark.parametrize("shard", range(SHARDS))
+def test_every_bad_input_is_one_clear_line(shard: int):
     result = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "bad_inputs.py")],
+        [sys.executable, str(REPO / "tests" / "bad_inputs.py"), "--shard", f"{shard}/{SHARDS}"],
         capture_output=True, text=True, timeout=900, cwd=REPO,
     )
     last = result.stdout.strip().splitlines()[-1]
