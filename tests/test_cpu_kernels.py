@@ -131,7 +131,7 @@ def test_batchnorm_in_bfloat16_matches_flax() -> None:
     """Mixed precision: statistics in float32, output in the input's dtype, as Flax's."""
     x = jax.random.normal(jax.random.key(6), (16, 8, 8, 4)).astype(jnp.bfloat16) * 3 + 1
     flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
-    ours = cpu_kernels.MatmulBatchNorm(use_running_average=False)
+    ours = cpu_kernels.BlockSumBatchNorm(use_running_average=False)
     variables = flax_bn.init(jax.random.key(0), x)
     variables = {
         "params": jax.tree.map(lambda a: a.astype(jnp.bfloat16), variables["params"]),

@@ -48,7 +48,7 @@ class ModelConfig:
     # Biases of dense/conv layers: "zeros" or "pytorch", U(±1/sqrt(fan_in)) as OpenLTH keeps.
     bias_init: str = "zeros"
     # Training kernels: "xla" (Flax's Conv and BatchNorm as XLA compiles them), "cpu" (a
-    # batch-chunked convolution weight gradient and matrix-product BatchNorm sums, faster
+    # batch-chunked convolution weight gradient and two-stage BatchNorm sums, faster
     # under XLA's CPU backend: lottery.models.cpu_kernels) or "auto" (cpu on a CPU). Equal to
     # float rounding, so not hashed.
     kernels: str = "auto"

@@ -12,8 +12,8 @@ ResNet-20 train step besides the convolutions themselves:
 - **BatchNorm's per-channel reductions.** XLA's CPU backend rewrites a reduction over
   batch x height x width into a tree of ``reduce-window`` loops, one pass over the
   activations each (five per BatchNorm, forward and backward: 110 ms of a 500 ms ResNet-20
-  step). :class:`MatmulBatchNorm` writes every per-channel sum, and every broadcast whose
-  gradient is one, as a product with a vector of ones, which runs as a matrix product.
+  step). :class:`BlockSumBatchNorm` computes every per-channel sum, and the gradient of every
+  per-channel broadcast, in two short stages that XLA leaves as plain, fast reductions.
 
 Neither helps on a GPU, where XLA's own convolutions and reductions are the fast path, so
 the network uses them only where :func:`enabled` says so (``model.kernels``; ``auto`` picks
@@ -141,8 +141,7 @@ def _sum_channels(x: jax.Array) -> jax.Array:
 
 @jax.custom_vjp
 def channel_sum(x: jax.Array) -> jax.Array:
-    """Per-channel sum of ``x`` (channels last), as a matrix product; its gradient is a
-    broadcast."""
+    """Per-channel sum of ``x`` (channels last) in two stages; its gradient is a broadcast."""
     return _sum_channels(x)
 
 
@@ -154,8 +153,8 @@ channel_sum.defvjp(
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def broadcast_channels(v: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """``v`` (one value per channel) broadcast to ``shape``; its gradient is
-    :func:`channel_sum`, a matrix product instead of XLA's reduction."""
+    """``v`` (one value per channel) broadcast to ``shape``; its gradient is the two-stage
+    per-channel sum instead of XLA's (rewritten) reduction."""
     return jnp.broadcast_to(v, shape)
 
 
@@ -165,9 +164,9 @@ broadcast_channels.defvjp(
 )
 
 
-class MatmulBatchNorm(nn.Module):
+class BlockSumBatchNorm(nn.Module):
     """``nn.BatchNorm`` over the last axis with its defaults (fast variance, statistics and
-    parameters in float32), whose per-channel sums are matrix products.
+    parameters in float32), whose per-channel sums run in two stages (:func:`channel_sum`).
 
     Parameters ``scale`` and ``bias`` and statistics ``mean`` and ``var`` are those of
     ``nn.BatchNorm``, updated the same way: ``m * running + (1 - m) * batch``.
@@ -204,8 +203,8 @@ class MatmulBatchNorm(nn.Module):
 
 def batch_norm(use_running_average: bool, name: str) -> nn.Module:
     """BatchNorm as PyTorch's ``BatchNorm2d`` defaults (momentum 0.1, i.e. Flax's 0.9, and
-    epsilon 1e-5); statistics in the ``batch_stats`` collection. Matrix-product sums when the
-    CPU kernels are enabled and the layer trains."""
+    epsilon 1e-5); statistics in the ``batch_stats`` collection. Two-stage sums when the CPU
+    kernels are enabled and the layer trains."""
     if active() and not use_running_average:
-        return MatmulBatchNorm(use_running_average, momentum=0.9, epsilon=1e-5, name=name)
+        return BlockSumBatchNorm(use_running_average, momentum=0.9, epsilon=1e-5, name=name)
     return nn.BatchNorm(use_running_average, momentum=0.9, epsilon=1e-5, name=name)
