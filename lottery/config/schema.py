@@ -47,10 +47,10 @@ class ModelConfig:
     batchnorm_init: str = "ones"
     # Biases of dense/conv layers: "zeros" or "pytorch", U(±1/sqrt(fan_in)) as OpenLTH keeps.
     bias_init: str = "zeros"
-    # Training kernels: "xla" (Flax's Conv and BatchNorm as XLA compiles them), "cpu" (a
-    # batch-chunked convolution weight gradient and two-stage BatchNorm sums, faster
-    # under XLA's CPU backend: lottery.models.cpu_kernels) or "auto" (cpu on a CPU). Equal to
-    # float rounding, so not hashed.
+    # Kernels: "xla" (Flax's Conv, BatchNorm and max-pool as XLA compiles them), "cpu"
+    # (convolution gradients, BatchNorm sums, max-pool gradients and small-map convolutions
+    # written for XLA's CPU backend: lottery.models.cpu_kernels) or "auto" (cpu on a CPU).
+    # Equal to float rounding, so not hashed.
     kernels: str = "auto"
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax
 
-from lottery.models.cpu_kernels import conv_layer
+from lottery.models.cpu_kernels import conv_layer, max_pool
 
 BASE_WIDTH = 64
 
@@ -59,7 +59,7 @@ class ConvNet(nn.Module):
         i = 0
         for spec in self.plan:
             if spec == "M":
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool(x)
                 continue
             features = widths[i]
             i += 1

@@ -1,24 +1,34 @@
-"""Training kernels for XLA's CPU backend: a convolution and a BatchNorm that compute what
-Flax's ``nn.Conv`` and ``nn.BatchNorm`` compute, to float rounding, in less time there.
+"""Training kernels for XLA's CPU backend: a convolution, a BatchNorm and a max-pool that
+compute what Flax's ``nn.Conv``, ``nn.BatchNorm`` and ``nn.max_pool`` compute, to float
+rounding, in less time there.
 
-Measured on a 2-core CPU with jax 0.10 (``benchmarks/conv_cpu.py``), two things cost most of a
-ResNet-20 train step besides the convolutions themselves:
+Measured on a 2-core CPU with jax 0.10 (``benchmarks/conv_cpu.py``), these cost most of a
+train step besides the convolutions' own arithmetic:
 
 - **The weight gradient of a convolution.** XLA computes it as one convolution contracting
   the whole batch, whose operands it first transposes (batch innermost); for a 32x32 map
   that transpose and the convolution run out of cache. Computed over chunks of
   :data:`CHUNK` examples and summed (:func:`batch_chunked_conv`), each chunk fits in cache:
   the weight gradients of ResNet-20's first stage take about half the time.
+- **The input gradient of a stride-2 convolution**, which XLA computes on a gradient dilated
+  with zeros: :func:`stride2_input_gradient` splits it by parity instead (2-3x faster).
 - **BatchNorm's per-channel reductions.** XLA's CPU backend rewrites a reduction over
   batch x height x width into a tree of ``reduce-window`` loops, one pass over the
   activations each (five per BatchNorm, forward and backward: 110 ms of a 500 ms ResNet-20
   step). :class:`BlockSumBatchNorm` computes every per-channel sum, and the gradient of every
   per-channel broadcast, in two short stages that XLA leaves as plain, fast reductions.
+- **The gradient of a 2x2 max-pool**, which XLA's CPU backend builds from four input-sized
+  index arrays and a scatter (55 ms of a Conv-4 step's first pool): :func:`max_pool_2x2`
+  computes it in one elementwise pass (3 ms).
+- **Convolutions on maps smaller than their kernel** (VGG's last 2x2 maps), which XLA's CPU
+  backend runs as plain loops: :func:`small_map_conv` makes them a matrix product.
+- **Recomputation along a residual stream**, which :func:`materialize` stops (ResNet-20
+  compiles in half the time).
 
-Neither helps on a GPU, where XLA's own convolutions and reductions are the fast path, so
-the network uses them only where :func:`enabled` says so (``model.kernels``; ``auto`` picks
-them on a CPU). The forward convolution and the gradient of its input are XLA's own either
-way, and evaluation (``train=False``) always uses Flax's layers.
+None helps on a GPU, where XLA's own convolutions and reductions are the fast path, so the
+network uses them only where :func:`enabled` says so (``model.kernels``; ``auto`` picks
+them on a CPU). The forward convolution is XLA's own but on small maps, and evaluation
+(``train=False``) uses Flax's layers but for :func:`small_map_conv`.
 """
 
 from __future__ import annotations
@@ -42,23 +52,99 @@ CHUNK = 16
 # Rows summed in the first stage of a per-channel sum (see _sum_channels).
 SUM_BLOCK = 32
 
-_ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("cpu_kernels", default=False)
+# None: Flax's layers; "train": every kernel here; "eval": only small_map_conv.
+_MODE: contextvars.ContextVar[str | None] = contextvars.ContextVar("cpu_kernels", default=None)
 
 
 @contextlib.contextmanager
-def enabled(on: bool) -> Iterator[None]:
-    """Within the block, layers built by :func:`conv_layer` and :func:`batch_norm` (at trace
-    time) use the CPU kernels if ``on``."""
-    token = _ENABLED.set(on)
+def enabled(on: bool, train: bool = True) -> Iterator[None]:
+    """Within the block, layers built (at trace time) by :func:`conv_layer`,
+    :func:`batch_norm`, :func:`max_pool` and :func:`materialize` use the CPU kernels if
+    ``on``: all of them if ``train``, else (evaluation) only :func:`small_map_conv`, which
+    XLA's own convolution would run 50-100x slower; every other evaluation layer is Flax's,
+    bit for bit."""
+    token = _MODE.set(("train" if train else "eval") if on else None)
     try:
         yield
     finally:
-        _ENABLED.reset(token)
+        _MODE.reset(token)
 
 
 def active() -> bool:
-    """Whether layers built now use the CPU kernels."""
-    return _ENABLED.get()
+    """Whether layers built now use the CPU training kernels."""
+    return _MODE.get() == "train"
+
+
+# Flax's layout: NHWC inputs and outputs, HWIO kernels.
+_NHWC = lax.ConvDimensionNumbers(
+    lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)
+)
+
+# _POLYPHASE_TAP[phase][offset]: the kernel row (or column) that links input row 2p + phase to
+# output row p + offset in a 3x3 convolution of stride 2 padded by 1 (None: no row does).
+_POLYPHASE_TAP = ((1, None), (2, 0))
+
+
+def _pairs(padding: Any) -> tuple[tuple[int, int], ...] | None:
+    """Explicit padding as a tuple of (low, high) pairs, None for a string such as "SAME"."""
+    if isinstance(padding, str):
+        return None
+    return tuple((int(low), int(high)) for low, high in padding)
+
+
+def stride2_input_gradient(g: jax.Array, w: jax.Array) -> jax.Array:
+    """The input gradient of a 3x3 convolution with stride 2 and padding 1 (NHWC, HWIO),
+    for an input of even height and width, given the output gradient ``g``.
+
+    XLA computes it as a convolution of ``g`` dilated with zeros (three quarters of what it
+    multiplies are zeros; on a CPU 2-4x slower than the forward pass). Split by the parity
+    of the input row and column instead: input row ``2p`` takes kernel row 1 from output row
+    ``p``; row ``2p + 1`` takes kernel row 2 from ``p`` and row 0 from ``p + 1``; the same
+    for columns. So one stride-1 2x2 convolution of ``g`` (padded by one zero row and
+    column at the end) gives all four parities as ``4 * C_in`` channels, which interleave
+    into the input's shape.
+    """
+    n, height, width, _ = g.shape
+    c_in = w.shape[2]
+    zero = jnp.zeros(w.shape[2:], w.dtype)
+
+    def tap(row: int, col: int, dh: int, dw: int) -> jax.Array:
+        kh, kw = _POLYPHASE_TAP[row][dh], _POLYPHASE_TAP[col][dw]
+        return zero if kh is None or kw is None else w[kh, kw]
+
+    kernel = jnp.stack([
+        jnp.stack([
+            jnp.concatenate([tap(r, c, dh, dw) for r in range(2) for c in range(2)], axis=0).T
+            for dw in range(2)
+        ])
+        for dh in range(2)
+    ])  # (2, 2, C_out, 4 * C_in): output channel (row parity, column parity, C_in)
+    phases = lax.conv_general_dilated(
+        g, kernel, (1, 1), ((0, 1), (0, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    phases = phases.reshape(n, height, width, 2, 2, c_in).transpose(0, 1, 3, 2, 4, 5)
+    return phases.reshape(n, 2 * height, 2 * width, c_in)
+
+
+def small_map_conv(
+    x: jax.Array, w: jax.Array, padding: tuple[tuple[int, int], ...]
+) -> jax.Array:
+    """A stride-1 convolution (NHWC, HWIO) as one matrix product of the input's patches with
+    the kernel, for a map smaller than the kernel (VGG's 2x2 maps under 3x3 kernels).
+
+    XLA rewrites such a convolution, and its gradients, into a form its CPU backend runs as
+    plain loops, not Eigen: VGG-16's three 2x2 convolutions took 9 of a train step's 11
+    seconds at batch 128. Their patches are a few megabytes, and the product and its
+    gradients are ordinary matrix products (3 s -> 45 ms for one 512-channel layer).
+    """
+    kh, kw = w.shape[:2]
+    padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    height, width = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
+    patches = jnp.concatenate(
+        [padded[:, i : i + height, j : j + width, :] for i in range(kh) for j in range(kw)],
+        axis=-1,
+    )
+    return jnp.dot(patches, w.reshape(kh * kw * w.shape[2], w.shape[3]))
 
 
 def batch_chunked_conv(
@@ -74,7 +160,9 @@ def batch_chunked_conv(
     **kwargs: Any,
 ) -> jax.Array:
     """``lax.conv_general_dilated``, whose kernel gradient sums the gradients of batch chunks
-    of :data:`CHUNK` examples instead of contracting the whole batch at once."""
+    of :data:`CHUNK` examples instead of contracting the whole batch at once, and whose input
+    gradient, for a 3x3 convolution of stride 2, is :func:`stride2_input_gradient`; on a map
+    smaller than the kernel, :func:`small_map_conv`."""
     conv = functools.partial(
         lax.conv_general_dilated,
         window_strides=window_strides,
@@ -86,11 +174,30 @@ def batch_chunked_conv(
         precision=precision,
         **kwargs,
     )
-    batch_axis = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers).lhs_spec[0]
+    dimensions = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    plain = (
+        dimensions == _NHWC
+        and feature_group_count == 1
+        and _pairs(padding) is not None
+        and all(d in (None, 1) or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
+    )
+    if plain and tuple(window_strides) == (1, 1) and (
+        lhs.shape[1] < rhs.shape[0] or lhs.shape[2] < rhs.shape[1]
+    ):
+        return small_map_conv(lhs, rhs, _pairs(padding))
+    batch_axis = dimensions.lhs_spec[0]
     batch = lhs.shape[batch_axis]
     chunks = max(1, round(batch / CHUNK))
-    if chunks == 1 or feature_group_count != 1:
+    if chunks == 1 or feature_group_count != 1 or not active():
         return conv(lhs, rhs)
+    polyphase = (
+        plain
+        and tuple(window_strides) == (2, 2)
+        and rhs.shape[:2] == (3, 3)
+        and _pairs(padding) == ((1, 1), (1, 1))
+        and lhs.shape[1] % 2 == 0
+        and lhs.shape[2] % 2 == 0
+    )
 
     @jax.custom_vjp
     def chunked(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -101,7 +208,10 @@ def batch_chunked_conv(
 
     def backward(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[Any, Any]:
         x, w = residuals
-        dx = jax.vjp(lambda x: conv(x, w), x)[1](g)[0]
+        if polyphase:
+            dx = stride2_input_gradient(g, w)
+        else:
+            dx = jax.vjp(lambda x: conv(x, w), x)[1](g)[0]
         dw = None
         for i in range(chunks):
             start, stop = i * batch // chunks, (i + 1) * batch // chunks
@@ -115,14 +225,82 @@ def batch_chunked_conv(
     return chunked(lhs, rhs)
 
 
+def materialize(x: jax.Array) -> jax.Array:
+    """``x``, computed once and stored when the CPU kernels are active (else ``x`` itself).
+
+    XLA fuses a cheap elementwise producer into each of its consumers, recomputing it in
+    every one. Along a residual stream (``relu(bn(conv(x)) + x)`` block after block) that
+    recomputation chains: each block's output fusion recomputes every earlier block's
+    BatchNorm, add and ReLU from their convolutions, and so does each transpose feeding a
+    kernel gradient. XLA never duplicates an expensive operation such as a division, so
+    ``x / 1`` (exact for every float but a denormal, which XLA's CPU arithmetic flushes to
+    zero here as in the add before it) stops the chain; the 1 is hidden behind an
+    optimization barrier, which XLA's CPU pipeline drops only after its algebraic
+    simplifier would have removed a plain ``x / 1``.
+    """
+    if not active():
+        return x
+    return x / lax.optimization_barrier(jnp.ones((), x.dtype))
+
+
 def conv_layer(features: int, kernel_size: Sequence[int], **kwargs: Any) -> nn.Conv:
-    """An ``nn.Conv`` (same parameters, same names), with the chunked kernel gradient when the
-    CPU kernels are enabled."""
-    if active():
+    """An ``nn.Conv`` (same parameters, same names) whose convolution is
+    :func:`batch_chunked_conv` when the CPU kernels are enabled."""
+    if _MODE.get() is not None:
         # Flax marks this field deprecated; it is still how a Conv takes its convolution, and
         # a module of our own would have to repeat nn.Conv's padding and shape handling.
         kwargs["conv_general_dilated"] = batch_chunked_conv
     return nn.Conv(features, tuple(kernel_size), **kwargs)
+
+
+def _windows_2x2(x: jax.Array) -> jax.Array:
+    """(N, H, W, C) as (N, H/2, 2, W/2, 2, C): each 2x2 window's rows and columns."""
+    n, height, width, channels = x.shape
+    return x.reshape(n, height // 2, 2, width // 2, 2, channels)
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """``nn.max_pool(x, (2, 2), strides=(2, 2))`` for an NHWC ``x`` of even height and width,
+    with the same gradient: each window's output gradient goes to its first maximum (in row
+    order), as XLA's ``select_and_scatter`` gives it.
+
+    XLA's CPU backend rewrites that ``select_and_scatter`` into a reduction that carries four
+    index arrays the size of the input, built from iotas, and a scatter: about a third of a
+    Conv-4 train step. The windows do not overlap, so the gradient is one elementwise pass.
+    """
+    return jnp.max(_windows_2x2(x), axis=(2, 4))
+
+
+def _max_pool_forward(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    y = max_pool_2x2(x)
+    return y, (x, y)
+
+
+def _max_pool_backward(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array]:
+    x, y = residuals
+    windows = _windows_2x2(x)
+    taken = jnp.zeros(y.shape, bool)
+    rows = []
+    for a in range(2):
+        cols = []
+        for b in range(2):
+            first = (windows[:, :, a, :, b] == y) & ~taken
+            taken = taken | first
+            cols.append(jnp.where(first, g, jnp.zeros((), g.dtype)))
+        rows.append(jnp.stack(cols, axis=3))
+    return (jnp.stack(rows, axis=2).reshape(x.shape),)
+
+
+max_pool_2x2.defvjp(_max_pool_forward, _max_pool_backward)
+
+
+def max_pool(x: jax.Array) -> jax.Array:
+    """A 2x2 max-pool of stride 2 (``nn.max_pool(x, (2, 2), strides=(2, 2))``), by
+    :func:`max_pool_2x2` when the CPU kernels are active and the map's sides are even."""
+    if active() and x.ndim == 4 and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
+        return max_pool_2x2(x)
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
 def _sum_channels(x: jax.Array) -> jax.Array:

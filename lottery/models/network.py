@@ -48,7 +48,7 @@ class Network:
         variables = {"params": params}
         if batch_stats:
             variables["batch_stats"] = batch_stats
-        with cpu_kernels.enabled(self.cpu_kernels and train):
+        with cpu_kernels.enabled(self.cpu_kernels, train):
             if train and batch_stats:
                 logits, updates = self.module.apply(
                     variables, x, train=True, mutable=["batch_stats"]

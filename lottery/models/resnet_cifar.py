@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lottery.models.cpu_kernels import batch_norm, conv_layer
+from lottery.models.cpu_kernels import batch_norm, conv_layer, materialize
 
 BASE_WIDTH = 16
 
@@ -54,11 +54,11 @@ class BasicBlock(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         inner, out = (self.features, self.features) if self.widths is None else self.widths
         y = conv(inner, 3, self.stride, self.kernel_init, "conv1")(x)
-        y = nn.relu(batch_norm(use_running_average=not train, name="bn1")(y))
+        y = materialize(nn.relu(batch_norm(use_running_average=not train, name="bn1")(y)))
         y = conv(out, 3, 1, self.kernel_init, "conv2")(y)
         y = batch_norm(use_running_average=not train, name="bn2")(y)
         skip = shortcut(x, out, self.stride, self.kernel_init, train, self.projection)
-        return nn.relu(y + skip)
+        return materialize(nn.relu(y + skip))
 
 
 def shortcut(
@@ -121,7 +121,7 @@ class CifarResNet(nn.Module):
         blocks = (self.depth - 2) // 6
         stem, widths = block_widths(self.widths, self.width, [2] * 3 * blocks)
         x = conv(stem, 3, 1, self.kernel_init, "stem_conv")(x)
-        x = nn.relu(batch_norm(use_running_average=not train, name="stem_bn")(x))
+        x = materialize(nn.relu(batch_norm(use_running_average=not train, name="stem_bn")(x)))
         channels = self.width  # nominal, which decides the projection shortcuts
         for stage in range(3):
             for index in range(blocks):

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lottery.models.cpu_kernels import batch_norm
+from lottery.models.cpu_kernels import batch_norm, materialize
 from lottery.models.resnet_cifar import BasicBlock, block_widths, conv, shortcut
 
 BASE_WIDTH = 64
@@ -52,13 +52,13 @@ class Bottleneck(nn.Module):
         nominal = (self.features, self.features, self.features * self.expansion)
         first, second, out = nominal if self.widths is None else self.widths
         y = conv(first, 1, 1, self.kernel_init, "conv1")(x)
-        y = nn.relu(batch_norm(use_running_average=not train, name="bn1")(y))
+        y = materialize(nn.relu(batch_norm(use_running_average=not train, name="bn1")(y)))
         y = conv(second, 3, self.stride, self.kernel_init, "conv2")(y)
-        y = nn.relu(batch_norm(use_running_average=not train, name="bn2")(y))
+        y = materialize(nn.relu(batch_norm(use_running_average=not train, name="bn2")(y)))
         y = conv(out, 1, 1, self.kernel_init, "conv3")(y)
         y = batch_norm(use_running_average=not train, name="bn3")(y)
         skip = shortcut(x, out, self.stride, self.kernel_init, train, self.projection)
-        return nn.relu(y + skip)
+        return materialize(nn.relu(y + skip))
 
 
 class ImageNetResNet(nn.Module):

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 
 from lottery.models.conv import conv_widths
-from lottery.models.cpu_kernels import batch_norm, conv_layer
+from lottery.models.cpu_kernels import batch_norm, conv_layer, max_pool
 
 BASE_WIDTH = 64
 
@@ -49,7 +49,7 @@ class VGG(nn.Module):
         i = 0
         for spec in self.plan:
             if spec == "M":
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool(x)
                 continue
             features = widths[i]
             i += 1
