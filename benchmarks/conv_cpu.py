@@ -12,11 +12,14 @@ and flip, forward, cross-entropy, backward and SGD with momentum (weight decay 1
 - ``pytorch eager``: the same networks and step in PyTorch (``conv_cpu_torch.py``), if a
   Python with PyTorch is given.
 
-Each row runs in a process of its own (XLA reads its flags once per process), one after the
-other: ``--repeats`` stretches of ``--steps`` steps after two warm-up steps, the median
-steps/s printed with the ratio to PyTorch's. For ``lottery`` it also prints where a step's
-time goes: forward (train mode), backward (forward+backward less forward), the update
-(step less forward+backward), and the convolutions alone (every layer's forward, input
+Each row runs in a process of its own (XLA reads its flags once per process): ``--repeats``
+stretches of ``--steps`` steps after two warm-up steps. The rows take turns, PyTorch's and
+ours, for ``--rounds`` rounds, so that the machine's drift (on a shared 2-core VM it moves
+a row's speed by 10-40% over minutes) falls on all of them; the median steps/s over every
+round's stretches is printed with the ratio to PyTorch's, and the spread (min-max). For
+``lottery`` it also prints where a step's time goes: forward (train mode), backward
+(forward+backward less forward), the update (step less forward+backward), and the
+convolutions alone (every layer's forward, input
 gradient and kernel gradient timed on its own, summed). Run it with nothing else computing.
 
 PyTorch is never a dependency of ``lottery``. To compare with it:
@@ -93,7 +96,9 @@ def conv_seconds(network, batch: int) -> float:
     return total
 
 
-def worker(case: str, kernels: str, masked: bool, steps: int, repeats: int) -> dict:
+def worker(
+    case: str, kernels: str, masked: bool, steps: int, repeats: int, breakdown: bool
+) -> dict:
     """Ours, in this process: steps/s of the jitted train step and where its time goes."""
     import jax
     import jax.numpy as jnp
@@ -137,7 +142,7 @@ def worker(case: str, kernels: str, masked: bool, steps: int, repeats: int) -> d
         rates.append(steps / (time.perf_counter() - begin))
     row = {"steps_per_s": statistics.median(rates), "rates": rates, "compile_s": compile_s,
            "cpu_kernels": network.cpu_kernels, "xla_flags": os.environ.get("XLA_FLAGS", "")}
-    if masked:
+    if masked or not breakdown:
         return row
 
     def objective(params, stats, x):
@@ -158,20 +163,22 @@ def worker(case: str, kernels: str, masked: bool, steps: int, repeats: int) -> d
     return row
 
 
-def run_worker(case: str, variant: str, masked: bool, steps: int, repeats: int) -> dict:
+def run_worker(
+    case: str, variant: str, masked: bool, steps: int, repeats: int, breakdown: bool
+) -> dict:
     kernels, flags = VARIANTS[variant]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     if flags:
         env["XLA_FLAGS"] = flags
     command = [sys.executable, __file__, "--worker", case, kernels, str(int(masked)),
-               str(steps), str(repeats)]
+               str(steps), str(repeats), str(int(breakdown))]
     out = subprocess.run(command, env=env, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{variant} on {case} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_torch(python: str, case: str, steps: int, repeats: int) -> dict[bool, float]:
+def run_torch(python: str, case: str, steps: int, repeats: int) -> dict[bool, dict]:
     command = [python, str(HERE / "conv_cpu_torch.py"), "--cases", case, "--steps", str(steps),
                "--repeats", str(repeats)]
     out = subprocess.run(command, capture_output=True, text=True)
@@ -183,8 +190,9 @@ def run_torch(python: str, case: str, steps: int, repeats: int) -> dict[bool, fl
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        case, kernels, masked, steps, repeats = sys.argv[2:7]
-        print(json.dumps(worker(case, kernels, bool(int(masked)), int(steps), int(repeats))))
+        case, kernels, masked, steps, repeats, breakdown = sys.argv[2:8]
+        print(json.dumps(worker(case, kernels, bool(int(masked)), int(steps), int(repeats),
+                                bool(int(breakdown)))))
         return
     args = parser(__doc__.splitlines()[0])
     args.add_argument("--torch-python", help="a Python with PyTorch, to run PyTorch eager")
@@ -193,30 +201,48 @@ def main() -> None:
                       help="which of our rows to run (separated by ';')")
     args.add_argument("--steps", type=int, default=10)
     args.add_argument("--repeats", type=int, default=3)
+    args.add_argument("--rounds", type=int, default=3)
     opts = args.parse_args()
     rows, extra = [], {}
+    variants = opts.variants.split(";")
     for case in opts.cases.split(","):
-        torch_rows = run_torch(opts.torch_python, case, opts.steps, opts.repeats) \
-            if opts.torch_python else {}
+        rates: dict[tuple[bool, str], list[float]] = {}
+        compile_s: dict[tuple[bool, str], list[float]] = {}
+        note = ""
+        for turn in range(opts.rounds):
+            if opts.torch_python:
+                for masked, row in run_torch(opts.torch_python, case, opts.steps,
+                                             opts.repeats).items():
+                    rates.setdefault((masked, "pytorch eager"), []).extend(row["rates"])
+                    note = f"torch {row['torch']}, {row['threads']} threads"
+            for variant in variants:
+                for masked in (False, True):
+                    breakdown = turn == 0 and not masked and variant == "lottery"
+                    ours = run_worker(case, variant, masked, opts.steps, opts.repeats,
+                                      breakdown)
+                    rates.setdefault((masked, variant), []).extend(ours["rates"])
+                    compile_s.setdefault((masked, variant), []).append(ours["compile_s"])
+                    if breakdown:
+                        extra[f"{case} step breakdown (ms)"] = {
+                            k: round(ours[k], 1) for k in
+                            ("forward_ms", "backward_ms", "update_ms", "convolutions_ms")}
         for masked in (False, True):
-            theirs = torch_rows.get(masked)
-            if theirs:
-                rows.append({"case": case, "masked": masked, "what": "pytorch eager",
-                             "steps_per_s": theirs["steps_per_s"], "vs_pytorch": 1.0,
-                             "note": f"torch {theirs['torch']}, {theirs['threads']} threads"})
-            for variant in opts.variants.split(";"):
-                ours = run_worker(case, variant, masked, opts.steps, opts.repeats)
-                ratio = ours["steps_per_s"] / theirs["steps_per_s"] if theirs else None
-                rows.append({"case": case, "masked": masked, "what": variant,
-                             "steps_per_s": ours["steps_per_s"], "vs_pytorch": ratio,
-                             "compile_s": ours["compile_s"]})
-                if not masked and variant == "lottery":
-                    extra[f"{case} step breakdown (ms)"] = {
-                        k: round(ours[k], 1) for k in
-                        ("forward_ms", "backward_ms", "update_ms", "convolutions_ms")}
+            theirs = rates.get((masked, "pytorch eager"))
+            reference = statistics.median(theirs) if theirs else None
+            for what in (["pytorch eager"] if theirs else []) + variants:
+                measured = rates[(masked, what)]
+                median = statistics.median(measured)
+                rows.append({
+                    "case": case, "masked": masked, "what": what, "steps_per_s": median,
+                    "spread": f"{min(measured):.2f}-{max(measured):.2f}",
+                    "vs_pytorch": median / reference if reference else None,
+                    "compile_s": statistics.median(compile_s[(masked, what)])
+                    if (masked, what) in compile_s else None,
+                    "note": note if what == "pytorch eager" else "",
+                })
     report("Train steps per second on this CPU: ours against PyTorch eager",
-           ["case", "masked", "what", "steps_per_s", "vs_pytorch", "compile_s", "note"],
-           rows, extra, opts.json)
+           ["case", "masked", "what", "steps_per_s", "spread", "vs_pytorch", "compile_s",
+            "note"], rows, extra, opts.json)
 
 
 if __name__ == "__main__":
