@@ -28,27 +28,29 @@ from lottery.xla_cpu import EIGEN_CONVOLUTIONS
 IMAGE = (16, 16, 3)  # small images: the three stages still see 16, 8 and 4 pixels
 
 
-def image(name: str) -> tuple[int, int, int]:
-    """VGG needs 32x32 (five pools, then a 2x2 average pool)."""
-    return (32, 32, 3) if name.startswith("vgg") else IMAGE
+# Conv-2 on 2x2 images: both convolutions on maps smaller than their 3x3 kernels, as VGG's
+# last ones (small_map_conv), at a fraction of VGG's compile time.
+TINY = (2, 2, 3)
 
 
 @functools.cache
-def both(name: str, width: int) -> tuple:
+def both(name: str, width: int, image: tuple[int, ...] = IMAGE) -> tuple:
     """The network with Flax's layers and with the CPU kernels, and shared initial weights.
 
     ``resnet8``: the smallest CIFAR ResNet (one basic block per stage), built directly.
     Cached: initialising a ResNet takes seconds.
     """
     if name == "resnet8":
-        network = Network(CifarResNet(8, 10, width), IMAGE)
+        network = Network(CifarResNet(8, 10, width), image)
     else:
-        network = build(ModelConfig(name=name, width=width, kernels="xla"), image(name), 10)
+        network = build(ModelConfig(name=name, width=width, kernels="xla"), image, 10)
     params, stats = network.init(jax.random.key(0))
     return network, dataclasses.replace(network, cpu_kernels=True), params, stats
 
 
 def loss_and_grads(network, params, stats, x, y):
+    """Loss, logits, new statistics and gradients, and the program's StableHLO text."""
+
     def loss(params):
         logits, new_stats = network.apply(params, stats, x, train=True)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (
@@ -56,10 +58,9 @@ def loss_and_grads(network, params, stats, x, y):
             new_stats,
         )
 
-    (value, (logits, new_stats)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
-        params
-    )
-    return value, logits, new_stats, grads
+    lowered = jax.jit(jax.value_and_grad(loss, has_aux=True)).lower(params)
+    (value, (logits, new_stats)), grads = lowered.compile()(params)
+    return value, logits, new_stats, grads, lowered.as_text()
 
 
 def assert_trees_close(a, b, rtol: float, atol: float) -> None:
@@ -72,44 +73,42 @@ def assert_trees_close(a, b, rtol: float, atol: float) -> None:
         )
 
 
-@pytest.mark.parametrize(("name", "width"), [("resnet8", 8), ("conv2", 16), ("vgg11", 4)])
-def test_logits_gradients_and_statistics_equal_flax_layers(name: str, width: int) -> None:
-    """VGG-11 ends on 2x2 maps under 3x3 kernels: small_map_conv, also when evaluating;
+@pytest.mark.parametrize(
+    ("name", "width", "image"),
+    [("resnet8", 8, IMAGE), ("conv2", 16, IMAGE), ("conv2", 4, TINY)],
+    ids=["resnet8", "conv2", "conv2_on_2x2_maps"],
+)
+def test_logits_gradients_and_statistics_equal_flax_layers(
+    name: str, width: int, image: tuple[int, ...]
+) -> None:
+    """Maps smaller than the kernel (TINY) use small_map_conv, also when evaluating;
     everything else evaluates with Flax's layers, bit for bit."""
-    plain, fast, params, stats = both(name, width)
-    # 32 examples: two chunks of the kernel gradient.
-    x = jax.random.normal(jax.random.key(1), (32, *image(name)))
-    y = jax.random.randint(jax.random.key(2), (32,), 0, 10)
-    loss_p, logits_p, stats_p, grads_p = loss_and_grads(plain, params, stats, x, y)
-    loss_f, logits_f, stats_f, grads_f = loss_and_grads(fast, params, stats, x, y)
+    plain, fast, params, stats = both(name, width, image)
+    # 48 examples: three chunks of the kernel gradient.
+    x = jax.random.normal(jax.random.key(1), (48, *image))
+    y = jax.random.randint(jax.random.key(2), (48,), 0, 10)
+    loss_p, logits_p, stats_p, grads_p, plain_text = loss_and_grads(plain, params, stats, x, y)
+    loss_f, logits_f, stats_f, grads_f, fast_text = loss_and_grads(fast, params, stats, x, y)
     np.testing.assert_allclose(logits_f, logits_p, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(loss_f, loss_p, rtol=1e-5)
     # Gradients summed over chunks in another order: equal to float32 rounding.
     scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads_p))
     assert_trees_close(grads_f, grads_p, rtol=1e-3, atol=1e-5 * scale)
     assert_trees_close(stats_f, stats_p, rtol=1e-4, atol=1e-6)
-    # Evaluation is Flax's own path either way: bit for bit.
     eval_p, _ = jax.jit(plain.apply, static_argnames="train")(params, stats, x, train=False)
     eval_f, _ = jax.jit(fast.apply, static_argnames="train")(params, stats, x, train=False)
-    if name.startswith("vgg"):
+    if image == TINY:
         np.testing.assert_allclose(eval_f, eval_p, rtol=1e-4, atol=1e-4)
+        # One matrix product per convolution, forward (no convolution left).
+        assert "convolution" not in fast_text and "convolution" in plain_text
     else:
         np.testing.assert_array_equal(eval_f, eval_p)
+    if name == "resnet8":
+        assert_the_fast_path_runs(plain_text, fast_text)
 
 
-def test_the_fast_path_really_runs() -> None:
-    """The CPU kernels change the program: chunked kernel gradients, two-stage sums."""
-    plain, fast, params, stats = both("resnet8", 8)
-    x, y = jnp.ones((48, *IMAGE)), jnp.zeros((48,), jnp.int32)
-
-    def program(network) -> str:
-        def loss(params):
-            logits, _ = network.apply(params, stats, x, train=True)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        return jax.jit(jax.grad(loss)).lower(params).as_text()
-
-    plain_text, fast_text = program(plain), program(fast)
+def assert_the_fast_path_runs(plain_text: str, fast_text: str) -> None:
+    """The CPU kernels change ResNet-8's program (48 examples of 16x16, width 8)."""
     # Two more kernel gradients for each of the 9 convolutions (three chunks).
     assert fast_text.count("convolution") >= plain_text.count("convolution") + 2 * 9
     # BatchNorm's first stage sums blocks of 32 rows: 48 x 16 x 16 rows of 8 channels.
