@@ -25,6 +25,9 @@ from lottery.analysis import plots as plots_module
 
 from conftest import DIGITS, REPO, make_config
 
+# On one worker, so that store3 (three trained replicates) is made once.
+pytestmark = pytest.mark.xdist_group("analysis")
+
 SEEDS = (0, 1, 2)
 FAST = [*DIGITS, "train.steps=100it", "train.eval_every=25it"]  # levels 0-2, 5 evaluations
 

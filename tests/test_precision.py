@@ -15,6 +15,8 @@ from lottery.train.steps import make_step
 
 from conftest import DIGITS, make_config
 
+# On one worker, so that the VGG and its trained states are made once.
+pytestmark = pytest.mark.xdist_group("precision")
 
 @pytest.fixture(scope="module")
 def vgg():
