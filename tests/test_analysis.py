@@ -25,14 +25,15 @@ from lottery.analysis import plots as plots_module
 
 from conftest import DIGITS, REPO, make_config
 
-# On one worker, so that store3 (three trained replicates) is made once.
+# On one worker, and store3 (three trained replicates) session-scoped: a module-scoped
+# fixture is made again each time the worker comes back to this module.
 pytestmark = pytest.mark.xdist_group("analysis")
 
 SEEDS = (0, 1, 2)
 FAST = [*DIGITS, "train.steps=100it", "train.eval_every=25it"]  # levels 0-2, 5 evaluations
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def store3(tmp_path_factory):
     """A results root with one experiment and three replicates (real, short runs)."""
     root = tmp_path_factory.mktemp("results")

@@ -22,7 +22,7 @@ BAD = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # with its tests' xdist_group: made once
 def finished_store(tmp_path_factory):
     """A results root holding one finished experiment, which bad runs must leave untouched."""
     root = tmp_path_factory.mktemp("store")

@@ -15,10 +15,11 @@ from lottery.train.steps import make_step
 
 from conftest import DIGITS, make_config
 
-# On one worker, so that the VGG and its trained states are made once.
+# On one worker, and the fixtures session-scoped, so that the VGG and its trained states are
+# made once (a module-scoped fixture is made again when the worker comes back to the module).
 pytestmark = pytest.mark.xdist_group("precision")
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def vgg():
     network = models.build(ModelConfig(name="vgg11", width=4), (32, 32, 3), 10)
     params, stats = jax.device_get(network.init(jax.random.key(0)))
@@ -42,7 +43,7 @@ def train(vgg, precision, steps=3):
     return state, losses
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(vgg):
     """(state, losses) after 3 steps at each precision, compiled once each."""
     return {precision: train(vgg, precision) for precision in ("bf16", "fp32")}
