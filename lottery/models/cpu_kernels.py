@@ -119,9 +119,7 @@ def stride2_input_gradient(g: jax.Array, w: jax.Array) -> jax.Array:
         ])
         for dh in range(2)
     ])  # (2, 2, C_out, 4 * C_in): output channel (row parity, column parity, C_in)
-    phases = lax.conv_general_dilated(
-        g, kernel, (1, 1), ((0, 1), (0, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
+    phases = lax.conv_general_dilated(g, kernel, (1, 1), ((0, 1), (0, 1)), dimension_numbers=_NHWC)
     phases = phases.reshape(n, height, width, 2, 2, c_in).transpose(0, 1, 3, 2, 4, 5)
     return phases.reshape(n, 2 * height, 2 * width, c_in)
 
@@ -175,16 +173,17 @@ def batch_chunked_conv(
         **kwargs,
     )
     dimensions = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    pads = _pairs(padding)
     plain = (
         dimensions == _NHWC
         and feature_group_count == 1
-        and _pairs(padding) is not None
+        and pads is not None
         and all(d in (None, 1) or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
     )
     if plain and tuple(window_strides) == (1, 1) and (
         lhs.shape[1] < rhs.shape[0] or lhs.shape[2] < rhs.shape[1]
     ):
-        return small_map_conv(lhs, rhs, _pairs(padding))
+        return small_map_conv(lhs, rhs, pads)
     batch_axis = dimensions.lhs_spec[0]
     batch = lhs.shape[batch_axis]
     chunks = max(1, round(batch / CHUNK))
@@ -194,7 +193,7 @@ def batch_chunked_conv(
         plain
         and tuple(window_strides) == (2, 2)
         and rhs.shape[:2] == (3, 3)
-        and _pairs(padding) == ((1, 1), (1, 1))
+        and pads == ((1, 1), (1, 1))
         and lhs.shape[1] % 2 == 0
         and lhs.shape[2] % 2 == 0
     )
