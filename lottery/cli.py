@@ -8,8 +8,6 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lottery import experiment
-from lottery.analysis import plot_sparsity_accuracy
 from lottery.config import Config, ConfigError, RunError, register, validate
 from lottery.logging import console, error_line, summary_table
 
@@ -124,6 +122,11 @@ def cpu_devices_for_replicas(replicas: int) -> None:
 
 def run(cfg: DictConfig) -> int:
     """Run the experiment; print the table and draw the plot. Returns the exit code."""
+    # Imported here, not at the top: JAX, orbax and matplotlib take seconds to import, and a
+    # bad override, `--help` or `--cfg` should answer without them.
+    from lottery import experiment
+    from lottery.analysis import plot_sparsity_accuracy
+
     quiet_libraries()
     config = to_config(cfg)
     cpu_devices_for_replicas(config.train.replicas)

@@ -2,19 +2,44 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from lottery.cli import CONFIG_DIR
-from lottery.config import Config, register
+def _share_one_compilation_cache() -> None:
+    """One JAX persistent compilation cache for this test session, set before jax is imported.
+
+    Most of the suite's time is XLA compiling the same small programs again: in each test
+    worker and in every ``python -m lottery`` subprocess (they inherit the environment). The
+    session's first process (pytest-xdist's controller, or the only one) makes an empty folder
+    and removes it at exit, so every session starts cold, as on a fresh clone; a cached
+    executable is the one XLA would compile (the key covers the program, jax version and
+    flags), so results are unchanged.
+    """
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    folder = tempfile.mkdtemp(prefix="lottery-tests-jax-cache-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+
+_share_one_compilation_cache()
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from lottery.cli import CONFIG_DIR  # noqa: E402
+from lottery.config import Config, register  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

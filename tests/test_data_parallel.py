@@ -1,6 +1,7 @@
 """Data parallelism over 8 CPU devices (``train.data_parallel=true``): each batch split over
 the devices, the same training as on one device to float rounding, BatchNorm included."""
 
+import os
 import subprocess
 import sys
 
@@ -58,7 +59,7 @@ except ConfigError as error:
 
 @pytest.mark.slow
 def test_eight_devices_train_as_one_does():
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PATH": "/usr/bin:/bin",
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
            "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=600)

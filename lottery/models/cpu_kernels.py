@@ -187,8 +187,6 @@ def batch_chunked_conv(
     batch_axis = dimensions.lhs_spec[0]
     batch = lhs.shape[batch_axis]
     chunks = max(1, round(batch / CHUNK))
-    if chunks == 1 or feature_group_count != 1 or not active():
-        return conv(lhs, rhs)
     polyphase = (
         plain
         and tuple(window_strides) == (2, 2)
@@ -197,6 +195,8 @@ def batch_chunked_conv(
         and lhs.shape[1] % 2 == 0
         and lhs.shape[2] % 2 == 0
     )
+    if not active() or feature_group_count != 1 or (chunks == 1 and not polyphase):
+        return conv(lhs, rhs)
 
     @jax.custom_vjp
     def chunked(x: jax.Array, w: jax.Array) -> jax.Array:
