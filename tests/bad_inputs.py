@@ -108,6 +108,7 @@ CASES = [
          "pruning.final_sparsity=1.0"),
     case("gradual key with magnitude", "pruning.final_sparsity=0.5"),
     case("synflow with 0 rounds", "pruning.method=synflow", "pruning.synflow_rounds=0"),
+    case("score examples without the Taylor criterion", "pruning.score_examples=50"),
     case("zero hidden width", "model.hidden=[0]"),
     case("negative width", "model=resnet20", "model.hidden=[100,100]", "model.width=-1"),
     # Keys that do not apply to the chosen model, optimizer, schedule or dataset.

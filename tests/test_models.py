@@ -256,3 +256,25 @@ def test_openlth_initialisation_of_batchnorm_scales_and_biases():
     for path in plain:  # the kernels are the same draws either way
         if path.endswith("kernel"):
             np.testing.assert_array_equal(plain[path], openlth[path])
+
+
+@pytest.mark.parametrize("shape", [(40, 100), (5, 1, 25), (3, 3, 3, 16), (1, 1, 64, 256)])
+def test_kernel_initialisers_draw_what_jax_draws(shape: tuple[int, ...]) -> None:
+    """Ours draw flat and reshape (fast to compile); the numbers must be JAX's own."""
+    from lottery.models.init import INITIALIZERS, REFERENCE_INITIALIZERS
+
+    for name, init in INITIALIZERS.items():
+        ours, jax_own = init(KEY, shape), REFERENCE_INITIALIZERS[name](KEY, shape)
+        assert ours.dtype == jax_own.dtype and np.array_equal(ours, jax_own), name
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mnist1d_cnn"])
+def test_network_init_equals_flax_init_with_a_forward_pass(name: str) -> None:
+    """Network.init skips the forward pass (lazy_init); the variables must be Flax's init's."""
+    shape = CIFAR if name == "resnet20" else MNIST1D
+    network, params, batch_stats = initialised(name, shape)
+    variables = network.module.init(KEY, jnp.zeros((1, *shape)), train=False)
+    assert jax.tree.all(jax.tree.map(np.array_equal, params, dict(variables["params"])))
+    assert jax.tree.all(
+        jax.tree.map(np.array_equal, batch_stats, dict(variables.get("batch_stats", {})))
+    )

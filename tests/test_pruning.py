@@ -118,3 +118,40 @@ def test_layer_override_that_matches_no_layer_is_a_clear_error():
 def test_prunable_regex_that_selects_nothing_is_a_clear_error():
     with pytest.raises(ConfigError, match="selects no parameter"):
         prunable_paths(random_params(0), r".*weight")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"score_examples": 50}, r"pruning\.score_examples=50 applies only to pruning\.criterion"),
+        ({"method": "structured", "criterion": "l1", "score_examples": 50},
+         r"pruning\.score_examples=50 applies only to pruning\.criterion=taylor"),
+        ({"method": "synflow", "score_examples": 50},
+         r"pruning\.score_examples=50 applies only to pruning\.method=snip or grasp"),
+        ({"method": "snip", "synflow_rounds": 3},
+         r"pruning\.synflow_rounds=3 applies only to pruning\.method=synflow"),
+        ({"criterion": "taylor", "score_examples": 0}, r"pruning\.score_examples=0 must be at"),
+    ],
+)
+def test_a_setting_the_method_does_not_read_is_a_clear_error(settings, message):
+    """Set where nothing reads it, a setting would change nothing without a word."""
+    from lottery.config import PruningConfig
+    from lottery.pruning.strategies import strategy_for
+
+    with pytest.raises(ConfigError, match=message):
+        strategy_for(PruningConfig(**settings))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"criterion": "taylor", "score_examples": 50}, {"method": "grasp", "score_examples": 50},
+     {"method": "synflow", "synflow_rounds": 3}],
+)
+def test_a_setting_the_method_reads_is_accepted(settings):
+    from lottery.config import PruningConfig
+    from lottery.pruning.strategies import strategy_for
+
+    _, checked = strategy_for(PruningConfig(**settings))
+    for key in ("score_examples", "synflow_rounds"):
+        if key in settings:
+            assert getattr(checked, key) == settings[key]

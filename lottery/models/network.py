@@ -33,8 +33,11 @@ class Network:
 
     def init(self, key: jax.Array) -> tuple[Params, BatchStats]:
         """Fresh parameters and BatchNorm statistics (``{}`` when there is none)."""
-        dummy = jnp.zeros((1, *self.input_shape), jnp.float32)
-        variables = self.module.init(key, dummy, train=False)
+        # Flax's lazy_init: the variables' initialisers run as in ``init`` (the same numbers,
+        # tested), but the forward pass that ``init`` also runs, compiling each layer's
+        # operations one by one (a second or more of start-up for a conv net), is left out.
+        dummy = jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32)
+        variables = self.module.lazy_init(key, dummy, train=False)
         params = dict(variables["params"])
         if self.reinit is not None:
             # Its own stream, so the kernels are the same with or without it.

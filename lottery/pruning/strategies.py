@@ -94,9 +94,21 @@ def _criterion(cfg: PruningConfig, choices: tuple[str, ...]) -> str:
     return criterion
 
 
+def _only_where(cfg: PruningConfig, key: str, applies: bool, where: str) -> None:
+    """One ConfigError line if ``pruning.<key>`` is set (not its default) where it is not
+    read: a setting that silently changes nothing would make a run look like what it is not.
+    Where it is read, a count it takes must be at least 1."""
+    value = getattr(cfg, key)
+    if not applies and value != getattr(PruningConfig(), key):
+        raise ConfigError(f"pruning.{key}={value!r} applies only to {where}; remove it")
+    if applies and key in ("score_examples", "synflow_rounds") and value < 1:
+        raise ConfigError(f"pruning.{key}={value} must be at least 1")
+
+
 def _magnitude_settings(cfg: PruningConfig, timeline: Timeline | None) -> MagnitudeSettings:
     _check_scope(cfg)
     criterion = _criterion(cfg, (*CRITERIA, "taylor"))
+    _only_where(cfg, "score_examples", criterion == "taylor", "pruning.criterion=taylor")
     return MagnitudeSettings(
         cfg.fraction, cfg.scope, dict(cfg.layer_fractions), criterion, cfg.score_examples
     )
@@ -158,6 +170,7 @@ class StructuredSettings:
 def _structured_settings(cfg: PruningConfig, timeline: Timeline | None) -> StructuredSettings:
     _check_scope(cfg)
     criterion = _criterion(cfg, (*NORMS, "taylor"))
+    _only_where(cfg, "score_examples", criterion == "taylor", "pruning.criterion=taylor")
     if cfg.taylor_flops_weight and criterion != "taylor":
         raise ConfigError(
             f"pruning.taylor_flops_weight={cfg.taylor_flops_weight} applies to "
@@ -276,10 +289,10 @@ class AtInitSettings:
 
 
 def _at_init_settings(cfg: PruningConfig, timeline: Timeline | None) -> AtInitSettings:
-    if cfg.synflow_rounds < 1:
-        raise ConfigError(f"pruning.synflow_rounds={cfg.synflow_rounds} must be at least 1")
-    if cfg.score_examples < 1:
-        raise ConfigError(f"pruning.score_examples={cfg.score_examples} must be at least 1")
+    _only_where(cfg, "synflow_rounds", cfg.method == "synflow", "pruning.method=synflow")
+    _only_where(
+        cfg, "score_examples", cfg.method in ("snip", "grasp"), "pruning.method=snip or grasp"
+    )
     return AtInitSettings(cfg.method, cfg.fraction, cfg.synflow_rounds, cfg.score_examples)
 
 
