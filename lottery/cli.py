@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from lottery import interrupts
 from lottery.config import Config, ConfigError, RunError, register, validate
 from lottery.logging import console, error_line, summary_table
 
@@ -131,7 +132,8 @@ def run(cfg: DictConfig) -> int:
     config = to_config(cfg)
     cpu_devices_for_replicas(config.train.replicas)
     try:
-        store, rows = experiment.run(config)
+        with interrupts.caught():
+            store, rows = experiment.run(config)
     except ConfigError as error:
         error_line(str(error))
         return 2

@@ -256,8 +256,11 @@ def run_case(item: Case) -> Outcome:
         command = [sys.executable, "-m", "lottery", *args]
         try:
             if item.setup == "sigint":
+                # SIGINT as in a terminal, even where this runs with it ignored (a job
+                # started in the background by a shell without job control).
                 process = subprocess.Popen(command, cwd=folder, env=env, text=True,
-                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                           preexec_fn=_default_sigint)
                 _wait_for_training(folder)
                 process.send_signal(signal.SIGINT)
                 _, stderr = process.communicate(timeout=120)
@@ -282,6 +285,10 @@ def run_case(item: Case) -> Outcome:
     if item.setup not in ("disk_full", "sigint") and after - before:
         return Outcome(item, "new files", ", ".join(sorted(after - before))[:200])
     return Outcome(item, "clear", lines[0])
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for_training(folder: Path, timeout: float = 120.0) -> None:

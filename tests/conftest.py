@@ -12,6 +12,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+# JAX's warning when it reads a cache entry still being written (then it compiles instead).
+TORN_CACHE_READ = "ignore:Error reading persistent compilation cache entry:UserWarning"
+
 
 def _share_one_compilation_cache() -> None:
     """One JAX persistent compilation cache for this test session, set before jax is imported.
@@ -22,12 +25,22 @@ def _share_one_compilation_cache() -> None:
     and removes it at exit, so every session starts cold, as on a fresh clone; a cached
     executable is the one XLA would compile (the key covers the program, jax version and
     flags), so results are unchanged.
+
+    JAX writes an entry in place, so a process can read one another is still writing: it
+    warns ("Error reading persistent compilation cache entry ... truncated stream") and
+    compiles the program itself, the same result. That warning is silenced here (the tests
+    count stderr lines). JAX's file lock (``jax_compilation_cache_max_size``) would prevent
+    the torn read, but it rescans the whole cache on every write and polls for the lock:
+    it made the suite slower than no cache at all.
     """
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return
     folder = tempfile.mkdtemp(prefix="lottery-tests-jax-cache-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
+    os.environ["PYTHONWARNINGS"] = ",".join(
+        filter(None, [os.environ.get("PYTHONWARNINGS"), TORN_CACHE_READ])
+    )
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 

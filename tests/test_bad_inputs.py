@@ -18,7 +18,9 @@ def test_every_bad_input_is_one_clear_line(shard: int):
         [sys.executable, str(REPO / "tests" / "bad_inputs.py"), "--shard", f"{shard}/{SHARDS}"],
         capture_output=True, text=True, timeout=900, cwd=REPO,
     )
-    last = result.stdout.strip().splitlines()[-1]
+    lines = result.stdout.strip().splitlines()
+    assert lines, f"no output, exit {result.returncode}: {result.stderr[-3000:]}"
+    last = lines[-1]
     print(last)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
     assert " 0 traceback, 0 silent, 0 several lines, 0 new files" in last, last

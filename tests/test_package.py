@@ -65,9 +65,11 @@ def test_dependencies_are_ranges_that_admit_the_tested_versions(group):
 
 
 def clean_env() -> dict[str, str]:
-    """This environment without what would make the new venv see the checkout or this venv."""
+    """This environment without what would make the new venv see the checkout or this venv,
+    or share the suite's compilation cache (a user's install has none, nor ``filelock``)."""
     drop = {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PIP_REQUIRE_VIRTUALENV"}
-    env = {key: value for key, value in os.environ.items() if key not in drop}
+    env = {key: value for key, value in os.environ.items()
+           if key not in drop and not key.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT"))}
     return {**env, "PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "120",
             "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 
+from lottery import interrupts
 from lottery.config import ConfigError, RunError
 from lottery.experiment.driver import Experiment, LevelDiverged, remove_unfinished
 from lottery.experiment.plan import Plan, with_seed
@@ -107,6 +108,7 @@ def run_replicas(plan: Plan) -> tuple[ExperimentStore, list[dict[str, Any]]]:
         for thread in threads:
             while thread.is_alive():
                 thread.join(_JOIN_POLL)
+                interrupts.raise_if_requested()  # a Ctrl-C whose KeyboardInterrupt was lost
     except KeyboardInterrupt:
         batcher.stop()  # every seed ends at its next step, keeping its checkpoints
         for thread in threads:

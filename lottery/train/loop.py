@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lottery import interrupts
 from lottery.config import ConfigError, OptimizerConfig
 from lottery.data import Dataset, StreamingDataset
 from lottery.models import Network
@@ -245,6 +246,7 @@ class Trainer:
                 elapsed = time.perf_counter() - begin
                 self.timing.train += elapsed - (self.timing.compile - compile_before)
                 run.step = target
+                interrupts.raise_if_requested()  # a Ctrl-C whose KeyboardInterrupt was lost
             for hook, steps in zip(hooks, wanted, strict=True):
                 if target in steps:
                     hook(run, self)
