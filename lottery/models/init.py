@@ -24,9 +24,10 @@ def variance_scaling_normal(scale: float, mode: str) -> initializers.Initializer
 
     Why not JAX's own: XLA's CPU backend compiles the random-number program of a 4-D shape
     in 0.6-3 s, of a 1-D one in 0.25 s, so every new conv kernel shape cost seconds of start-up
-    (ResNet-20's initialisation took about 10 s). JAX's threefry counter is each element's
-    row-major index (``jax_threefry_partitionable``, the default), so the draws are the same
-    numbers (``tests/test_models.py`` checks every model's initialisation against JAX's).
+    (ResNet-20's initialisation took about 10 s). JAX's threefry draws for a shape are those
+    for its row-major flattening (checked with ``jax_threefry_partitionable`` on and off), so
+    the numbers are the same: ``tests/test_models.py`` compares both initialisers with JAX's
+    bit for bit on 2-, 3- and 4-D kernel shapes.
     """
     if mode not in ("fan_in", "fan_avg"):
         raise ValueError(f"mode {mode!r}: fan_in or fan_avg")
