@@ -123,14 +123,18 @@ def test_prunable_regex_that_selects_nothing_is_a_clear_error():
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"score_examples": 50}, r"pruning\.score_examples=50 applies only to pruning\.criterion"),
+        ({"score_examples": 50},
+         r"pruning\.score_examples=50 applies to pruning\.criterion=taylor, not magnitude"),
         ({"method": "structured", "criterion": "l1", "score_examples": 50},
-         r"pruning\.score_examples=50 applies only to pruning\.criterion=taylor"),
+         r"pruning\.score_examples=50 applies to pruning\.criterion=taylor, not l1"),
         ({"method": "synflow", "score_examples": 50},
-         r"pruning\.score_examples=50 applies only to pruning\.method=snip or grasp"),
+         r"pruning\.score_examples=50 does not apply to pruning\.method='synflow'"),
         ({"method": "snip", "synflow_rounds": 3},
-         r"pruning\.synflow_rounds=3 applies only to pruning\.method=synflow"),
+         r"pruning\.synflow_rounds=3 does not apply to pruning\.method='snip'"),
+        ({"method": "random", "score_examples": 50},
+         r"pruning\.score_examples=50 does not apply to pruning\.method='random'"),
         ({"criterion": "taylor", "score_examples": 0}, r"pruning\.score_examples=0 must be at"),
+        ({"method": "grasp", "score_examples": 0}, r"pruning\.score_examples=0 must be at"),
     ],
 )
 def test_a_setting_the_method_does_not_read_is_a_clear_error(settings, message):

@@ -33,7 +33,15 @@ from lottery.pruning.mask import Mask, count_alive, full_mask
 COMMON_KEYS = frozenset({"method", "levels", "rewind_step", "prunable", "max_accuracy_drop"})
 SCOPES = ("global", "layerwise")
 NORMS = ("l1", "l2")
-AT_INIT = ("snip", "grasp", "synflow", "magnitude_init", "random")
+# Pruning at initialisation, by method: the ``pruning`` keys each reads besides the fraction
+# (SNIP's and GraSP's scores take gradients on training examples; SynFlow iterates).
+AT_INIT: dict[str, frozenset[str]] = {
+    "snip": frozenset({"score_examples"}),
+    "grasp": frozenset({"score_examples"}),
+    "synflow": frozenset({"synflow_rounds"}),
+    "magnitude_init": frozenset(),
+    "random": frozenset(),
+}
 
 
 @dataclass
@@ -94,21 +102,27 @@ def _criterion(cfg: PruningConfig, choices: tuple[str, ...]) -> str:
     return criterion
 
 
-def _only_where(cfg: PruningConfig, key: str, applies: bool, where: str) -> None:
-    """One ConfigError line if ``pruning.<key>`` is set (not its default) where it is not
-    read: a setting that silently changes nothing would make a run look like what it is not.
-    Where it is read, a count it takes must be at least 1."""
+def _check_taylor_only(cfg: PruningConfig, criterion: str, key: str) -> None:
+    """One ConfigError line if ``pruning.<key>``, which only the Taylor criterion reads, is
+    set (not its default) under another criterion, where it would silently change nothing."""
     value = getattr(cfg, key)
-    if not applies and value != getattr(PruningConfig(), key):
-        raise ConfigError(f"pruning.{key}={value!r} applies only to {where}; remove it")
-    if applies and key in ("score_examples", "synflow_rounds") and value < 1:
-        raise ConfigError(f"pruning.{key}={value} must be at least 1")
+    if criterion != "taylor" and value != getattr(PruningConfig(), key):
+        raise ConfigError(
+            f"pruning.{key}={value} applies to pruning.criterion=taylor, not {criterion}; "
+            "remove it or choose taylor"
+        )
+
+
+def _check_score_examples(cfg: PruningConfig) -> None:
+    if cfg.score_examples < 1:
+        raise ConfigError(f"pruning.score_examples={cfg.score_examples} must be at least 1")
 
 
 def _magnitude_settings(cfg: PruningConfig, timeline: Timeline | None) -> MagnitudeSettings:
     _check_scope(cfg)
     criterion = _criterion(cfg, (*CRITERIA, "taylor"))
-    _only_where(cfg, "score_examples", criterion == "taylor", "pruning.criterion=taylor")
+    _check_taylor_only(cfg, criterion, "score_examples")
+    _check_score_examples(cfg)
     return MagnitudeSettings(
         cfg.fraction, cfg.scope, dict(cfg.layer_fractions), criterion, cfg.score_examples
     )
@@ -170,12 +184,9 @@ class StructuredSettings:
 def _structured_settings(cfg: PruningConfig, timeline: Timeline | None) -> StructuredSettings:
     _check_scope(cfg)
     criterion = _criterion(cfg, (*NORMS, "taylor"))
-    _only_where(cfg, "score_examples", criterion == "taylor", "pruning.criterion=taylor")
-    if cfg.taylor_flops_weight and criterion != "taylor":
-        raise ConfigError(
-            f"pruning.taylor_flops_weight={cfg.taylor_flops_weight} applies to "
-            f"pruning.criterion=taylor, not {criterion}; remove it or choose taylor"
-        )
+    _check_taylor_only(cfg, criterion, "score_examples")
+    _check_score_examples(cfg)
+    _check_taylor_only(cfg, criterion, "taylor_flops_weight")
     if cfg.taylor_flops_weight < 0:
         raise ConfigError(
             f"pruning.taylor_flops_weight={cfg.taylor_flops_weight} must be >= 0 (0 ranks by "
@@ -289,10 +300,9 @@ class AtInitSettings:
 
 
 def _at_init_settings(cfg: PruningConfig, timeline: Timeline | None) -> AtInitSettings:
-    _only_where(cfg, "synflow_rounds", cfg.method == "synflow", "pruning.method=synflow")
-    _only_where(
-        cfg, "score_examples", cfg.method in ("snip", "grasp"), "pruning.method=snip or grasp"
-    )
+    if cfg.synflow_rounds < 1:
+        raise ConfigError(f"pruning.synflow_rounds={cfg.synflow_rounds} must be at least 1")
+    _check_score_examples(cfg)
     return AtInitSettings(cfg.method, cfg.fraction, cfg.synflow_rounds, cfg.score_examples)
 
 
@@ -367,13 +377,9 @@ STRATEGIES: dict[str, Strategy] = {
     ),
     **{
         name: Strategy(
-            name,
-            frozenset({"fraction", "synflow_rounds", "score_examples"}),
-            _at_init_settings,
-            _at_init,
-            _check_nothing,
+            name, frozenset({"fraction"}) | keys, _at_init_settings, _at_init, _check_nothing
         )
-        for name in AT_INIT
+        for name, keys in AT_INIT.items()
     },
 }
 
