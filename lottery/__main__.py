@@ -1,20 +1,23 @@
-"""``python -m lottery [overrides]``: the Hydra entry point (also the ``lottery`` command)."""
+"""``python -m lottery [overrides]``: the Hydra entry point (also the ``lottery`` command).
+
+Hydra and the package's config are imported inside :func:`main`, so that :func:`command`
+restarts the process (:mod:`lottery.huge_pages`) before it has spent time on imports.
+"""
+
+from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
-import hydra
-from omegaconf import DictConfig
+from lottery import huge_pages
 
-from lottery import cli
-from lottery.config import register
-
-register()
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
-# An absolute path: the same folder for `python -m lottery` and the `lottery` script, which
-# Hydra would otherwise resolve differently (file-relative vs. package-relative).
-@hydra.main(config_path=str(cli.CONFIG_DIR), config_name="config", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> None:
+def _run(cfg: DictConfig) -> None:
+    from lottery import cli
+
     code = cli.run(cfg)
     if code:
         sys.exit(code)
@@ -22,10 +25,25 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Check the overrides (one-line errors), then hand over to Hydra."""
+    import hydra
+
+    from lottery import cli
+    from lottery.config import register
+
+    register()
     sys.argv[1:] = cli.multirun_flag_first(sys.argv[1:])
     cli.exit_on_bad_overrides(sys.argv[1:])
-    _hydra_main()
+    # An absolute path: the same folder for `python -m lottery` and the `lottery` script,
+    # which Hydra would otherwise resolve differently (file-relative vs. package-relative).
+    hydra.main(config_path=str(cli.CONFIG_DIR), config_name="config", version_base="1.3")(_run)()
+
+
+def command() -> None:
+    """The ``lottery`` command and ``python -m lottery``: :func:`main`, in a process that
+    ``malloc`` serves with huge pages where that helps (:mod:`lottery.huge_pages`)."""
+    huge_pages.restart_with_huge_pages()
+    main()
 
 
 if __name__ == "__main__":
-    main()
+    command()

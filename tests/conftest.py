@@ -47,6 +47,26 @@ def _share_one_compilation_cache() -> None:
 
 _share_one_compilation_cache()
 
+# What the user's environment said, before _huge_pages_for_every_process.
+ORIGINAL_GLIBC_TUNABLES = os.environ.get("GLIBC_TUNABLES")
+
+
+def _huge_pages_for_every_process() -> None:
+    """The test workers and every ``python -m lottery`` subprocess start with malloc's huge
+    pages, as the command gives itself (:mod:`lottery.huge_pages`): the convolutional tests
+    run faster and no subprocess restarts itself. ``test_huge_pages`` runs the command
+    without them, to check the restart."""
+    from lottery import huge_pages
+
+    environ = huge_pages.environment_with_huge_pages(
+        os.environ, huge_pages.glibc_version(), huge_pages.kernel_mode()
+    )
+    if environ is not None:
+        os.environ["GLIBC_TUNABLES"] = environ["GLIBC_TUNABLES"]
+
+
+_huge_pages_for_every_process()
+
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402

@@ -17,6 +17,8 @@ from packaging.utils import canonicalize_name
 import lottery
 from lottery.cli import CONFIG_DIR
 
+from conftest import ORIGINAL_GLIBC_TUNABLES
+
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 SMOKE = ["train.steps=300it", "pruning.levels=1", "progress=false"]
@@ -66,10 +68,13 @@ def test_dependencies_are_ranges_that_admit_the_tested_versions(group):
 
 def clean_env() -> dict[str, str]:
     """This environment without what would make the new venv see the checkout or this venv,
-    or share the suite's compilation cache (a user's install has none, nor ``filelock``)."""
-    drop = {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PIP_REQUIRE_VIRTUALENV"}
+    or share the suite's compilation cache (a user's install has none, nor ``filelock``),
+    and with the user's own ``GLIBC_TUNABLES`` (so the command sets its huge pages itself)."""
+    drop = {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PIP_REQUIRE_VIRTUALENV", "GLIBC_TUNABLES"}
     env = {key: value for key, value in os.environ.items()
            if key not in drop and not key.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT"))}
+    if ORIGINAL_GLIBC_TUNABLES is not None:
+        env["GLIBC_TUNABLES"] = ORIGINAL_GLIBC_TUNABLES
     return {**env, "PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "120",
             "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
 

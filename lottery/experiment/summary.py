@@ -34,6 +34,8 @@ def environment() -> dict[str, Any]:
         "device_count": jax.device_count(),
         # XLA's flags choose kernels (lottery.xla_cpu), which change float rounding.
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        # Speed only (lottery.huge_pages): malloc's huge pages, bit-identical results.
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
     }
 
 
