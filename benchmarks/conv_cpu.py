@@ -4,23 +4,29 @@ ResNet-20 (batch 128) and Conv-4 (batch 60) on CIFAR-10-shaped data: one step is
 and flip, forward, cross-entropy, backward and SGD with momentum (weight decay 1e-4), dense
 (no mask) and masked (a random half of every weight tensor pruned). Rows:
 
-- ``lottery``: the package's defaults on a CPU (Eigen convolutions, ``model.kernels=auto``
-  which is ``cpu`` here, see :mod:`lottery.models.cpu_kernels` and :mod:`lottery.xla_cpu`);
+- ``lottery``: what ``python -m lottery`` runs on a CPU: Eigen convolutions
+  (:mod:`lottery.xla_cpu`), ``model.kernels=auto`` which is ``cpu`` here (see
+  :mod:`lottery.models.cpu_kernels`), and malloc's huge pages (:mod:`lottery.huge_pages`,
+  where the machine has them);
+- ``lottery, 4 KB pages``: the same without the huge pages (what ``import lottery`` in a
+  process started without ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` gets);
 - ``lottery kernels=xla``: ``model.kernels=xla``, Flax's own Conv and BatchNorm;
 - ``lottery kernels=xla, YNNPACK convs``: also XLA's default convolutions (what the package
   did before it set its XLA flag);
 - ``pytorch eager``: the same networks and step in PyTorch (``conv_cpu_torch.py``), if a
-  Python with PyTorch is given.
+  Python with PyTorch is given, as installed; and ``pytorch eager, huge pages``: the same
+  with the same malloc setting as ours, so that the comparison does not rest on it.
 
-Each row runs in a process of its own (XLA reads its flags once per process): ``--repeats``
-stretches of ``--steps`` steps after two warm-up steps. The rows take turns, PyTorch's and
-ours, for ``--rounds`` rounds, so that the machine's drift (on a shared 2-core VM it moves
-a row's speed by 10-40% over minutes) falls on all of them; the median steps/s over every
-round's stretches is printed with the ratio to PyTorch's, and the spread (min-max). For
-``lottery`` it also prints where a step's time goes: forward (train mode), backward
-(forward+backward less forward), the update (step less forward+backward), and the
-convolutions alone (every layer's forward, input
-gradient and kernel gradient timed on its own, summed). Run it with nothing else computing.
+Each row runs in a process of its own (XLA reads its flags, glibc its tunables, once per
+process): ``--repeats`` stretches of ``--steps`` steps after two warm-up steps. The rows
+take turns, PyTorch's and ours, for ``--rounds`` rounds, so that the machine's drift (on a
+shared 2-core VM it moves a row's speed by 10-40% over minutes) falls on all of them; the
+median steps/s over every round's stretches is printed with the ratios to both PyTorch
+rows, the spread (min-max) and the minor page faults per step (the cost that huge pages
+remove). For ``lottery`` it also prints where a step's time goes: forward (train mode),
+backward (forward+backward less forward), the update (step less forward+backward), and the
+convolutions alone (every layer's forward, input gradient and kernel gradient timed on its
+own, summed). Run it with nothing else computing.
 
 PyTorch is never a dependency of ``lottery``. To compare with it:
 
@@ -32,22 +38,42 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from lottery import huge_pages
+
 from common import parser, report
 
 HERE = Path(__file__).resolve().parent
 CASES = {"resnet20": 128, "conv4": 60}
 YNN_CONVOLUTIONS = "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution"
+# name: (model.kernels, XLA_FLAGS, malloc's huge pages)
 VARIANTS = {
-    "lottery": ("auto", None),
-    "lottery kernels=xla": ("xla", None),
-    "lottery kernels=xla, YNNPACK convs": ("xla", YNN_CONVOLUTIONS),
+    "lottery": ("auto", None, True),
+    "lottery, 4 KB pages": ("auto", None, False),
+    "lottery kernels=xla": ("xla", None, True),
+    "lottery kernels=xla, YNNPACK convs": ("xla", YNN_CONVOLUTIONS, True),
 }
+TORCH_ROWS = {"pytorch eager": False, "pytorch eager, huge pages": True}
+
+
+def malloc_environment(huge: bool) -> dict[str, str]:
+    """This process's environment with malloc's huge pages as the command sets them
+    (:mod:`lottery.huge_pages`, where the machine has them), or without."""
+    env = dict(os.environ)
+    kept = [t for t in env.pop("GLIBC_TUNABLES", "").split(":")
+            if t and not t.startswith(huge_pages.TUNABLE)]
+    if kept:
+        env["GLIBC_TUNABLES"] = ":".join(kept)
+    if huge:
+        env = huge_pages.environment_with_huge_pages(
+            env, huge_pages.glibc_version(), huge_pages.kernel_mode()) or env
+    return env
 
 
 def median_time(function, repeats: int) -> float:
@@ -134,13 +160,16 @@ def worker(
     state, loss = step(state, mask, x, y, key)
     loss.block_until_ready()
     rates = []
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(repeats):
         begin = time.perf_counter()
         for _ in range(steps):
             state, loss = step(state, mask, x, y, key)
         loss.block_until_ready()
         rates.append(steps / (time.perf_counter() - begin))
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     row = {"steps_per_s": statistics.median(rates), "rates": rates, "compile_s": compile_s,
+           "faults_per_step": faults / (steps * repeats),
            "cpu_kernels": network.cpu_kernels, "xla_flags": os.environ.get("XLA_FLAGS", "")}
     if masked or not breakdown:
         return row
@@ -166,8 +195,8 @@ def worker(
 def run_worker(
     case: str, variant: str, masked: bool, steps: int, repeats: int, breakdown: bool
 ) -> dict:
-    kernels, flags = VARIANTS[variant]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    kernels, flags, huge = VARIANTS[variant]
+    env = {k: v for k, v in malloc_environment(huge).items() if k != "XLA_FLAGS"}
     if flags:
         env["XLA_FLAGS"] = flags
     command = [sys.executable, __file__, "--worker", case, kernels, str(int(masked)),
@@ -178,10 +207,12 @@ def run_worker(
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_torch(python: str, case: str, steps: int, repeats: int) -> dict[bool, dict]:
+def run_torch(
+    python: str, case: str, steps: int, repeats: int, huge: bool
+) -> dict[bool, dict]:
     command = [python, str(HERE / "conv_cpu_torch.py"), "--cases", case, "--steps", str(steps),
                "--repeats", str(repeats)]
-    out = subprocess.run(command, capture_output=True, text=True)
+    out = subprocess.run(command, env=malloc_environment(huge), capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"PyTorch on {case} failed:\n{out.stderr[-3000:]}")
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
@@ -205,15 +236,18 @@ def main() -> None:
     opts = args.parse_args()
     rows, extra = [], {}
     variants = opts.variants.split(";")
+    theirs = list(TORCH_ROWS) if opts.torch_python else []
     for case in opts.cases.split(","):
         rates: dict[tuple[bool, str], list[float]] = {}
+        faults: dict[tuple[bool, str], list[float]] = {}
         compile_s: dict[tuple[bool, str], list[float]] = {}
         note = ""
         for turn in range(opts.rounds):
-            if opts.torch_python:
+            for what in theirs:
                 for masked, row in run_torch(opts.torch_python, case, opts.steps,
-                                             opts.repeats).items():
-                    rates.setdefault((masked, "pytorch eager"), []).extend(row["rates"])
+                                             opts.repeats, TORCH_ROWS[what]).items():
+                    rates.setdefault((masked, what), []).extend(row["rates"])
+                    faults.setdefault((masked, what), []).append(row["faults_per_step"])
                     note = f"torch {row['torch']}, {row['threads']} threads"
             for variant in variants:
                 for masked in (False, True):
@@ -221,28 +255,29 @@ def main() -> None:
                     ours = run_worker(case, variant, masked, opts.steps, opts.repeats,
                                       breakdown)
                     rates.setdefault((masked, variant), []).extend(ours["rates"])
+                    faults.setdefault((masked, variant), []).append(ours["faults_per_step"])
                     compile_s.setdefault((masked, variant), []).append(ours["compile_s"])
                     if breakdown:
                         extra[f"{case} step breakdown (ms)"] = {
                             k: round(ours[k], 1) for k in
                             ("forward_ms", "backward_ms", "update_ms", "convolutions_ms")}
         for masked in (False, True):
-            theirs = rates.get((masked, "pytorch eager"))
-            reference = statistics.median(theirs) if theirs else None
-            for what in (["pytorch eager"] if theirs else []) + variants:
+            medians = {what: statistics.median(rates[(masked, what)])
+                       for what in theirs + variants}
+            for what in theirs + variants:
                 measured = rates[(masked, what)]
-                median = statistics.median(measured)
                 rows.append({
-                    "case": case, "masked": masked, "what": what, "steps_per_s": median,
+                    "case": case, "masked": masked, "what": what, "steps_per_s": medians[what],
                     "spread": f"{min(measured):.2f}-{max(measured):.2f}",
-                    "vs_pytorch": median / reference if reference else None,
+                    **{f"vs {name}": medians[what] / medians[name] for name in theirs},
+                    "faults_per_step": round(statistics.median(faults[(masked, what)])),
                     "compile_s": statistics.median(compile_s[(masked, what)])
                     if (masked, what) in compile_s else None,
-                    "note": note if what == "pytorch eager" else "",
+                    "note": note if what in theirs else "",
                 })
     report("Train steps per second on this CPU: ours against PyTorch eager",
-           ["case", "masked", "what", "steps_per_s", "spread", "vs_pytorch", "compile_s",
-            "note"], rows, extra, opts.json)
+           ["case", "masked", "what", "steps_per_s", "spread", *[f"vs {n}" for n in theirs],
+            "faults_per_step", "compile_s", "note"], rows, extra, opts.json)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import time
 
@@ -100,7 +101,10 @@ def crop_flip(images: torch.Tensor, pad: int = 4) -> torch.Tensor:
     return pixels.permute(0, 3, 1, 2)
 
 
-def steps_per_second(case: str, masked: bool, steps: int, repeats: int) -> list[float]:
+def steps_per_second(
+    case: str, masked: bool, steps: int, repeats: int
+) -> tuple[list[float], float]:
+    """Steps per second of each of ``repeats`` stretches, and minor page faults per step."""
     torch.manual_seed(0)
     make, batch = CASES[case]
     model = make()
@@ -125,12 +129,14 @@ def steps_per_second(case: str, masked: bool, steps: int, repeats: int) -> list[
     for _ in range(2):  # warm-up: allocator and oneDNN primitive caches
         step()
     rates = []
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(repeats):
         begin = time.perf_counter()
         for _ in range(steps):
             step()
         rates.append(steps / (time.perf_counter() - begin))
-    return rates
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return rates, faults / (steps * repeats)
 
 
 def main() -> None:
@@ -141,9 +147,10 @@ def main() -> None:
     opts = args.parse_args()
     for case in opts.cases.split(","):
         for masked in (False, True):
-            rates = steps_per_second(case, masked, opts.steps, opts.repeats)
+            rates, faults = steps_per_second(case, masked, opts.steps, opts.repeats)
             row = {"case": case, "masked": masked, "steps_per_s": statistics.median(rates),
-                   "rates": rates, "threads": torch.get_num_threads(), "torch": torch.__version__}
+                   "rates": rates, "faults_per_step": faults,
+                   "threads": torch.get_num_threads(), "torch": torch.__version__}
             print(json.dumps(row), flush=True)
 
 

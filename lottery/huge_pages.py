@@ -14,9 +14,8 @@ bit-identical.
 glibc reads ``GLIBC_TUNABLES`` once, when the process starts; no call can set it later.
 So :func:`restart_with_huge_pages` starts the command again, once, with the tunable set:
 the ``lottery`` command and ``python -m lottery`` call it first (an interpreter start, about
-0.05 s). Code
-that imports ``lottery`` in a process of its own (a notebook, a script) can start that
-process with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` for the same speed.
+0.05 s). Code that imports ``lottery`` in a process of its own (a notebook, a script) can
+start that process with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` for the same speed.
 
 Nothing is changed where it would not help or where the user has chosen: not outside
 Linux with glibc 2.35 or later (the first with the tunable), not where the kernel's huge
