@@ -84,14 +84,13 @@ def test_logits_gradients_and_statistics_equal_flax_layers(
     """Maps smaller than the kernel (TINY) use small_map_conv, also when evaluating;
     everything else evaluates with Flax's layers, bit for bit."""
     plain, fast, params, stats = both(name, width, image)
-    # 48 examples: three chunks of the kernel gradient.
     x = jax.random.normal(jax.random.key(1), (48, *image))
     y = jax.random.randint(jax.random.key(2), (48,), 0, 10)
     loss_p, logits_p, stats_p, grads_p, plain_text = loss_and_grads(plain, params, stats, x, y)
     loss_f, logits_f, stats_f, grads_f, fast_text = loss_and_grads(fast, params, stats, x, y)
     np.testing.assert_allclose(logits_f, logits_p, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(loss_f, loss_p, rtol=1e-5)
-    # Gradients summed over chunks in another order: equal to float32 rounding.
+    # BatchNorm's sums in two stages, another order: equal to float32 rounding.
     scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads_p))
     assert_trees_close(grads_f, grads_p, rtol=1e-3, atol=1e-5 * scale)
     assert_trees_close(stats_f, stats_p, rtol=1e-4, atol=1e-6)
@@ -109,8 +108,6 @@ def test_logits_gradients_and_statistics_equal_flax_layers(
 
 def assert_the_fast_path_runs(plain_text: str, fast_text: str) -> None:
     """The CPU kernels change ResNet-8's program (48 examples of 16x16, width 8)."""
-    # Two more kernel gradients for each of the 9 convolutions (three chunks).
-    assert fast_text.count("convolution") >= plain_text.count("convolution") + 2 * 9
     # BatchNorm's first stage sums blocks of 32 rows: 48 x 16 x 16 rows of 8 channels.
     blocks = "tensor<384x32x8xf32>"
     assert blocks in fast_text and blocks not in plain_text
@@ -122,9 +119,9 @@ def assert_the_fast_path_runs(plain_text: str, fast_text: str) -> None:
 
 
 @pytest.mark.parametrize("shape", [(4, 8, 8, 3, 5), (2, 12, 6, 4, 2)])
-def test_stride2_input_gradient_equals_xla_even_in_one_chunk(shape: tuple[int, ...]) -> None:
-    """Batches of 2 and 4 are one chunk of the kernel gradient: the parity split of the input
-    gradient must not depend on the chunking."""
+def test_stride2_input_gradient_equals_xla_at_small_batches(shape: tuple[int, ...]) -> None:
+    """The parity split of the input gradient at batches of 2 and 4 (odd widths of the output
+    gradient's rows included): the same values as XLA's, and in the program."""
     n, height, width, c_in, c_out = shape
     x = jax.random.normal(jax.random.key(7), (n, height, width, c_in))
     w = jax.random.normal(jax.random.key(8), (3, 3, c_in, c_out))
@@ -135,7 +132,7 @@ def test_stride2_input_gradient_equals_xla_even_in_one_chunk(shape: tuple[int, .
         return jax.lax.conv_general_dilated(x, w, **settings)
 
     def ours(x, w):
-        return cpu_kernels.batch_chunked_conv(x, w, **settings)
+        return cpu_kernels.cpu_conv(x, w, **settings)
 
     y, vjp = jax.vjp(xla, x, w)
     g = jax.random.normal(jax.random.key(9), y.shape)

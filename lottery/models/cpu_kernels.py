@@ -5,11 +5,6 @@ rounding, in less time there.
 Measured on a 2-core CPU with jax 0.10 (``benchmarks/conv_cpu.py``), these cost most of a
 train step besides the convolutions' own arithmetic:
 
-- **The weight gradient of a convolution.** XLA computes it as one convolution contracting
-  the whole batch, whose operands it first transposes (batch innermost); for a 32x32 map
-  that transpose and the convolution run out of cache. Computed over chunks of
-  :data:`CHUNK` examples and summed (:func:`batch_chunked_conv`), each chunk fits in cache:
-  the weight gradients of ResNet-20's first stage take about half the time.
 - **The input gradient of a stride-2 convolution**, which XLA computes on a gradient dilated
   with zeros: :func:`stride2_input_gradient` splits it by parity instead (2-3x faster).
 - **BatchNorm's per-channel reductions.** XLA's CPU backend rewrites a reduction over
@@ -24,6 +19,12 @@ train step besides the convolutions' own arithmetic:
   backend runs as plain loops: :func:`small_map_conv` makes them a matrix product.
 - **Recomputation along a residual stream**, which :func:`materialize` stops (ResNet-20
   compiles in half the time).
+
+A convolution's weight gradient is XLA's own, over the whole batch. Summed over chunks of 16
+examples it was 5% faster per ResNet-20 step while every call of Eigen's convolution faulted
+in its packing buffer page by page; with malloc's huge pages (:mod:`lottery.huge_pages`,
+which the command sets) the whole batch at once is 4-14% faster (three same-process A/B
+runs), and Conv-4 is the same either way.
 
 None helps on a GPU, where XLA's own convolutions and reductions are the fast path, so the
 network uses them only where :func:`enabled` says so (``model.kernels``; ``auto`` picks
@@ -44,10 +45,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
-
-# Examples per chunk of the weight gradient: 8 and 16 were fastest for ResNet-20's and
-# Conv-4's layers at batch 60-128 (32 and more lose the cache, 4 too small a product).
-CHUNK = 16
 
 # Rows summed in the first stage of a per-channel sum (see _sum_channels).
 SUM_BLOCK = 32
@@ -145,7 +142,7 @@ def small_map_conv(
     return jnp.dot(patches, w.reshape(kh * kw * w.shape[2], w.shape[3]))
 
 
-def batch_chunked_conv(
+def cpu_conv(
     lhs: jax.Array,
     rhs: jax.Array,
     window_strides: Sequence[int],
@@ -157,10 +154,9 @@ def batch_chunked_conv(
     precision: Any = None,
     **kwargs: Any,
 ) -> jax.Array:
-    """``lax.conv_general_dilated``, whose kernel gradient sums the gradients of batch chunks
-    of :data:`CHUNK` examples instead of contracting the whole batch at once, and whose input
-    gradient, for a 3x3 convolution of stride 2, is :func:`stride2_input_gradient`; on a map
-    smaller than the kernel, :func:`small_map_conv`."""
+    """``lax.conv_general_dilated``, but :func:`small_map_conv` on a map smaller than the
+    kernel, and with :func:`stride2_input_gradient` as the input gradient of a 3x3
+    convolution of stride 2."""
     conv = functools.partial(
         lax.conv_general_dilated,
         window_strides=window_strides,
@@ -184,9 +180,6 @@ def batch_chunked_conv(
         lhs.shape[1] < rhs.shape[0] or lhs.shape[2] < rhs.shape[1]
     ):
         return small_map_conv(lhs, rhs, pads)
-    batch_axis = dimensions.lhs_spec[0]
-    batch = lhs.shape[batch_axis]
-    chunks = max(1, round(batch / CHUNK))
     polyphase = (
         plain
         and tuple(window_strides) == (2, 2)
@@ -195,11 +188,11 @@ def batch_chunked_conv(
         and lhs.shape[1] % 2 == 0
         and lhs.shape[2] % 2 == 0
     )
-    if not active() or feature_group_count != 1 or (chunks == 1 and not polyphase):
+    if not active() or not polyphase:
         return conv(lhs, rhs)
 
     @jax.custom_vjp
-    def chunked(x: jax.Array, w: jax.Array) -> jax.Array:
+    def strided(x: jax.Array, w: jax.Array) -> jax.Array:
         return conv(x, w)
 
     def forward(x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
@@ -207,21 +200,11 @@ def batch_chunked_conv(
 
     def backward(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[Any, Any]:
         x, w = residuals
-        if polyphase:
-            dx = stride2_input_gradient(g, w)
-        else:
-            dx = jax.vjp(lambda x: conv(x, w), x)[1](g)[0]
-        dw = None
-        for i in range(chunks):
-            start, stop = i * batch // chunks, (i + 1) * batch // chunks
-            x_part = lax.slice_in_dim(x, start, stop, axis=batch_axis)
-            g_part = lax.slice_in_dim(g, start, stop, axis=batch_axis)
-            part = jax.vjp(lambda w, x_part=x_part: conv(x_part, w), w)[1](g_part)[0]
-            dw = part if dw is None else dw + part
-        return dx, dw
+        dw = jax.vjp(lambda w: conv(x, w), w)[1](g)[0]
+        return stride2_input_gradient(g, w), dw
 
-    chunked.defvjp(forward, backward)
-    return chunked(lhs, rhs)
+    strided.defvjp(forward, backward)
+    return strided(lhs, rhs)
 
 
 def materialize(x: jax.Array) -> jax.Array:
@@ -244,11 +227,11 @@ def materialize(x: jax.Array) -> jax.Array:
 
 def conv_layer(features: int, kernel_size: Sequence[int], **kwargs: Any) -> nn.Conv:
     """An ``nn.Conv`` (same parameters, same names) whose convolution is
-    :func:`batch_chunked_conv` when the CPU kernels are enabled."""
+    :func:`cpu_conv` when the CPU kernels are enabled."""
     if _MODE.get() is not None:
         # Flax marks this field deprecated; it is still how a Conv takes its convolution, and
         # a module of our own would have to repeat nn.Conv's padding and shape handling.
-        kwargs["conv_general_dilated"] = batch_chunked_conv
+        kwargs["conv_general_dilated"] = cpu_conv
     return nn.Conv(features, tuple(kernel_size), **kwargs)
 
 
