@@ -47,16 +47,19 @@ def _share_one_compilation_cache() -> None:
 
 _share_one_compilation_cache()
 
-# What the user's environment said, before _huge_pages_for_every_process.
-ORIGINAL_GLIBC_TUNABLES = os.environ.get("GLIBC_TUNABLES")
+# The user's GLIBC_TUNABLES ("" if unset), as the session's first process found it: the test
+# workers, started after _huge_pages_for_every_process, inherit it here.
+USER_GLIBC_TUNABLES = "LOTTERY_TESTS_USER_GLIBC_TUNABLES"
 
 
 def _huge_pages_for_every_process() -> None:
     """The test workers and every ``python -m lottery`` subprocess start with malloc's huge
     pages, as the command gives itself (:mod:`lottery.huge_pages`): the convolutional tests
-    run faster and no subprocess restarts itself. ``test_huge_pages`` runs the command
-    without them, to check the restart."""
+    run faster and no subprocess restarts itself. ``test_huge_pages`` and the wheel test run
+    the command with the user's own setting, to check the restart."""
     from lottery import huge_pages
+
+    os.environ.setdefault(USER_GLIBC_TUNABLES, os.environ.get("GLIBC_TUNABLES", ""))
 
     environ = huge_pages.environment_with_huge_pages(
         os.environ, huge_pages.glibc_version(), huge_pages.kernel_mode()
@@ -66,6 +69,7 @@ def _huge_pages_for_every_process() -> None:
 
 
 _huge_pages_for_every_process()
+ORIGINAL_GLIBC_TUNABLES = os.environ[USER_GLIBC_TUNABLES] or None
 
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402

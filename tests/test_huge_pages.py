@@ -11,7 +11,7 @@ import sys
 from lottery import huge_pages
 from lottery.huge_pages import HUGE_PAGES, environment_with_huge_pages
 
-from conftest import DIGITS
+from conftest import DIGITS, ORIGINAL_GLIBC_TUNABLES
 
 NEW_GLIBC = (2, 36)
 
@@ -47,6 +47,8 @@ def test_kernel_mode_reads_the_bracketed_choice(tmp_path) -> None:
 def test_the_command_restarts_with_huge_pages_and_keeps_its_arguments(tmp_path) -> None:
     user_env = {key: value for key, value in os.environ.items()
                 if key not in ("GLIBC_TUNABLES", "LOTTERY_HUGE_PAGES")}
+    if ORIGINAL_GLIBC_TUNABLES:  # the user's own tunables, without the suite's huge pages
+        user_env["GLIBC_TUNABLES"] = ORIGINAL_GLIBC_TUNABLES
     # What this machine calls for: the tunable (Linux, glibc 2.35+, huge pages on madvise),
     # or nothing, and then the command must not restart.
     expected = environment_with_huge_pages(
