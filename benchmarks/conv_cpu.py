@@ -71,8 +71,7 @@ def malloc_environment(huge: bool) -> dict[str, str]:
     if kept:
         env["GLIBC_TUNABLES"] = ":".join(kept)
     if huge:
-        env = huge_pages.environment_with_huge_pages(
-            env, huge_pages.glibc_version(), huge_pages.kernel_mode()) or env
+        env = huge_pages.environment_here(env) or env
     return env
 
 

@@ -75,11 +75,16 @@ def environment_with_huge_pages(
     return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables, HUGE_PAGES]))}
 
 
+def environment_here(environ: dict[str, str] | os._Environ[str]) -> dict[str, str] | None:
+    """:func:`environment_with_huge_pages` for this machine's glibc and kernel setting."""
+    return environment_with_huge_pages(environ, glibc_version(), kernel_mode())
+
+
 def restart_with_huge_pages() -> None:
     """Start this command again (same interpreter, flags and arguments, same process id)
     with huge pages for ``malloc``, where that helps; return if it does not apply or the
     restart fails."""
-    environ = environment_with_huge_pages(os.environ, glibc_version(), kernel_mode())
+    environ = environment_here(os.environ)
     if environ is None:
         return
     sys.stdout.flush()

@@ -61,9 +61,7 @@ def _huge_pages_for_every_process() -> None:
 
     os.environ.setdefault(USER_GLIBC_TUNABLES, os.environ.get("GLIBC_TUNABLES", ""))
 
-    environ = huge_pages.environment_with_huge_pages(
-        os.environ, huge_pages.glibc_version(), huge_pages.kernel_mode()
-    )
+    environ = huge_pages.environment_here(os.environ)
     if environ is not None:
         os.environ["GLIBC_TUNABLES"] = environ["GLIBC_TUNABLES"]
 

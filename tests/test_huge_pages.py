@@ -51,8 +51,7 @@ def test_the_command_restarts_with_huge_pages_and_keeps_its_arguments(tmp_path) 
         user_env["GLIBC_TUNABLES"] = ORIGINAL_GLIBC_TUNABLES
     # What this machine calls for: the tunable (Linux, glibc 2.35+, huge pages on madvise),
     # or nothing, and then the command must not restart.
-    expected = environment_with_huge_pages(
-        user_env, huge_pages.glibc_version(), huge_pages.kernel_mode())
+    expected = huge_pages.environment_here(user_env)
     args = [*DIGITS, "pruning.levels=0", "train.steps=50it", "train.eval_every=25it",
             f"results_root={tmp_path}"]
     done = subprocess.run([sys.executable, "-m", "lottery", *args], cwd=tmp_path,
