@@ -210,6 +210,40 @@ def test_pruned_weights_stay_positive_zero() -> None:
         assert np.any(np.asarray(p)[np.asarray(m)] != 0)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_batchnorm_closed_form_gradient_equals_flax(dtype) -> None:
+    """The closed-form backward against autodiff through Flax's BatchNorm: the input's
+    gradient (which reaches it also through the batch mean and variance), scale's and
+    bias's, on channels with an offset mean and on a constant (fully pruned) channel."""
+    x = jax.random.normal(jax.random.key(7), (32, 6, 6, 5)) * jnp.array([1, 3, 0.2, 1, 0])
+    x = (x + jnp.array([0.5, -2, 4, 0, 0])).astype(dtype)
+    probe = jax.random.normal(jax.random.key(8), x.shape)
+    flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
+    ours = cpu_kernels.BlockSumBatchNorm(use_running_average=False)
+    variables = flax_bn.init(jax.random.key(0), x)
+    params = {
+        "scale": jnp.array([1.0, 0.5, 2.0, -1.0, 1.5]),
+        "bias": jnp.array([0.0, 0.1, -0.3, 0.2, 0.4]),
+    }
+
+    def loss(module, params, x):
+        y, _ = module.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            x,
+            mutable=["batch_stats"],
+        )
+        return jnp.sum(y.astype(jnp.float32) * probe)
+
+    expected = jax.grad(functools.partial(loss, flax_bn), argnums=(0, 1))(params, x)
+    got = jax.jit(jax.grad(functools.partial(loss, ours), argnums=(0, 1)))(params, x)
+    tolerance = 1e-4 if dtype == jnp.float32 else 3e-2
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(
+            np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tolerance, atol=tolerance
+        )
+
+
 def test_batchnorm_in_bfloat16_matches_flax() -> None:
     """Mixed precision: statistics in float32, output in the input's dtype, as Flax's."""
     x = jax.random.normal(jax.random.key(6), (16, 8, 8, 4)).astype(jnp.bfloat16) * 3 + 1
