@@ -23,10 +23,13 @@ take turns, PyTorch's and ours, for ``--rounds`` rounds, so that the machine's d
 shared 2-core VM it moves a row's speed by 10-40% over minutes) falls on all of them; the
 median steps/s over every round's stretches is printed with the ratios to both PyTorch
 rows, the spread (min-max) and the minor page faults per step (the cost that huge pages
-remove). For ``lottery`` it also prints where a step's time goes: forward (train mode),
-backward (forward+backward less forward), the update (step less forward+backward), and the
-convolutions alone (every layer's forward, input gradient and kernel gradient timed on its
-own, summed). Run it with nothing else computing.
+remove). For ``lottery`` it also prints where a step's time goes, every part timed in turn
+within each of ``2 * repeats + 1`` rounds (medians): the step; forward (train mode);
+backward (forward+backward less forward); augmentation and update (step less
+forward+backward); the convolutions alone (every layer's forward, input gradient and kernel
+gradient in one program of their own, with their layout transposes); and the rest (step
+less convolutions: BatchNorm, ReLU, pooling, the loss, augmentation, update). Run it with
+nothing else computing.
 
 PyTorch is never a dependency of ``lottery``. To compare with it:
 
@@ -36,6 +39,7 @@ PyTorch is never a dependency of ``lottery``. To compare with it:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -75,19 +79,10 @@ def malloc_environment(huge: bool) -> dict[str, str]:
     return env
 
 
-def median_time(function, repeats: int) -> float:
-    """Median seconds of ``function()`` (which blocks until its result is ready)."""
-    times = []
-    for _ in range(repeats):
-        begin = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - begin)
-    return statistics.median(times)
-
-
-def conv_seconds(network, batch: int) -> float:
-    """Seconds for every convolution's forward, input gradient and kernel gradient, each
-    timed alone at its shape in the network (with the network's kernels)."""
+def convolutions_only(network, batch: int):
+    """A function computing, in one program, what every convolution of ``network`` computes
+    in a train step: its forward, input gradient and kernel gradient at its shape in the
+    network (with the network's kernels), and nothing else but a sum per layer."""
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
@@ -104,21 +99,27 @@ def conv_seconds(network, batch: int) -> float:
     x = jnp.zeros((batch, 32, 32, 3))
     with nn.intercept_methods(record), cpu_kernels.enabled(network.cpu_kernels):
         jax.eval_shape(lambda: network.module.init(jax.random.key(0), x, train=True))
-    total = 0.0
-    for module, shape in layers:
-        x = jnp.ones(shape)
-        variables = module.init(jax.random.key(0), x)
+    inputs = [jnp.ones(shape) for _, shape in layers]
+    variables = [module.init(jax.random.key(0), x)
+                 for (module, _), x in zip(layers, inputs, strict=True)]
 
-        def loss(variables, x, module=module):
-            return jnp.sum(module.apply(variables, x) ** 2)
+    def loss(variables, inputs):
+        return sum(jnp.sum(module.apply(v, x) ** 2)
+                   for (module, _), v, x in zip(layers, variables, inputs, strict=True))
 
+    with cpu_kernels.enabled(network.cpu_kernels):
         gradients = jax.jit(jax.grad(loss, argnums=(0, 1)))
-        jax.block_until_ready(gradients(variables, x))
-        # the forward pass and both gradients of the backward pass
-        total += median_time(
-            lambda g=gradients, v=variables, x=x: jax.block_until_ready(g(v, x)), 5
-        )
-    return total
+        jax.block_until_ready(gradients(variables, inputs))
+    return functools.partial(gradients, variables, inputs)
+
+
+def elapsed(function, *args) -> float:
+    """Seconds that ``function(*args)`` takes, until its result is ready."""
+    import jax
+
+    begin = time.perf_counter()
+    jax.block_until_ready(function(*args))
+    return time.perf_counter() - begin
 
 
 def worker(
@@ -182,12 +183,25 @@ def worker(
     params, stats = state.params, state.batch_stats
     jax.block_until_ready(forward(params, stats, x))
     jax.block_until_ready(backward(params, stats, x))
-    forward_s = median_time(lambda: jax.block_until_ready(forward(params, stats, x)), 7)
-    both_s = median_time(lambda: jax.block_until_ready(backward(params, stats, x)), 7)
-    step_s = 1 / row["steps_per_s"]
-    row.update(forward_ms=1e3 * forward_s, backward_ms=1e3 * (both_s - forward_s),
-               update_ms=1e3 * (step_s - both_s),
-               convolutions_ms=1e3 * conv_seconds(network, batch))
+    convolutions = convolutions_only(network, batch)
+    # Every part is timed in each round, one after another, so that the machine's drift
+    # falls on all of them alike; a part measured at another time than the step would make
+    # the differences below meaningless.
+    times: dict[str, list[float]] = {"step": [], "forward": [], "both": [], "convolutions": []}
+    for _ in range(2 * repeats + 1):
+        begin = time.perf_counter()
+        state, loss = step(state, mask, x, y, key)
+        loss.block_until_ready()
+        times["step"].append(time.perf_counter() - begin)
+        params, stats = state.params, state.batch_stats  # the step donated the last ones
+        times["forward"].append(elapsed(forward, params, stats, x))
+        times["both"].append(elapsed(backward, params, stats, x))
+        times["convolutions"].append(elapsed(convolutions))
+    ms = {part: 1e3 * statistics.median(values) for part, values in times.items()}
+    row.update(step_ms=ms["step"], forward_ms=ms["forward"],
+               backward_ms=ms["both"] - ms["forward"],
+               augment_and_update_ms=ms["step"] - ms["both"],
+               convolutions_ms=ms["convolutions"], the_rest_ms=ms["step"] - ms["convolutions"])
     return row
 
 
@@ -259,7 +273,8 @@ def main() -> None:
                     if breakdown:
                         extra[f"{case} step breakdown (ms)"] = {
                             k: round(ours[k], 1) for k in
-                            ("forward_ms", "backward_ms", "update_ms", "convolutions_ms")}
+                            ("step_ms", "forward_ms", "backward_ms", "augment_and_update_ms",
+                             "convolutions_ms", "the_rest_ms")}
         for masked in (False, True):
             medians = {what: statistics.median(rates[(masked, what)])
                        for what in theirs + variants}
