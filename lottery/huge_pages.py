@@ -20,7 +20,9 @@ start that process with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` for the same s
 Nothing is changed where it would not help or where the user has chosen: not outside
 Linux with glibc 2.35 or later (the first with the tunable), not where the kernel's huge
 pages are ``always`` (already huge) or ``never``, not if ``GLIBC_TUNABLES`` already sets
-``glibc.malloc.hugetlb``, and not with ``LOTTERY_HUGE_PAGES=0``.
+``glibc.malloc.hugetlb``, and not with ``LOTTERY_HUGE_PAGES=0`` (or ``false``, ``no``,
+``off``; another value than those and ``1``, ``true``, ``yes``, ``on`` stops the command
+with one line).
 """
 
 from __future__ import annotations
@@ -34,6 +36,24 @@ HUGE_PAGES = f"{TUNABLE}=1"
 OPT_OUT = "LOTTERY_HUGE_PAGES"
 KERNEL_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 FIRST_GLIBC = (2, 35)
+OFF = ("0", "false", "no", "off")
+ON = ("1", "true", "yes", "on")
+
+
+def opted_out(environ: dict[str, str] | os._Environ[str]) -> bool:
+    """Whether ``LOTTERY_HUGE_PAGES`` turns the huge pages off (unset or empty: on).
+
+    Raises ValueError, with the line to show, for a value that is neither on nor off.
+    """
+    value = environ.get(OPT_OUT, "").strip().lower()
+    if value in OFF:
+        return True
+    if value in ("", *ON):
+        return False
+    raise ValueError(
+        f"{OPT_OUT}={environ[OPT_OUT]!r} is not a switch: set it to 0 (no huge pages for "
+        "malloc) or 1 (the default), or unset it"
+    )
 
 
 def glibc_version() -> tuple[int, int] | None:
@@ -62,10 +82,10 @@ def environment_with_huge_pages(
     mode: str | None,
 ) -> dict[str, str] | None:
     """``environ`` with the tunable added, or None where it would not help or where the
-    user has decided (see the module's docstring)."""
+    user has decided (see the module's docstring); ValueError for a bad opt-out value."""
     tunables = environ.get("GLIBC_TUNABLES", "")
     if (
-        environ.get(OPT_OUT) == "0"
+        opted_out(environ)
         or glibc is None
         or glibc < FIRST_GLIBC
         or mode != "madvise"
@@ -83,8 +103,12 @@ def environment_here(environ: dict[str, str] | os._Environ[str]) -> dict[str, st
 def restart_with_huge_pages() -> None:
     """Start this command again (same interpreter, flags and arguments, same process id)
     with huge pages for ``malloc``, where that helps; return if it does not apply or the
-    restart fails."""
-    environ = environment_here(os.environ)
+    restart fails. A bad ``LOTTERY_HUGE_PAGES`` exits with status 2 and one line."""
+    try:
+        environ = environment_here(os.environ)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
     if environ is None:
         return
     sys.stdout.flush()

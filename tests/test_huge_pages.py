@@ -31,8 +31,25 @@ def test_the_tunable_is_added_only_where_it_helps_and_the_user_has_not_chosen() 
         ({}, None, "madvise"),  # not glibc (musl, macOS)
         ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, NEW_GLIBC, "madvise"),  # user's choice
         ({"LOTTERY_HUGE_PAGES": "0"}, NEW_GLIBC, "madvise"),  # opted out
+        ({"LOTTERY_HUGE_PAGES": "False"}, NEW_GLIBC, "madvise"),
+        ({"LOTTERY_HUGE_PAGES": " off"}, NEW_GLIBC, "madvise"),
     ]:
         assert environment_with_huge_pages(environ, glibc, mode) is None, (environ, glibc, mode)
+    for on in ("", "1", "yes", "TRUE"):
+        assert environment_with_huge_pages({"LOTTERY_HUGE_PAGES": on}, NEW_GLIBC, "madvise")
+
+
+def test_a_bad_opt_out_value_stops_the_command_with_one_line(tmp_path) -> None:
+    env = {**os.environ, "LOTTERY_HUGE_PAGES": "maybe"}
+    env.pop("GLIBC_TUNABLES", None)
+    done = subprocess.run([sys.executable, "-m", "lottery", f"results_root={tmp_path}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: LOTTERY_HUGE_PAGES='maybe' is not a switch: set it to 0 (no huge pages for "
+        "malloc) or 1 (the default), or unset it"
+    ]
+    assert not list(tmp_path.iterdir())
 
 
 def test_kernel_mode_reads_the_bracketed_choice(tmp_path) -> None:
