@@ -321,15 +321,9 @@ def normalize(
     return (x - mean) * (lax.rsqrt(var + epsilon) * scale) + bias
 
 
-def _normalize_forward(
-    x: jax.Array,
-    scale: jax.Array,
-    bias: jax.Array,
-    mean: jax.Array,
-    var: jax.Array,
-    epsilon: float,
-) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-    return normalize(x, scale, bias, mean, var, epsilon), (x, scale, mean, var)
+def _normalize_forward(*args: Any) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    x, scale, _, mean, var, _ = args  # normalize's arguments; bias is not needed backward
+    return normalize(*args), (x, scale, mean, var)
 
 
 def _normalize_backward(
