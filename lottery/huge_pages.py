@@ -107,7 +107,9 @@ def restart_with_huge_pages() -> None:
     try:
         environ = environment_here(os.environ)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        from lottery.logging.console import error_line  # rich: only on this error's path
+
+        error_line(str(error))
         sys.exit(2)
     if environ is None:
         return
