@@ -82,8 +82,9 @@ def malloc_environment(huge: bool) -> dict[str, str]:
 
 def convolutions_only(network, batch: int):
     """A function computing, in one program, what every convolution of ``network`` computes
-    in a train step: its forward, input gradient and kernel gradient at its shape in the
-    network (with the network's kernels), and nothing else but a sum per layer."""
+    in a train step: its forward, input gradient (but the first's, whose input is the data)
+    and kernel gradient at its shape in the network (with the network's kernels), and
+    nothing else but a sum per layer."""
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
@@ -105,6 +106,8 @@ def convolutions_only(network, batch: int):
                  for (module, _), x in zip(layers, inputs, strict=True)]
 
     def loss(variables, inputs):
+        # The first convolution reads the data: a train step takes no input gradient there.
+        inputs = [jax.lax.stop_gradient(inputs[0]), *inputs[1:]]
         return sum(jnp.sum(module.apply(v, x) ** 2)
                    for (module, _), v, x in zip(layers, variables, inputs, strict=True))
 
