@@ -5,6 +5,9 @@ rounding, in less time there.
 Measured on a 2-core CPU with jax 0.10 (``benchmarks/conv_cpu.py``), these cost most of a
 train step besides the convolutions' own arithmetic:
 
+- **Eigen's forward convolutions**, which XLA runs: :func:`trained_conv` hands the forward
+  pass and a stride-1 input gradient to oneDNN (:mod:`lottery.models.onednn`), up to 3x
+  faster on ResNet-20's first layers.
 - **The input gradient of a stride-2 convolution**, which XLA computes on a gradient dilated
   with zeros: :func:`stride2_input_gradient` splits it by parity instead (2-3x faster).
 - **BatchNorm's per-channel reductions.** XLA's CPU backend rewrites a reduction over
@@ -21,7 +24,7 @@ train step besides the convolutions' own arithmetic:
 - **Recomputation along a residual stream**, which :func:`materialize` stops (ResNet-20
   compiles in half the time).
 
-A convolution's weight gradient is XLA's own, over the whole batch. Summed over chunks of 16
+A convolution's kernel gradient is XLA's own, over the whole batch. Summed over chunks of 16
 examples it was 5% faster per ResNet-20 step while every call of Eigen's convolution faulted
 in its packing buffer page by page; with malloc's huge pages (:mod:`lottery.huge_pages`,
 which the command sets) the whole batch at once is 4-14% faster (three same-process A/B
@@ -29,8 +32,8 @@ runs), and Conv-4 is the same either way.
 
 None helps on a GPU, where XLA's own convolutions and reductions are the fast path, so the
 network uses them only where :func:`enabled` says so (``model.kernels``; ``auto`` picks
-them on a CPU). The forward convolution is XLA's own but on small maps, and evaluation
-(``train=False``) uses Flax's layers but for :func:`small_map_conv`.
+them on a CPU). Evaluation (``train=False``) uses Flax's layers but for
+:func:`small_map_conv`.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from lottery.models import onednn
 
 # Rows summed in the first stage of a per-channel sum (see _sum_channels).
 SUM_BLOCK = 32
@@ -74,9 +79,7 @@ def active() -> bool:
 
 
 # Flax's layout: NHWC inputs and outputs, HWIO kernels.
-_NHWC = lax.ConvDimensionNumbers(
-    lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)
-)
+_NHWC = onednn.NHWC
 
 # _POLYPHASE_TAP[phase][offset]: the kernel row (or column) that links input row 2p + phase to
 # output row p + offset in a 3x3 convolution of stride 2 padded by 1 (None: no row does).
@@ -117,7 +120,7 @@ def stride2_input_gradient(g: jax.Array, w: jax.Array) -> jax.Array:
         ])
         for dh in range(2)
     ])  # (2, 2, C_out, 4 * C_in): output channel (row parity, column parity, C_in)
-    phases = lax.conv_general_dilated(g, kernel, (1, 1), ((0, 1), (0, 1)), dimension_numbers=_NHWC)
+    phases = onednn.convolution(g, kernel, (1, 1), ((0, 1), (0, 1)))
     phases = phases.reshape(n, height, width, 2, 2, c_in).transpose(0, 1, 3, 2, 4, 5)
     return phases.reshape(n, 2 * height, 2 * width, c_in)
 
@@ -156,8 +159,8 @@ def cpu_conv(
     **kwargs: Any,
 ) -> jax.Array:
     """``lax.conv_general_dilated``, but :func:`small_map_conv` on a map smaller than the
-    kernel, and with :func:`stride2_input_gradient` as the input gradient of a 3x3
-    convolution of stride 2."""
+    kernel, and :func:`trained_conv` (oneDNN's forward convolution and input gradient,
+    :func:`stride2_input_gradient`) for the rest when the CPU kernels are active."""
     conv = functools.partial(
         lax.conv_general_dilated,
         window_strides=window_strides,
@@ -181,31 +184,70 @@ def cpu_conv(
         lhs.shape[1] < rhs.shape[0] or lhs.shape[2] < rhs.shape[1]
     ):
         return small_map_conv(lhs, rhs, pads)
-    polyphase = (
-        plain
-        and tuple(window_strides) == (2, 2)
-        and rhs.shape[:2] == (3, 3)
+    strides = tuple(int(s) for s in window_strides)
+    exact = precision is None and all(value is None for value in kwargs.values())
+    if active() and plain and (
+        _polyphase(lhs.shape, rhs.shape, strides, pads) or (exact and onednn.usable(lhs, rhs))
+    ):
+        return trained_conv(lhs, rhs, strides, pads)
+    return conv(lhs, rhs)
+
+
+def _polyphase(
+    x_shape: Sequence[int], w_shape: Sequence[int], strides: Sequence[int], pads: Any
+) -> bool:
+    """Whether :func:`stride2_input_gradient` computes this convolution's input gradient."""
+    return (
+        tuple(strides) == (2, 2)
+        and tuple(w_shape[:2]) == (3, 3)
         and pads == ((1, 1), (1, 1))
-        and lhs.shape[1] % 2 == 0
-        and lhs.shape[2] % 2 == 0
+        and x_shape[1] % 2 == 0
+        and x_shape[2] % 2 == 0
     )
-    if not active() or not polyphase:
-        return conv(lhs, rhs)
 
-    @jax.custom_vjp
-    def strided(x: jax.Array, w: jax.Array) -> jax.Array:
-        return conv(x, w)
 
-    def forward(x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        return conv(x, w), (x, w)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def trained_conv(
+    x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: tuple[tuple[int, int], ...]
+) -> jax.Array:
+    """An NHWC x HWIO convolution for training on a CPU: the forward pass and a stride-1
+    input gradient in oneDNN (:mod:`lottery.models.onednn`, where usable), a stride-2 input
+    gradient by :func:`stride2_input_gradient`, the kernel gradient XLA's."""
+    return onednn.convolution(x, w, strides, pads)
 
-    def backward(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[Any, Any]:
-        x, w = residuals
-        dw = jax.vjp(lambda w: conv(x, w), w)[1](g)[0]
-        return stride2_input_gradient(g, w), dw
 
-    strided.defvjp(forward, backward)
-    return strided(lhs, rhs)
+def _trained_conv_forward(
+    x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: tuple[tuple[int, int], ...]
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return trained_conv(x, w, strides, pads), (x, w)
+
+
+def _trained_conv_backward(
+    strides: tuple[int, int],
+    pads: tuple[tuple[int, int], ...],
+    residuals: tuple[jax.Array, jax.Array],
+    g: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    x, w = residuals
+
+    def xla(x: jax.Array, w: jax.Array) -> jax.Array:
+        return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC)
+
+    dw = jax.vjp(lambda w: xla(x, w), w)[1](g)[0]
+    kh, kw = w.shape[:2]
+    # A stride-1 input gradient is the output gradient convolved with the flipped kernel
+    # (inputs and outputs swapped), padded to give back the input's size.
+    back = ((kh - 1 - pads[0][0], kh - 1 - pads[0][1]), (kw - 1 - pads[1][0], kw - 1 - pads[1][1]))
+    if strides == (1, 1) and min(min(pair) for pair in back) >= 0 and onednn.usable(g, w):
+        dx = onednn.convolution(g, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2), (1, 1), back)
+    elif _polyphase(x.shape, w.shape, strides, pads):
+        dx = stride2_input_gradient(g, w)
+    else:
+        dx = jax.vjp(lambda x: xla(x, w), x)[1](g)[0]
+    return dx, dw
+
+
+trained_conv.defvjp(_trained_conv_forward, _trained_conv_backward)
 
 
 def materialize(x: jax.Array) -> jax.Array:

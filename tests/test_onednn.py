@@ -1,0 +1,115 @@
+"""oneDNN's forward convolution through XLA's custom call (lottery.models.onednn) and the
+training convolution built on it (cpu_kernels.trained_conv): the same outputs and gradients
+as XLA's convolution, in every layout the networks use, and XLA's own convolution wherever
+the custom call cannot run."""
+
+from __future__ import annotations
+
+import platform
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from lottery.models import cpu_kernels, onednn
+
+# This project's CI and development machines: x86-64 Linux, where the custom call must run
+# (a silent fallback to XLA would pass every equality test and lose the speed).
+X86_LINUX = platform.system() == "Linux" and platform.machine() == "x86_64"
+
+# (batch, height, width, C_in, C_out, kernel (h, w), strides, padding): ResNet-20's stem,
+# 3x3 layer, stride-2 layer and 1x1 shortcut, the 2x2 convolution inside the stride-2 input
+# gradient, and odd shapes (non-square maps and kernels, uneven padding).
+CASES = [
+    (4, 16, 16, 3, 8, (3, 3), (1, 1), ((1, 1), (1, 1))),
+    (4, 16, 16, 8, 8, (3, 3), (1, 1), ((1, 1), (1, 1))),
+    (4, 16, 16, 8, 16, (3, 3), (2, 2), ((1, 1), (1, 1))),
+    (4, 16, 16, 8, 16, (1, 1), (2, 2), ((0, 0), (0, 0))),
+    (4, 8, 8, 16, 32, (2, 2), (1, 1), ((0, 1), (0, 1))),
+    (3, 9, 12, 5, 7, (1, 3), (1, 1), ((0, 0), (2, 1))),
+    (2, 11, 7, 6, 4, (3, 2), (2, 1), ((1, 0), (0, 0))),
+]
+IDS = ["stem", "3x3", "3x3_stride2", "1x1_stride2", "2x2_polyphase", "1x3_uneven", "3x2_strided"]
+
+
+def operands(case: tuple, seed: int = 0) -> tuple[jax.Array, jax.Array]:
+    n, h, w, c_in, c_out, kernel, _, _ = case
+    kx, kw = jax.random.split(jax.random.key(seed))
+    return (
+        jax.random.normal(kx, (n, h, w, c_in), jnp.float32),
+        jax.random.normal(kw, (*kernel, c_in, c_out), jnp.float32),
+    )
+
+
+def xla_conv(x: jax.Array, w: jax.Array, strides: tuple, padding: tuple) -> jax.Array:
+    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=onednn.NHWC)
+
+
+def assert_close(ours: jax.Array, theirs: jax.Array) -> None:
+    """Equal to float32 rounding: the two libraries sum the products in different orders."""
+    scale = float(jnp.max(jnp.abs(theirs)))
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_convolution_equals_xla_and_runs_in_onednn(case: tuple) -> None:
+    x, w = operands(case)
+    strides, padding = case[6], case[7]
+    conv = jax.jit(lambda x, w: onednn.convolution(x, w, strides, padding))
+    text = conv.lower(x, w).as_text()
+    assert ("__onednn$convolution" in text) == X86_LINUX
+    assert onednn.usable(x, w) == X86_LINUX
+    ours, theirs = conv(x, w), xla_conv(x, w, strides, padding)
+    assert ours.shape == theirs.shape
+    assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_trained_conv_gradients_equal_xla(case: tuple) -> None:
+    """cpu_conv with the kernels on: oneDNN's forward pass and stride-1 input gradient, the
+    parity split for a 3x3 stride-2 one, XLA's kernel gradient."""
+    x, w = operands(case)
+    strides, padding = case[6], case[7]
+    probe = jax.random.normal(jax.random.key(7), xla_conv(x, w, strides, padding).shape)
+
+    def objective(conv):
+        return jax.jit(jax.value_and_grad(
+            lambda x, w: jnp.sum(conv(x, w, strides, padding) * probe), argnums=(0, 1)
+        ))
+
+    def ours(x, w, strides, padding):  # as nn.Conv calls it
+        return cpu_kernels.cpu_conv(
+            x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    with cpu_kernels.enabled(True):
+        value, (dx, dw) = objective(ours)(x, w)
+        text = jax.jit(ours, static_argnums=(2, 3)).lower(x, w, strides, padding).as_text()
+    assert ("__onednn$convolution" in text) == X86_LINUX
+    value_xla, (dx_xla, dw_xla) = objective(xla_conv)(x, w)
+    np.testing.assert_allclose(float(value), float(value_xla), rtol=1e-5)
+    assert_close(dx, dx_xla)
+    assert_close(dw, dw_xla)
+
+
+def test_other_platforms_dtypes_and_vmap_get_xla_convolution() -> None:
+    case = CASES[1]
+    x, w = operands(case)
+    strides, padding = case[6], case[7]
+
+    def conv(x, w):
+        return onednn.convolution(x, w, strides, padding)
+
+    # On a GPU the same primitive lowers to XLA's convolution.
+    gpu = jax.jit(conv).trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
+    assert "__onednn" not in gpu and "stablehlo.convolution" in gpu
+    # bfloat16 stays XLA's (oneDNN would need AVX-512 for it).
+    low = (x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+    assert not onednn.usable(*low)
+    assert "__onednn" not in jax.jit(conv).lower(*low).as_text()
+    # vmap maps XLA's convolution, with the same result.
+    xs = jnp.stack([x, 2 * x])
+    mapped = jax.jit(jax.vmap(conv, in_axes=(0, None)))(xs, w)
+    assert_close(mapped[1], xla_conv(2 * x, w, strides, padding))
