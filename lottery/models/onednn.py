@@ -29,7 +29,7 @@ from importlib import metadata
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax._src.interpreters import mlir as jax_mlir  # custom_call: no public equivalent
+from jax._src.interpreters import mlir as jax_mlir  # custom_call has no public equivalent
 from jax.extend.core import Primitive
 from jax.interpreters import batching, mlir
 
@@ -126,7 +126,7 @@ def _lower_to_onednn(
     strides: tuple[int, int],
     padding: Padding,
 ) -> list[mlir.ir.Value]:
-    out_type = jax_mlir.aval_to_ir_type(ctx.module_context, ctx.avals_out[0])
+    out_type = mlir.aval_to_ir_type(ctx.module_context, ctx.avals_out[0])
     call = jax_mlir.custom_call(
         "__onednn$convolution",
         result_types=[out_type],
