@@ -185,9 +185,10 @@ def cpu_conv(
     ):
         return small_map_conv(lhs, rhs, pads)
     strides = tuple(int(s) for s in window_strides)
-    exact = precision is None and all(value is None for value in kwargs.values())
-    if active() and plain and (
-        _polyphase(lhs.shape, rhs.shape, strides, pads) or (exact and onednn.usable(lhs, rhs))
+    # trained_conv takes no precision or other options: with any, XLA's convolution stays.
+    default = precision is None and all(value is None for value in kwargs.values())
+    if active() and plain and default and (
+        _polyphase(lhs.shape, rhs.shape, strides, pads) or onednn.usable(lhs, rhs)
     ):
         return trained_conv(lhs, rhs, strides, pads)
     return conv(lhs, rhs)
