@@ -155,8 +155,9 @@ def convolution(
     x: jax.Array, w: jax.Array, strides: tuple[int, int], padding: Padding
 ) -> jax.Array:
     """``lax.conv_general_dilated(x, w, strides, padding)`` for an NHWC ``x`` and an HWIO
-    ``w`` without dilation or groups, run by oneDNN where :func:`usable` says so (else by
-    XLA). It has no derivative rules of its own: callers give it a ``custom_vjp``."""
+    ``w`` without dilation or groups, run by oneDNN where :func:`usable` says so in a
+    compiled program (else, and when evaluated eagerly, by XLA). It has no derivative rules
+    of its own: callers give it a ``custom_vjp``."""
     strides = (int(strides[0]), int(strides[1]))
     padding = tuple((int(low), int(high)) for low, high in padding)
     # Negative padding (a crop) and an empty output are XLA's to handle or to reject: oneDNN
