@@ -113,3 +113,19 @@ def test_other_platforms_dtypes_and_vmap_get_xla_convolution() -> None:
     xs = jnp.stack([x, 2 * x])
     mapped = jax.jit(jax.vmap(conv, in_axes=(0, None)))(xs, w)
     assert_close(mapped[1], xla_conv(2 * x, w, strides, padding))
+
+
+def test_no_cpu_backend_means_no_onednn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With JAX_PLATFORMS=cuda there is no CPU backend to ask: XLA's convolution, no crash."""
+
+    def no_cpu(*args, **kwargs):
+        raise RuntimeError("Unknown backend cpu")
+
+    monkeypatch.setattr(jax, "devices", no_cpu)
+    onednn._runtime_has_onednn.cache_clear()
+    try:
+        assert not onednn.usable(*operands(CASES[1]))
+    finally:
+        monkeypatch.undo()
+        onednn._runtime_has_onednn.cache_clear()
+    assert onednn.usable(*operands(CASES[1])) == X86_LINUX

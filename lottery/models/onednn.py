@@ -66,10 +66,11 @@ def _runtime_has_onednn() -> bool:
     if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
         return False
     try:
-        checked = metadata.version("jaxlib").startswith(CHECKED_JAXLIB)
-    except metadata.PackageNotFoundError:
+        if not metadata.version("jaxlib").startswith(CHECKED_JAXLIB):
+            return False
+        return len(jax.devices("cpu")) == 1
+    except (metadata.PackageNotFoundError, RuntimeError):  # RuntimeError: JAX_PLATFORMS=cuda
         return False
-    return checked and len(jax.devices("cpu")) == 1
 
 
 def usable(x: jax.Array, w: jax.Array) -> bool:
