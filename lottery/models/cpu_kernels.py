@@ -2,8 +2,8 @@
 compute what Flax's ``nn.Conv``, ``nn.BatchNorm`` and ``nn.max_pool`` compute, to float
 rounding, in less time there.
 
-Measured on a 2-core CPU with jax 0.10 (``benchmarks/conv_cpu.py``), these cost most of a
-train step besides the convolutions' own arithmetic:
+Measured on a 2-core CPU with jax 0.10 (``benchmarks/conv_cpu.py``), these are what XLA's
+CPU backend does slowly in a train step:
 
 - **Eigen's forward convolutions**, which XLA runs: :func:`trained_conv` hands the forward
   pass and a stride-1 input gradient to oneDNN (:mod:`lottery.models.onednn`), up to 3x
@@ -230,10 +230,7 @@ def _trained_conv_backward(
     g: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
     x, w = residuals
-
-    def xla(x: jax.Array, w: jax.Array) -> jax.Array:
-        return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC)
-
+    xla = functools.partial(onednn.xla_convolution, strides=strides, padding=pads)
     dw = jax.vjp(lambda w: xla(x, w), w)[1](g)[0]
     kh, kw = w.shape[:2]
     # A stride-1 input gradient is the output gradient convolved with the flipped kernel

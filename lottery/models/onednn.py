@@ -88,14 +88,15 @@ def _output_shape(
     return (x_shape[0], sides[0], sides[1], w_shape[3])
 
 
-def _xla_convolution(
+def xla_convolution(
     x: jax.Array, w: jax.Array, *, strides: tuple[int, int], padding: Padding
 ) -> jax.Array:
+    """The same convolution by XLA: where oneDNN is not used, and for kernel gradients."""
     return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
 
 
 _primitive = Primitive("onednn_convolution")
-_primitive.def_impl(_xla_convolution)
+_primitive.def_impl(xla_convolution)
 _primitive.def_abstract_eval(
     lambda x, w, *, strides, padding: jax.core.ShapedArray(
         _output_shape(x.shape, w.shape, strides, padding), x.dtype
@@ -139,14 +140,14 @@ def _lower_to_onednn(
 
 
 mlir.register_lowering(_primitive, _lower_to_onednn, platform="cpu")
-mlir.register_lowering(_primitive, mlir.lower_fun(_xla_convolution, multiple_results=False))
+mlir.register_lowering(_primitive, mlir.lower_fun(xla_convolution, multiple_results=False))
 
 
 def _batch(
     args: tuple[jax.Array, jax.Array], dims: tuple[int | None, int | None], **params: object
 ) -> tuple[jax.Array, int]:
     """Under ``vmap``: XLA's convolution, mapped (no train step maps this one)."""
-    return jax.vmap(functools.partial(_xla_convolution, **params), in_axes=dims)(*args), 0
+    return jax.vmap(functools.partial(xla_convolution, **params), in_axes=dims)(*args), 0
 
 
 batching.primitive_batchers[_primitive] = _batch
@@ -166,5 +167,5 @@ def convolution(
     shape = _output_shape(x.shape, w.shape, strides, padding)
     plain = min(min(pair) for pair in padding) >= 0 and min(shape) > 0
     if not (plain and usable(x, w)):
-        return _xla_convolution(x, w, strides=strides, padding=padding)
+        return xla_convolution(x, w, strides=strides, padding=padding)
     return _primitive.bind(x, w, strides=strides, padding=padding)
