@@ -90,32 +90,38 @@ CASES = {"resnet20": (ResNet20, 128), "conv4": (Conv4, 60)}
 def crop_flip(images: torch.Tensor, pad: int = 4) -> torch.Tensor:
     """Per example: a random 32x32 crop of the zero-padded image, mirrored with p = 1/2."""
     n, _, height, width = images.shape
+    on = {"device": images.device}
     padded = functional.pad(images, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n, 1, 1))
-    dx = torch.randint(0, 2 * pad + 1, (n, 1, 1))
-    rows = (dy + torch.arange(height).view(1, height, 1)).expand(n, height, width)
-    cols = dx + torch.arange(width).view(1, 1, width)
-    cols = torch.where(torch.rand(n, 1, 1) < 0.5, cols, dx + (width - 1) - torch.arange(width))
-    batch = torch.arange(n).view(n, 1, 1).expand(n, height, width)
+    dy = torch.randint(0, 2 * pad + 1, (n, 1, 1), **on)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1, 1), **on)
+    rows = (dy + torch.arange(height, **on).view(1, height, 1)).expand(n, height, width)
+    cols = dx + torch.arange(width, **on).view(1, 1, width)
+    cols = torch.where(torch.rand(n, 1, 1, **on) < 0.5, cols,
+                       dx + (width - 1) - torch.arange(width, **on))
+    batch = torch.arange(n, **on).view(n, 1, 1).expand(n, height, width)
     pixels = padded.permute(0, 2, 3, 1)[batch, rows, cols.expand(n, height, width)]
     return pixels.permute(0, 3, 1, 2)
 
 
 def steps_per_second(
-    case: str, masked: bool, steps: int, repeats: int
+    case: str, masked: bool, steps: int, repeats: int, device: str = "cpu"
 ) -> tuple[list[float], float]:
     """Steps per second of each of ``repeats`` stretches, and minor page faults per step."""
     torch.manual_seed(0)
     make, batch = CASES[case]
-    model = make()
+    model = make().to(device)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     # A random half of every weight tensor pruned, as a PrunedModel holds it.
     masks = {name: (torch.rand_like(p) > 0.5).float() for name, p in model.named_parameters()
              if name.endswith("weight") and p.dim() > 1} if masked else {}
     parameters = dict(model.named_parameters())
-    x = torch.randn(batch, 3, 32, 32)
-    y = torch.randint(0, 10, (batch,))
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def finished() -> None:  # CUDA runs asynchronously: wait for the queued work
+        if device != "cpu":
+            torch.cuda.synchronize()
 
     def step() -> None:
         with torch.no_grad():
@@ -128,12 +134,14 @@ def steps_per_second(
 
     for _ in range(2):  # warm-up: allocator and oneDNN primitive caches
         step()
+    finished()
     rates = []
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(repeats):
         begin = time.perf_counter()
         for _ in range(steps):
             step()
+        finished()
         rates.append(steps / (time.perf_counter() - begin))
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     return rates, faults / (steps * repeats)
@@ -144,10 +152,12 @@ def main() -> None:
     args.add_argument("--cases", default="resnet20,conv4")
     args.add_argument("--steps", type=int, default=10)
     args.add_argument("--repeats", type=int, default=3)
+    args.add_argument("--device", default="cpu", help="cpu, or cuda (conv_gpu.py)")
     opts = args.parse_args()
     for case in opts.cases.split(","):
         for masked in (False, True):
-            rates, faults = steps_per_second(case, masked, opts.steps, opts.repeats)
+            rates, faults = steps_per_second(case, masked, opts.steps, opts.repeats,
+                                             opts.device)
             row = {"case": case, "masked": masked, "steps_per_s": statistics.median(rates),
                    "rates": rates, "faults_per_step": faults,
                    "threads": torch.get_num_threads(), "torch": torch.__version__}

@@ -263,9 +263,9 @@ def test_batchnorm_in_bfloat16_matches_flax() -> None:
     assert_trees_close(s_ours, s_flax, rtol=1e-5, atol=1e-6)
 
 
-def test_auto_means_cpu_kernels_on_a_cpu_only() -> None:
-    assert uses_cpu_kernels("auto", "cpu")
-    assert not uses_cpu_kernels("auto", "gpu")
+def test_auto_means_cpu_kernels_on_a_cpu_and_a_gpu() -> None:
+    assert uses_cpu_kernels("auto", "cpu") and uses_cpu_kernels("auto", "gpu")
+    assert not uses_cpu_kernels("auto", "tpu")
     assert uses_cpu_kernels("cpu", "gpu") and not uses_cpu_kernels("xla", "cpu")
     with pytest.raises(ConfigError, match=r"model.kernels='fast'.*auto, xla, cpu"):
         uses_cpu_kernels("fast")

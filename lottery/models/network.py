@@ -28,7 +28,8 @@ class Network:
     input_shape: tuple[int, ...]
     # Redraws some parameters after the module's own initialisation (see init.py).
     reinit: Callable[[jax.Array, Params], Params] | None = None
-    # Train with lottery.models.cpu_kernels (equal results to float rounding, faster on a CPU).
+    # Train with lottery.models.cpu_kernels (equal results to float rounding; faster on a CPU
+    # and on a GPU).
     cpu_kernels: bool = False
 
     def init(self, key: jax.Array) -> tuple[Params, BatchStats]:

@@ -29,9 +29,13 @@ from importlib import metadata
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax._src.interpreters import mlir as jax_mlir  # custom_call has no public equivalent
 from jax.extend.core import Primitive
 from jax.interpreters import batching, mlir
+
+try:  # custom_call has no public equivalent; a JAX without it keeps XLA's convolution
+    from jax._src.interpreters.mlir import custom_call
+except ImportError:
+    custom_call = None
 
 # jaxlib versions whose __onednn$convolution reads the configuration built below: 0-based
 # spatial dimensions, paddings, strides and dilations as they are (older XLA stored them
@@ -64,6 +68,8 @@ def _runtime_has_onednn() -> bool:
     gathers the whole batch onto every device first, so there XLA's convolution stays.
     """
     if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    if custom_call is None:
         return False
     try:
         if not metadata.version("jaxlib").startswith(CHECKED_JAXLIB):
@@ -129,7 +135,7 @@ def _lower_to_onednn(
     padding: Padding,
 ) -> list[mlir.ir.Value]:
     out_type = mlir.aval_to_ir_type(ctx.module_context, ctx.avals_out[0])
-    call = jax_mlir.custom_call(
+    call = custom_call(
         "__onednn$convolution",
         result_types=[out_type],
         operands=[x, w],
