@@ -6,6 +6,7 @@ the custom call cannot run."""
 from __future__ import annotations
 
 import platform
+import re
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +93,45 @@ def test_trained_conv_gradients_equal_xla(case: tuple) -> None:
     np.testing.assert_allclose(float(value), float(value_xla), rtol=1e-5)
     assert_close(dx, dx_xla)
     assert_close(dw, dw_xla)
+
+
+# The layouts the networks train (the others are odd shapes no network has).
+NETWORK_CASES, NETWORK_IDS = CASES[:5], IDS[:5]
+
+
+@pytest.mark.parametrize("case", NETWORK_CASES, ids=NETWORK_IDS)
+def test_gradients_inside_a_loop_keep_eigens_layout(case: tuple) -> None:
+    """Inside a ``lax.scan`` XLA's CPU backend does not lay autodiff's kernel-gradient
+    convolution out for Eigen (it compiled to ``f01b_i01o->01bf`` and ran as plain loops,
+    100x slower). trained_conv's gradients in a loop, as fused train steps take them, are
+    convolutions with batch-major, feature-minor inputs and outputs (``b01f_01..->b01f``),
+    and equal two steps taken apart."""
+    x, w = operands(case)
+    strides, padding = case[6], case[7]
+
+    def step(carry, _=None):
+        x, w = carry
+        dx, dw = jax.grad(lambda x, w: jnp.sum(cpu_kernels.cpu_conv(
+            x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2),
+            argnums=(0, 1))(x, w)
+        return (x - 1e-3 * dx, w - 1e-3 * dw), None
+
+    def two_steps(x, w):
+        return jax.lax.scan(step, (x, w), length=2)[0]
+
+    with cpu_kernels.enabled(True):
+        compiled = jax.jit(two_steps).lower(x, w).compile()
+        one = jax.jit(step)
+        apart = one(one((x, w))[0])[0]
+    text = compiled.as_text()
+    assert " while(" in text
+    labels = re.findall(r"= f32\[[^\]]*\][^ ]* convolution\(.*?dim_labels=([\w>-]+)", text)
+    assert labels, "no convolution left to check"
+    for label in labels:
+        assert re.fullmatch(r"b01f_01(io|oi)->b01f", label), (label, text)
+    fused = compiled(x, w)
+    for ours, theirs in zip(fused, apart, strict=True):
+        assert_close(ours, theirs)
 
 
 def test_other_platforms_dtypes_and_vmap_get_xla_convolution() -> None:

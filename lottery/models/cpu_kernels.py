@@ -23,8 +23,13 @@ CPU backend does slowly in a train step:
   backend runs as plain loops: :func:`small_map_conv` makes them a matrix product.
 - **Recomputation along a residual stream**, which :func:`materialize` stops (ResNet-20
   compiles in half the time).
+- **Convolutions inside a loop**: XLA lays out autodiff's kernel-gradient convolution for
+  Eigen at the top level of a program but not in a ``lax.scan``, where it ran as plain
+  loops (2.3 s against 20 ms). :func:`kernel_gradient` writes the layout out, so train
+  steps fused in a scan run as fast as one step per call (not faster: see
+  :func:`lottery.train.steps.fused_steps_limit`).
 
-A convolution's kernel gradient is XLA's own, over the whole batch. Summed over chunks of 16
+A convolution's kernel gradient is Eigen's, over the whole batch. Summed over chunks of 16
 examples it was 5% faster per ResNet-20 step while every call of Eigen's convolution faulted
 in its packing buffer page by page; with malloc's huge pages (:mod:`lottery.huge_pages`,
 which the command sets) the whole batch at once is 4-14% faster (three same-process A/B
@@ -164,7 +169,8 @@ def cpu_conv(
 ) -> jax.Array:
     """``lax.conv_general_dilated``, but :func:`small_map_conv` on a map smaller than the
     kernel, and :func:`trained_conv` (oneDNN's forward convolution and input gradient,
-    :func:`stride2_input_gradient`) for the rest when the CPU kernels are active."""
+    :func:`stride2_input_gradient`, :func:`kernel_gradient`) for the rest when the CPU
+    kernels are active."""
     conv = functools.partial(
         lax.conv_general_dilated,
         window_strides=window_strides,
@@ -211,13 +217,59 @@ def _polyphase(
     )
 
 
+def kernel_gradient(
+    x: jax.Array,
+    g: jax.Array,
+    window: Sequence[int],
+    strides: tuple[int, int],
+    pads: tuple[tuple[int, int], ...],
+) -> jax.Array:
+    """The kernel gradient (HWIO) of an NHWC x HWIO convolution with ``window``, ``strides``
+    and ``pads``, given its input ``x`` and output gradient ``g``.
+
+    What autodiff gives, but written as a convolution whose operands are transposed
+    explicitly into the layout XLA's CPU backend hands to Eigen: the input as
+    (C_in, H, W, N), a "batch" of input channels with the examples as features, and the
+    output gradient, dilated by the stride, as a (H_out, W_out, N, C_out) "kernel". Autodiff's
+    convolution leaves the layouts to XLA, which makes the same transposes at the top level
+    of a program but not inside a loop: there it ran the convolution as plain loops (ResNet-20's
+    32x32x16 kernel gradient: 2.3 s in a ``lax.scan`` against 20 ms alone). At the top level
+    XLA makes the same transposes for autodiff's (that layer's gradient is bit-identical
+    either way, checked).
+    """
+    kh, kw = window
+    bounds = []
+    for axis, (size, k, stride, (low, high)) in enumerate(
+        zip(x.shape[1:3], window, strides, pads, strict=True)
+    ):
+        # The rows the forward pass read: the last output row starts at (out - 1) * stride.
+        high = k + (g.shape[1 + axis] - 1) * stride - size - low
+        bounds.append((low, high))
+    crop = [max(0, -high) for _, high in bounds]
+    if any(crop):  # rows past the last window, which no output read
+        x = x[:, : x.shape[1] - crop[0], : x.shape[2] - crop[1], :]
+        bounds = [(low, max(0, high)) for low, high in bounds]
+    out = lax.conv_general_dilated(
+        jnp.transpose(x, (3, 1, 2, 0)),
+        jnp.transpose(g, (1, 2, 0, 3)),
+        window_strides=(1, 1),
+        padding=bounds,
+        rhs_dilation=strides,
+        dimension_numbers=_NHWC,
+    )  # (C_in, kh, kw, C_out)
+    assert out.shape[1:3] == (kh, kw), (out.shape, window)
+    return jnp.transpose(out, (1, 2, 0, 3))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def trained_conv(
     x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: tuple[tuple[int, int], ...]
 ) -> jax.Array:
     """An NHWC x HWIO convolution for training on a CPU: the forward pass and a stride-1
     input gradient in oneDNN (:mod:`lottery.models.onednn`, where usable), a stride-2 input
-    gradient by :func:`stride2_input_gradient`, the kernel gradient XLA's."""
+    gradient by :func:`stride2_input_gradient`, the kernel gradient by
+    :func:`kernel_gradient`: each a convolution in the layout XLA's CPU backend gives Eigen,
+    inside a loop too."""
     return onednn.convolution(x, w, strides, pads)
 
 
@@ -235,7 +287,7 @@ def _trained_conv_backward(
 ) -> tuple[jax.Array, jax.Array]:
     x, w = residuals
     xla = functools.partial(onednn.xla_convolution, strides=strides, padding=pads)
-    dw = jax.vjp(lambda w: xla(x, w), w)[1](g)[0]
+    dw = kernel_gradient(x, g, w.shape[:2], strides, pads)
     kh, kw = w.shape[:2]
     # A stride-1 input gradient is the output gradient convolved with the flipped kernel
     # (inputs and outputs swapped), padded to give back the input's size.
