@@ -134,6 +134,26 @@ def test_gradients_inside_a_loop_keep_eigens_layout(case: tuple) -> None:
         assert_close(ours, theirs)
 
 
+def test_kernel_gradient_for_a_gpu_is_xlas_own() -> None:
+    """kernel_gradient's explicit transposes are the CPU's layout; a program lowered for a
+    GPU takes autodiff's form of the kernel gradient, as benchmarks/conv_gpu.py measured."""
+    case = CASES[2]  # 3x3 stride 2: trained_conv on every platform (the parity split)
+    x, w = operands(case)
+    strides, padding = case[6], case[7]
+
+    def loss(x, w):
+        return jnp.sum(cpu_kernels.cpu_conv(
+            x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)
+
+    grad = jax.jit(jax.grad(loss, argnums=1))
+    with cpu_kernels.enabled(True):
+        cpu = grad.trace(x, w).lower(lowering_platforms=("cpu",)).as_text()
+        gpu = grad.trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
+    # kernel_gradient transposes the input, the output gradient and the result.
+    assert cpu.count("stablehlo.transpose") >= gpu.count("stablehlo.transpose") + 3
+    assert "__onednn" not in gpu
+
+
 def test_other_platforms_dtypes_and_vmap_get_xla_convolution() -> None:
     case = CASES[1]
     x, w = operands(case)

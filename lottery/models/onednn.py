@@ -74,14 +74,16 @@ def _runtime_has_onednn() -> bool:
     try:
         if not metadata.version("jaxlib").startswith(CHECKED_JAXLIB):
             return False
-        return len(jax.devices("cpu")) == 1
+        # A program for a GPU or TPU (the default backend) keeps XLA's convolutions and
+        # their autodiff forms, as benchmarks/conv_gpu.py measured them.
+        return jax.default_backend() == "cpu" and len(jax.devices("cpu")) == 1
     except (metadata.PackageNotFoundError, RuntimeError):  # RuntimeError: JAX_PLATFORMS=cuda
         return False
 
 
 def usable(x: jax.Array, w: jax.Array) -> bool:
     """Whether :func:`convolution` runs in oneDNN for these operands: float32, and a jaxlib
-    checked to run the custom call (x86-64 Linux) on one CPU device."""
+    checked to run the custom call (x86-64 Linux) on one CPU device, the default backend."""
     return x.dtype == jnp.float32 and w.dtype == jnp.float32 and _runtime_has_onednn()
 
 
