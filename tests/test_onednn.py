@@ -95,11 +95,12 @@ def test_trained_conv_gradients_equal_xla(case: tuple) -> None:
     assert_close(dw, dw_xla)
 
 
-# The layouts the networks train (the others are odd shapes no network has).
-NETWORK_CASES, NETWORK_IDS = CASES[:5], IDS[:5]
+# A 3x3 layer, a stride-2 one (the output gradient dilated) and a 1x1 stride-2 shortcut
+# (its input gradient autodiff's): each kind of kernel gradient the networks take.
+LOOP_CASES, LOOP_IDS = CASES[1:4], IDS[1:4]
 
 
-@pytest.mark.parametrize("case", NETWORK_CASES, ids=NETWORK_IDS)
+@pytest.mark.parametrize("case", LOOP_CASES, ids=LOOP_IDS)
 def test_gradients_inside_a_loop_keep_eigens_layout(case: tuple) -> None:
     """Inside a ``lax.scan`` XLA's CPU backend does not lay autodiff's kernel-gradient
     convolution out for Eigen (it compiled to ``f01b_i01o->01bf`` and ran as plain loops,

@@ -79,7 +79,7 @@ def check_kernels(kernels: str) -> None:
 
 # Where ``model.kernels=auto`` trains with :mod:`lottery.models.cpu_kernels`: the platforms
 # they were measured faster on. Written for the CPU, they also beat Flax's layers on a GPU
-# (``benchmarks/conv_gpu.py``, H200, masked steps/s: ResNet-20 443 against 421-424, VGG-16
+# (``benchmarks/conv_gpu.py``, H200, masked steps/s: ResNet-20 443 against 421-426, VGG-16
 # 425 against 385, Conv-2/4/6 14-15% faster; ResNet-20 426 against 405 on an H100). TPUs are
 # unmeasured and keep Flax's layers.
 AUTO_CPU_KERNELS = ("cpu", "gpu")
