@@ -36,6 +36,27 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu, "cores": os.cpu_count(), **environment()}
 
 
+def cifar_network(case: str, kernels: str, masked: bool) -> tuple[Any, Any, Any, Any]:
+    """The network ``case`` for CIFAR-10-shaped inputs, its initial parameters and
+    BatchNorm statistics, and, when ``masked``, a random half of every tensor pruned (the
+    mask, and the parameters zeroed under it); else mask None."""
+    import jax
+    import jax.numpy as jnp
+
+    from lottery.config import ModelConfig
+    from lottery.models import build
+
+    network = build(ModelConfig(name=case, kernels=kernels), (32, 32, 3), 10)
+    params, stats = network.init(jax.random.key(0))
+    if not masked:
+        return network, params, stats, None
+    mask = jax.tree.map(
+        lambda p: jax.random.bernoulli(jax.random.key(p.size), 0.5, p.shape), params
+    )
+    params = jax.tree.map(lambda p, m: jnp.where(m, p, 0.0), params, mask)
+    return network, params, stats, mask
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 

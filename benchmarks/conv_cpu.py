@@ -52,7 +52,7 @@ from pathlib import Path
 
 from lottery import huge_pages
 
-from common import parser, report
+from common import cifar_network, parser, report
 
 HERE = Path(__file__).resolve().parent
 CASES = {"resnet20": 128, "conv4": 60}
@@ -131,24 +131,17 @@ def worker(
 ) -> dict:
     """Ours, in this process: steps/s of the jitted train step and where its time goes."""
     import jax
-    import jax.numpy as jnp
     import optax
 
     import lottery  # noqa: F401  (sets the XLA flag before JAX starts)
-    from lottery.config import ModelConfig, OptimizerConfig
+    from lottery.config import OptimizerConfig
     from lottery.data.augment import crop_flip
-    from lottery.models import build
     from lottery.train.optim import make_optimizer, make_schedule
     from lottery.train.state import TrainState
     from lottery.train.steps import make_step
 
     batch = CASES[case]
-    network = build(ModelConfig(name=case, kernels=kernels), (32, 32, 3), 10)
-    params, stats = network.init(jax.random.key(0))
-    mask = (jax.tree.map(lambda p: jax.random.bernoulli(jax.random.key(p.size), 0.5, p.shape),
-                         params) if masked else None)
-    if masked:
-        params = jax.tree.map(lambda p, m: jnp.where(m, p, 0.0), params, mask)
+    network, params, stats, mask = cifar_network(case, kernels, masked)
     opt = OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4)
     tx = make_optimizer(opt)
     step = jax.jit(make_step(network, tx, make_schedule(opt, 390, 63_000), crop_flip),

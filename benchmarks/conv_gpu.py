@@ -38,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import parser, report
+from common import cifar_network, parser, report
 
 HERE = Path(__file__).resolve().parent
 # name: (batch size, iterations per level, optimizer, augmentation), as the presets train
@@ -59,11 +59,9 @@ def steps_per_second(
 ) -> dict:
     """Ours: steps/s of ``train_steps`` fusing ``fused`` steps per call, and compile time."""
     import jax
-    import jax.numpy as jnp
 
-    from lottery.config import ModelConfig, OptimizerConfig
+    from lottery.config import OptimizerConfig
     from lottery.data.augment import crop_flip
-    from lottery.models import build
     from lottery.train.optim import make_optimizer, make_schedule
     from lottery.train.state import TrainState
     from lottery.train.steps import make_train_steps
@@ -71,12 +69,7 @@ def steps_per_second(
     batch, level_steps, optimizer, augment = CASES[case]
     if step == "pytorch":  # conv_cpu_torch.py's step
         optimizer, augment = SGD, True
-    network = build(ModelConfig(name=case, kernels=kernels), (32, 32, 3), 10)
-    params, stats = network.init(jax.random.key(0))
-    mask = (jax.tree.map(lambda p: jax.random.bernoulli(jax.random.key(p.size), 0.5, p.shape),
-                         params) if masked else None)
-    if masked:
-        params = jax.tree.map(lambda p, m: jnp.where(m, p, 0.0), params, mask)
+    network, params, stats, mask = cifar_network(case, kernels, masked)
     opt = OptimizerConfig(**optimizer)
     tx = make_optimizer(opt)
     train_steps = make_train_steps(network, tx, make_schedule(opt, 390, level_steps),
