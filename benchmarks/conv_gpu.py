@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -123,8 +122,12 @@ def main() -> None:
     opts = args.parse_args()
     measure = {"fused": opts.fused, "calls": opts.calls, "repeats": opts.repeats,
                "examples": opts.examples}
+    cases = opts.cases.split(",")
+    unknown = [case for case in cases if case not in CASES]
+    if unknown:
+        raise SystemExit(f"unknown --cases {','.join(unknown)}; choose from {','.join(CASES)}")
     rows = []
-    for case in opts.cases.split(","):
+    for case in cases:
         todo = [("auto", True, "preset", opts.fused), ("auto", False, "preset", opts.fused)]
         if case in COMPARED:
             todo += [("xla", True, "preset", opts.fused), ("auto", True, "preset", 1)]
@@ -146,4 +149,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -238,12 +238,12 @@ def kernel_gradient(
     """
     kh, kw = window
     bounds = []
-    for axis, (size, k, stride, (low, high)) in enumerate(
+    for axis, (size, k, stride, (low, _)) in enumerate(
         zip(x.shape[1:3], window, strides, pads, strict=True)
     ):
-        # The rows the forward pass read: the last output row starts at (out - 1) * stride.
-        high = k + (g.shape[1 + axis] - 1) * stride - size - low
-        bounds.append((low, high))
+        # The padded rows the forward pass read end with the last window, which starts at
+        # (out - 1) * stride: the high padding that reaches exactly there (negative: a crop).
+        bounds.append((low, k + (g.shape[1 + axis] - 1) * stride - size - low))
     crop = [max(0, -high) for _, high in bounds]
     if any(crop):  # rows past the last window, which no output read
         x = x[:, : x.shape[1] - crop[0], : x.shape[2] - crop[1], :]
