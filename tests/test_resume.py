@@ -17,8 +17,10 @@ from lottery.train.checkpoint import Checkpointer
 
 from conftest import make_config, run_cli
 
-# Level 0 rewinds to step 50 and is checkpointed every 100 steps (of 300); each pruned level
-# has a branch (random_reinit), resumed like a level.
+# Level 0 rewinds to step 50 and is checkpointed every 75 steps (of 300), so that most
+# checkpoints lie between two evaluations (every 50): a run resumed from one must evaluate at
+# the uninterrupted run's steps only. Each pruned level has a branch (random_reinit), resumed
+# like a level.
 # One worker for the module: the uninterrupted reference run is made once.
 pytestmark = pytest.mark.xdist_group("resume")
 
@@ -28,7 +30,7 @@ RESUMABLE = [
     "train.steps=300it",
     "train.batch_size=50",
     "train.eval_every=50it",
-    "train.checkpoint_every=100it",
+    "train.checkpoint_every=75it",
     "pruning.levels=2",
     "pruning.rewind_step=50it",
     "progress=false",
@@ -44,7 +46,7 @@ sys.argv = ["lottery", *sys.argv[2:]]
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
-if moment == "level_0_step_150":  # inside level 0, after the checkpoint at step 100
+if moment == "level_0_step_150":  # inside level 0, after the checkpoint at step 75
     from lottery.train import hooks
     evaluate = hooks.Evaluate.__call__
     def killing_evaluate(self, run, trainer):
@@ -63,11 +65,11 @@ elif moment == "branch_step_150":  # inside level 1's first branch (random_reini
             if len(hits) == 2:  # the level itself first, then its branch
                 die()
     hooks.Evaluate.__call__ = killing_evaluate
-elif moment == "checkpoint_write":  # level 1's checkpoint at step 200: written, not committed
+elif moment == "checkpoint_write":  # level 1's checkpoint at step 150: written, not committed
     from orbax.checkpoint._src.path import atomicity  # private: where orbax commits
     finalize = atomicity.AtomicRenameTemporaryPath.finalize
     async def killing_finalize(self, *args, **kwargs):
-        if "level_1.partial" in str(self._final_path) and self._final_path.name == "200":
+        if "level_1.partial" in str(self._final_path) and self._final_path.name == "150":
             die()
         return await finalize(self, *args, **kwargs)
     atomicity.AtomicRenameTemporaryPath.finalize = killing_finalize
@@ -127,11 +129,11 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_store(tmp_path, uninterrupte
     again = run_cli(args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     if moment == "level_0_step_150":
-        assert "level 0: resuming from step 100" in again.stdout
+        assert "level 0: resuming from step 75" in again.stdout
     if moment == "branch_step_150":
-        assert "level 1 random_reinit: resuming from step 100" in again.stdout
+        assert "level 1 random_reinit: resuming from step 75" in again.stdout
     if moment == "checkpoint_write":
-        assert "level 1: resuming from step 100" in again.stdout  # 200 was never committed
+        assert "level 1: resuming from step 75" in again.stdout  # 150 was never committed
     assert store_contents(tmp_path) == uninterrupted
     leftovers = [
         p for p in tmp_path.rglob("*")

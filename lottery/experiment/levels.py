@@ -97,7 +97,8 @@ def train_level(
                     logger.log_eval(level, record)
 
             saver = checkpoint_hook(plan, checkpointer)
-            all_hooks = [Evaluate(plan.eval_every, on_record), *hooks, saver]
+            evaluate = Evaluate(plan.eval_every, on_record, first=start.step)
+            all_hooks = [evaluate, *hooks, saver]
             trainer.train(run, plan.total_steps, all_hooks)
         return LevelRun(run, resumed_from, saver.seconds, saver.saves)
     finally:

@@ -25,18 +25,25 @@ def multiples(period: int, start: int, end: int) -> range:
 
 
 class Evaluate:
-    """Evaluate every ``every`` steps, at the first step of a run and at its end.
+    """Evaluate every ``every`` steps, at the level's ``first`` step and at its end.
 
     The record (``iteration``, ``train/loss`` averaged over the steps since the previous
     evaluation, ``val/…``, ``test/…``) is appended to the run's history and given to
-    ``on_record``. A resumed run does not evaluate its first step again.
+    ``on_record``. A run resumed from a checkpoint evaluates at exactly the steps the
+    uninterrupted run does: not at the step it resumes from, unless that step is one of
+    them (a checkpoint of a step cadence can lie between two evaluations).
     """
 
-    def __init__(self, every: int, on_record: Callable[[Record], None] | None = None) -> None:
-        self.every, self.on_record = every, on_record
+    def __init__(
+        self, every: int, on_record: Callable[[Record], None] | None = None, *, first: int = 0
+    ) -> None:
+        self.every, self.on_record, self.first = every, on_record, first
 
     def steps(self, start: int, end: int) -> Iterable[int]:
-        return {start, end, *multiples(self.every, start, end)}
+        steps = {end, *multiples(self.every, start, end)}
+        if start <= self.first <= end:
+            steps.add(self.first)
+        return steps
 
     def __call__(self, run: RunState, trainer: Trainer) -> None:
         if run.history and run.history[-1]["iteration"] == run.step:
