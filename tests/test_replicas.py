@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from lottery import experiment
 from lottery.train import replicas
@@ -113,6 +114,10 @@ def test_replicas_train_together_as_each_seed_alone(alone, tmp_path, vmapped):
         (0, 0), (0, 1), (1, 0), (1, 1)
     ]
     assert_same_training(tmp_path, alone)
+    # config.yaml records the command (seed 0, two replicas), not whichever seed wrote first.
+    for recorded in tmp_path.rglob("config.yaml"):
+        config = OmegaConf.load(recorded)
+        assert (config.seed, config.train.replicas) == (0, 2), recorded
     # Another seed pair with one seed already finished: the other trains on its own.
     vmapped.clear()
     _, rows = experiment.run(make_config([*QUICK_SGD, "seed=1", "train.replicas=2"], tmp_path))

@@ -49,6 +49,7 @@ from lottery.pruning.strategies import PruneInputs, mask_updates
 from lottery.store import (
     MAIN_BRANCH,
     ExperimentStore,
+    Layout,
     PartialFolder,
     ReplicateStore,
     dense_values,
@@ -104,15 +105,21 @@ class Experiment:
         loggers: list[RunLogger] | None = None,
         batcher: ReplicaBatcher | None = None,
         device: jax.Device | None = None,
+        recorded_cfg: Config | None = None,
     ) -> None:
         self.plan = plan
         self.loggers = list(loggers or [])
         # Shared with the other seeds of ``train.replicas``; the device this seed trains on.
         self.batcher, self.device = batcher, device
+        # The config that config.yaml records: the command's, also for a seed of
+        # ``train.replicas`` (else whichever seed's thread wrote first).
+        self.recorded_cfg = plan.cfg if recorded_cfg is None else recorded_cfg
         cfg = plan.cfg
         self.store = ExperimentStore(cfg.results_root, cfg.name, plan.digest, plan.dense_digest)
-        self.replicate: ReplicateStore = self.store.replicate(cfg.seed)
-        self.dense: ReplicateStore = self.store.dense_replicate(cfg.seed)
+        # A finished level's mask and weights must fit the network (else it is made again).
+        layout = Layout.of(plan.init_params, plan.init_batch_stats)
+        self.replicate: ReplicateStore = self.store.replicate(cfg.seed, layout)
+        self.dense: ReplicateStore = self.store.dense_replicate(cfg.seed, layout)
         self._trainer: Trainer | None = None
         self._other_trainers: dict[str, Trainer] = {}
         self._dense_figures: dict[str, Any] | None = None
@@ -447,7 +454,9 @@ class Experiment:
             folder = self.replicate.partial_branch(level, run.label, digest)
             if folder.is_whole():  # killed between its last write and the rename
                 folder.publish()
-            if not folder_done(folder.final):
+            # A branch of the experiment's network is checked against its layout too.
+            layout = self.replicate.layout if run.network is None else None
+            if not folder_done(folder.final, layout):
                 params, batch_stats, mask = run.start()
                 mask = self._prune_into(folder, lambda mask=mask: mask)
                 start = LevelStart(run.start_step, host_tree(params), batch_stats, mask)
@@ -590,7 +599,7 @@ class Experiment:
     def _run(self) -> list[dict[str, Any]]:
         cfg, plan = self.plan.cfg, self.plan
         ensure_writable(Path(cfg.results_root))
-        config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+        config_yaml = OmegaConf.to_yaml(OmegaConf.structured(self.recorded_cfg))
         self.store.write_config(config_yaml, plan.hashed, dense_values(plan.hashed))
         console.print(f"{plan.prefix}results: {self.store.path}")
         with locked(self.replicate.path):

@@ -60,7 +60,7 @@ def replica_experiments(plan: Plan, batcher: ReplicaBatcher | None) -> list[Expe
         replica = with_seed(plan, plan.cfg.seed + index)
         loggers = [LockedLogger(logger, lock) for logger in make_loggers(replica.cfg, plan.digest)]
         device = devices[index % len(devices)] if batcher is not None else None
-        experiments.append(Experiment(replica, loggers, batcher, device))
+        experiments.append(Experiment(replica, loggers, batcher, device, plan.cfg))
     return experiments
 
 
