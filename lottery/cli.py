@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -50,48 +52,170 @@ def check_overrides(argv: list[str]) -> str | None:
 
     Hydra reports a bad override (unknown key, wrong type, unknown group option) over
     several lines and a stack-trace hint; we catch it first and say it in one. A sweep
-    (``-m``) is checked value by value: each swept value composed with the first value of
-    the other sweeps. Runs with other Hydra flags (``--cfg``, ``--help``, ...) are left to
-    Hydra as they are.
+    (``-m``) is checked point by point, every combination of the swept values, so that no
+    job starts before every job's config is good (see :func:`check_sweep`). Runs with other
+    Hydra flags (``--cfg``, ``--help``, ...) are left to Hydra as they are.
     """
     overrides = [arg for arg in argv if arg not in MULTIRUN_FLAGS]
     if any(arg.startswith("-") for arg in overrides):
         return None
-    from hydra import compose, initialize_config_dir
+    from hydra import initialize_config_dir
 
     register()
-    try:
-        candidates = _sweep_candidates(overrides) if len(overrides) < len(argv) else [overrides]
-        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-            configs = [compose("config", overrides=candidate) for candidate in candidates]
-    except Exception as error:  # any composition failure is the user's input
-        return describe_compose_error(error)
-    try:  # values too, so that no job of a sweep starts before every job's values are good
-        for config in configs:
-            validate(to_config(config))
-    except ConfigError as error:
-        return str(error)
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        try:
+            sweep = len(overrides) < len(argv)
+            axes = _sweep_axes(overrides) if sweep else [[o] for o in overrides]
+        except Exception as error:  # an override Hydra cannot parse
+            return describe_compose_error(error)
+        return check_sweep(axes)
+
+
+# A sweep is checked point by point up to this many points (2 to 10 ms a point here: 10 to
+# 50 s for the largest). Past it, or past MAX_COMPOSED_POINTS distinct config-group choices
+# (a composition costs about 0.15 s), each swept value is checked with the first value of
+# every other sweep instead: a value bad on its own is still found before any job starts, a
+# combination bad only together is found when its job runs.
+MAX_CHECKED_POINTS = 5000
+MAX_COMPOSED_POINTS = 100
+
+
+def check_sweep(axes: list[list[str]]) -> str | None:
+    """The one-line error of the first bad point of a sweep (in Hydra's launch order), or None.
+
+    ``axes`` holds, per command-line override, its values as single overrides (one for a
+    plain override, several for ``k=a,b``): the sweep's points are their cartesian product.
+    """
+    import itertools
+
+    configs = SweepConfigs(axes)
+    if math.prod(len(values) for values in axes) > MAX_CHECKED_POINTS or \
+            configs.compositions > MAX_COMPOSED_POINTS:
+        points = _value_by_value(axes)
+    else:
+        points = [list(point) for point in itertools.product(*axes)]
+    check = check_before_data if len(points) > 1 else validate
+    for number, point in enumerate(points):
+        named = [point[index] for index in configs.swept] if number else []
+        try:
+            config = configs.of(point)
+        except Exception as error:  # any composition failure is the user's input
+            return _naming_point(describe_compose_error(error), named)
+        try:
+            check(to_config(config))
+        except ConfigError as error:
+            return _naming_point(str(error), named)
     return None
 
 
-def _sweep_candidates(overrides: list[str]) -> list[list[str]]:
-    """Override lists that together try every value of every sweep (``k=a,b``) once."""
+class SweepConfigs:
+    """The composed config of each point of a sweep, as its job will compose it.
+
+    Composing takes about 0.15 s, so points that differ only in plain values (``k=v``, not a
+    config group such as ``model=...`` nor ``hydra.*``) share one composition, and each
+    point's values are then applied to it as Hydra applies command-line values after
+    composing (``ConfigLoaderImpl._apply_overrides_to_config``).
+    """
+
+    def __init__(self, axes: list[list[str]]) -> None:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parser = OverridesParser.create()
+        self.swept = [index for index, values in enumerate(axes) if len(values) > 1]
+        self.structural = [index for index in self.swept if _is_structural(axes[index])]
+        self.values = [index for index in self.swept if index not in self.structural]
+        self.parsed = {v: parser.parse_override(v) for i in self.values for v in axes[i]}
+        # Values that add, delete or merge into a node change what the next point starts
+        # from: those points start from a copy. Plain values replace each other.
+        self.copy = any(
+            o.is_add() or o.is_force_add() or o.is_delete() or isinstance(o.value(), dict)
+            for o in self.parsed.values()
+        )
+        self.compositions = math.prod(len(axes[index]) for index in self.structural)
+        self.composed: dict[tuple[str, ...], DictConfig] = {}
+
+    def of(self, point: list[str]) -> DictConfig:
+        import copy
+
+        from hydra import compose
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+        key = tuple(point[index] for index in self.structural)
+        if key not in self.composed:
+            fixed = [o for index, o in enumerate(point) if index not in self.values]
+            self.composed[key] = compose("config", overrides=fixed)
+        config = copy.deepcopy(self.composed[key]) if self.copy else self.composed[key]
+        overrides = [self.parsed[point[index]] for index in self.values]
+        ConfigLoaderImpl._apply_overrides_to_config(overrides, config)
+        return config
+
+
+def check_before_data(config: Config) -> None:
+    """The checks of a run's config that need no data (those of
+    :func:`lottery.experiment.plan.prepare` before it loads the data): values, dataset and
+    model names, the pruning method and its keys, keys that do not apply. A sweep makes them
+    for every point before its first job starts; they import JAX (about a second), so a
+    single run leaves them to the run.
+
+    The examples' shape is not known before the data is loaded: an image's is given, so that
+    only ``dataset.augment`` on data that is not images is left to the job to find.
+    """
+    from lottery import data, models
+    from lottery.config.applicability import check_applicable
+    from lottery.pruning import strategy_for
+
+    validate(config)
+    data.check_name(config.dataset.name)
+    models.check_name(config.model.name)
+    models.check_kernels(config.model.kernels)
+    strategy_for(config.pruning)
+    check_applicable(config, (32, 32, 3))
+
+
+def _is_structural(values: list[str]) -> bool:
+    """Whether a sweep changes what is composed (a config group, or Hydra's own config), not
+    only a value that Hydra sets after composing."""
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    choices: list[list[str]] = []
-    for override in parsed:
+    repository = GlobalHydra.instance().config_loader().repository
+    return any(
+        override.is_hydra_override() or repository.group_exists(override.key_or_group)
+        for override in OverridesParser.create().parse_overrides(values)
+    )
+
+
+def _naming_point(message: str, named: list[str]) -> str:
+    """``message`` with the sweep point it is about (``named``: its swept values; empty for
+    the sweep's first point, whose error is the command's own), unless it names them all."""
+    if all(override in message for override in named):
+        return message
+    return f"{message} (sweep point: {' '.join(named)})"
+
+
+def _sweep_axes(overrides: list[str]) -> list[list[str]]:
+    """Per override, its values as single overrides (``k=a,b`` gives ``k=a`` and ``k=b``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    axes: list[list[str]] = []
+    for override in OverridesParser.create().parse_overrides(overrides):
         key = override.get_key_element()
         if override.is_sweep_override():
-            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+            axes.append([f"{key}={value}" for value in override.sweep_string_iterator()])
         else:
-            choices.append([override.input_line])
-    firsts = [values[0] for values in choices]
-    candidates = [firsts]
-    for index, values in enumerate(choices):
+            axes.append([override.input_line])
+    return axes
+
+
+def _value_by_value(axes: list[list[str]]) -> list[list[str]]:
+    """Points that together try every value of every sweep once: each swept value with the
+    first value of the other sweeps."""
+    firsts = [values[0] for values in axes]
+    points = [firsts]
+    for index, values in enumerate(axes):
         for value in values[1:]:
-            candidates.append([*firsts[:index], value, *firsts[index + 1 :]])
-    return candidates
+            points.append([*firsts[:index], value, *firsts[index + 1 :]])
+    return points
 
 
 def to_config(cfg: DictConfig) -> Config:
@@ -141,7 +265,18 @@ def run(cfg: DictConfig) -> int:
         error_line(str(error))
         return 130 if str(error).startswith("interrupted") else 1
     title = f"{config.name} [{store.path.name}]"
-    plot = plot_sparsity_accuracy(rows, store.path / "sparsity_accuracy.png", title)
+    plot = store.path / "sparsity_accuracy.png"
+    try:
+        plot_sparsity_accuracy(rows, plot, title)
+    except OSError as error:  # every level is finished: only the figure is missing
+        if error.errno != errno.ENOSPC:
+            raise
+        error_line(
+            f"the disk is full (writing {plot}); every level is finished and its results are "
+            "intact: free some space and run the same command (or python -m lottery.report) "
+            "to draw the plot"
+        )
+        return 1
     console.print(summary_table(rows, title))
     console.print(f"curve: {store.curve_file}\nplot:  {plot}")
     return 0

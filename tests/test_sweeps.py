@@ -112,3 +112,40 @@ def test_the_wandb_sweep_file_gives_valid_commands():
         for values in itertools.product(*grid):
             args = [f"{name}={value}" for name, value in zip(names, values, strict=True)]
             assert check_overrides([*fixed, *args]) is None, (file, args)
+
+
+def test_a_sweep_point_bad_only_in_combination_stops_the_sweep_before_any_job(tmp_path):
+    """gradual with 10 levels is bad; magnitude with 10 and gradual with 1 are good: each value
+    is good with the other sweep's first value, so only the whole product finds it."""
+    result = run_cli(["-m", "pruning.method=magnitude,gradual", "pruning.levels=1,10",
+                      "results_root=out"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: pruning.levels=10 does not apply to pruning.method=gradual, which prunes "
+        "inside one training; set pruning.levels=1"
+    ]
+    assert list(tmp_path.iterdir()) == []  # no multirun folder, no results
+
+
+def test_the_bad_point_of_a_sweep_is_named_when_its_error_does_not_name_it():
+    from lottery.cli import check_overrides
+
+    message = check_overrides(["-m", "seed=0,1", "optimizer=sgd,adam", "optimizer.momentum=0.9"])
+    assert message == (
+        "optimizer.momentum=0.9 does not apply to optimizer.name='adam' (only sgd uses it); "
+        "remove it or choose optimizer=sgd (sweep point: seed=0 optimizer=adam)"
+    )
+    # A group sweep (a composition per choice) and value sweeps (applied to it) together.
+    assert check_overrides(["-m", "model=mlp,mnist1d_cnn", "model.width=8,0",
+                            "model.hidden=[10]"]) is not None
+    assert check_overrides(["-m", "seed=0,1,2", "optimizer=sgd,adam", "optimizer.lr=0.1,0.2",
+                            "pruning.fraction=0.2,0.5"]) is None
+
+
+def test_a_sweep_past_the_bound_is_checked_value_by_value(monkeypatch):
+    from lottery import cli
+
+    together = ["-m", "pruning.method=magnitude,gradual", "pruning.levels=1,10"]
+    monkeypatch.setattr(cli, "MAX_CHECKED_POINTS", 3)
+    assert cli.check_overrides(together) is None  # found by its job, as the comment says
+    assert "pruning.fraction=1.5" in cli.check_overrides([*together, "pruning.fraction=0.2,1.5"])
