@@ -41,3 +41,17 @@ def test_each_level_trains_a_small_dense_network_of_its_size(tmp_path):
         assert abs(branch["weights_remaining_pct"] - level["weights_remaining_pct"]) < 2
         found += 1
     assert found == 1  # level 1
+
+
+def test_a_network_too_small_to_match_says_how_far_it_lands(tmp_path, capsys):
+    # 40 weights alive in the hidden layers of 64-4-2-10 at level 1: widths (3, 2) are the
+    # closest narrower network, about 4% short.
+    experiment.run(make_config([*DIGITS, "model.hidden=[4,2]", "branches=[small_dense]",
+                                "pruning.levels=1"], tmp_path))
+    (file,) = tmp_path.rglob("branch_small_dense_*/summary.json")
+    info = json.loads(file.read_text())["small_dense"]
+    off = abs(info["params"] - info["target_params"]) / info["target_params"]
+    assert off > 0.02
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "small_dense" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: small_dense at level 1")
+    assert f"{100 * off:.1f}% off" in warnings[0]

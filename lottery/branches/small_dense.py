@@ -11,6 +11,7 @@ network's.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import jax
@@ -21,6 +22,7 @@ from lottery.pruning import Mask, count_alive, full_mask, prunable_paths
 
 SMALL_DENSE_STREAM = 1003  # its initialisation's random stream (see controls.py)
 BISECTIONS = 16  # widths are integers: 2^-16 of a factor is finer than one channel
+TOLERANCE = 0.02  # off the target by more than this fraction, the branch says so
 
 
 def parameter_count(network: Any) -> int:
@@ -52,6 +54,14 @@ def small_dense(inputs: BranchInputs, args: SmallDenseBranch) -> list[BranchRun]
     plan = inputs.plan
     target = count_alive(inputs.mask, list(_all_paths(inputs.mask)))
     network, factor = small_dense_network(plan.network, target)
+    off = abs(parameter_count(network) - target) / max(target, 1)
+    if off > TOLERANCE:  # widths are integers: a small network's count moves in big steps
+        print(
+            f"warning: small_dense at level {inputs.seeds[1]}: the closest narrower network has "
+            f"{parameter_count(network):,} parameters, {100 * off:.1f}% off the level's "
+            f"{target:,} (its widths are too small to come closer)",
+            file=sys.stderr, flush=True,
+        )
     params = jax.eval_shape(network.init, jax.random.key(0))[0]
     prunable = prunable_paths(params, plan.cfg.pruning.prunable)
     full = len(plan.prunable) and count_alive(full_mask(plan.init_params), plan.prunable)
