@@ -17,6 +17,7 @@ replicates (mean ± std) and writes, into ``--out`` (default: the first PATH's f
 from __future__ import annotations
 
 import argparse
+import errno
 import re
 import sys
 from pathlib import Path
@@ -127,6 +128,26 @@ def main(argv: list[str] | None = None) -> int:
         error_line(f"no finished level (summary.json) under {', '.join(args.paths)}")
         return 2
     out = Path(args.out) if args.out else default_out(args.paths[0])
+    try:
+        return write_report(args, df, out, band, levels)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        error_line(
+            f"the disk is full (writing under {out}); the results are intact: free some space "
+            "and run the same command again"
+        )
+        return 1
+
+
+def write_report(
+    args: argparse.Namespace,
+    df: pd.DataFrame,
+    out: Path,
+    band: str | None,
+    levels: list[int] | None,
+) -> int:
+    """Print the table and write the figures and ``aggregate.csv`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     stats = aggregate(df)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)

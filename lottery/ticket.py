@@ -1,7 +1,9 @@
 """``lottery.load(path)``: a finished level or branch as a network you can run, no dataset needed.
 
 The level's folder holds the mask and final weights; the experiment's ``config.yaml`` names
-the model; the level's ``summary.json`` records the input shape and number of classes.
+the model; the level's ``summary.json`` records the input shape and number of classes. The
+mask and weights are checked against the network built from these (paths, shapes, dtypes)
+before they are read: a damaged level is one :class:`ConfigError` line, never a traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from omegaconf import OmegaConf
 
 from lottery import models
 from lottery.config import Config, ConfigError
-from lottery.store import load_tree_npz, read_summary
+from lottery.store import Layout, folder_problem, load_tree_npz, read_summary
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,12 @@ def load(path: str | Path) -> Ticket:
         OmegaConf.merge(schema, OmegaConf.load(_experiment_config(folder)))
     )
     network = models.build(cfg.model, tuple(summary["input_shape"]), summary["num_classes"])
+    problem = folder_problem(folder, Layout.of(*jax.eval_shape(network.init, jax.random.key(0))))
+    if problem is not None:
+        raise ConfigError(
+            f"{folder} is damaged ({problem}); run its experiment again with the same "
+            "command: the level is set aside and made again"
+        )
     weights = load_tree_npz(folder / "params.npz")
     mask = load_tree_npz(folder / "mask.npz")["mask"]
     params = jax.tree.map(jnp.asarray, weights.get("params", {}))

@@ -189,25 +189,47 @@ def _read_summary(file: Path) -> dict[str, Any] | None:
     return summary
 
 
+def _line_numbers(numbers: list[int]) -> str:
+    """``line 6`` or ``lines 2-4, 9``: the lines skipped in one file."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    text = ", ".join(f"{r[0]}" if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+    return f"line {text}" if len(numbers) == 1 else f"lines {text}"
+
+
+def _record(line: bytes) -> dict[str, Any]:
+    """One evaluation record of ``metrics.jsonl``; ``ValueError`` if it is not one (a line
+    cut by a kill, garbled bytes, not UTF-8)."""
+    record = json.loads(line.decode("utf-8"))
+    iteration = record.get("iteration") if isinstance(record, dict) else None
+    if not isinstance(iteration, int) or isinstance(iteration, bool):
+        raise ValueError("not an evaluation record")
+    return record
+
+
 def _read_records(file: Path) -> list[dict[str, Any]]:
-    """The evaluations of a ``metrics.jsonl``; an unreadable line is skipped with a warning."""
-    records = []
+    """The evaluations of a ``metrics.jsonl``; the lines that are not (a line cut by a kill,
+    garbled bytes) are skipped, with one warning line for the file."""
     try:
-        lines = file.read_text().splitlines()
+        lines = file.read_bytes().splitlines()
     except OSError as error:
         _skip(file, "the unreadable metrics", error)
         return []
+    records, skipped, first_error = [], [], None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or "iteration" not in record:
-                raise ValueError("not an evaluation record")
-        except ValueError as error:
-            _skip(file, f"line {number}", error)
-            continue
-        records.append(record)
+            records.append(_record(line))
+        except ValueError as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            skipped.append(number)
+            first_error = first_error or error
+    if first_error is not None:
+        _skip(file, _line_numbers(skipped), first_error)
     return records
 
 

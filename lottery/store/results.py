@@ -25,6 +25,10 @@
 A level (or branch) is built in its ``.partial`` folder and renamed into place when whole,
 so a killed run never leaves a level that looks finished; the next run resumes the partial
 folder from its newest checkpoint. Every file is written atomically.
+
+A level is finished when its summary parses and holds the keys every reader needs, and its
+mask and weights are whole files; given the network's :class:`Layout`, their arrays must also
+have the network's paths, shapes and dtypes (a readable file of another network is no result).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import shutil
 import sys
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +67,16 @@ CURVE_COLUMNS = (
 MAIN_BRANCH = "imp"
 # Names of finished level and branch folders (not ``.partial``, not set aside).
 FINISHED_NAME = re.compile(r"level_\d+|branch_[A-Za-z0-9_]+_[0-9a-f]+")
+# What every reader of a summary needs (the store's curve, the report, lottery.load), by type.
+SUMMARY_KEYS: dict[str, type | tuple[type, ...]] = {
+    "experiment": str,
+    "replicate": int,
+    "level": int,
+    "weights_remaining_pct": (int, float),
+    "test_accuracy": (int, float),
+    "input_shape": list,
+    "num_classes": int,
+}
 
 
 def save_tree_npz(path: Path, trees: dict[str, Any]) -> None:
@@ -83,13 +98,33 @@ def load_tree_npz(path: Path) -> dict[str, Any]:
     return {prefix: unflatten(flat) for prefix, flat in grouped.items()}
 
 
-def read_summary(folder: Path) -> dict[str, Any] | None:
-    """The ``summary.json`` of a level or branch folder, or None if missing or unreadable."""
+def summary_problem(summary: Any) -> str | None:
+    """What makes a parsed summary unusable (not an object, a key missing or mistyped)."""
+    if not isinstance(summary, dict):
+        return "not a JSON object"
+    for key, kind in SUMMARY_KEYS.items():
+        value = summary.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"{key!r} is missing" if key not in summary else f"{key!r} is {value!r}"
+    return None
+
+
+def _read_summary(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(the summary, None), or (None, what is wrong with the ``summary.json`` of ``folder``)."""
     try:
         summary = json.loads((folder / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) else None
+    except FileNotFoundError:
+        return None, "no summary.json"
+    except (OSError, ValueError) as error:  # UnicodeDecodeError and JSONDecodeError too
+        return None, f"summary.json is unreadable ({type(error).__name__})"
+    problem = summary_problem(summary)
+    return (None, f"summary.json: {problem}") if problem else (summary, None)
+
+
+def read_summary(folder: Path) -> dict[str, Any] | None:
+    """The ``summary.json`` of a level or branch folder, or None if missing, unreadable or
+    without the keys of :data:`SUMMARY_KEYS`."""
+    return _read_summary(folder)[0]
 
 
 def npz_readable(path: Path) -> bool:
@@ -100,6 +135,74 @@ def npz_readable(path: Path) -> bool:
     except (OSError, zipfile.BadZipFile, ValueError):
         return False
     return True
+
+
+def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Each array's shape and dtype in a ``.npz``, from the headers alone (no data read).
+    Raises ``OSError``, ``zipfile.BadZipFile`` or ``ValueError`` if it is not whole."""
+    headers = {}
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            with archive.open(name) as member:
+                version = np.lib.format.read_magic(member)
+                read = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, _, dtype = read(member)
+            headers[name.removesuffix(".npy")] = (tuple(shape), dtype)
+    return headers
+
+
+def _tree_problem(
+    headers: dict[str, tuple[tuple[int, ...], np.dtype]],
+    expected: dict[str, tuple[int, ...]],
+    is_kind: Any,
+    kind: str,
+) -> str | None:
+    """How arrays (by key) differ from the expected keys and shapes, or from dtype ``kind``."""
+    missing, extra = sorted(set(expected) - set(headers)), sorted(set(headers) - set(expected))
+    if missing or extra:
+        what = f"no {missing[0]}" if missing else f"an unknown array {extra[0]}"
+        return f"{what} (not this network's)"
+    for key, shape in expected.items():
+        found, dtype = headers[key]
+        if found != shape:
+            return f"{key} has shape {found}, the network's is {shape}"
+        if not is_kind(dtype):
+            return f"{key} is {dtype}, not {kind}"
+    return None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The arrays of a network, path to shape: what a level's ``mask.npz`` (bool, one per
+    parameter) and ``params.npz`` (floats, parameters and BatchNorm statistics) must hold."""
+
+    params: dict[str, tuple[int, ...]]
+    batch_stats: dict[str, tuple[int, ...]]
+
+    @classmethod
+    def of(cls, params: Any, batch_stats: Any) -> Layout:
+        """The layout of a network's (initial) parameters and statistics."""
+
+        def shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+            return {key: tuple(v.shape) for key, v in flatten(tree).items()} if tree else {}
+
+        return cls(shapes(params), shapes(batch_stats))
+
+    def mask_problem(self, path: Path) -> str | None:
+        """What in the mask file at ``path`` does not fit the network, or None."""
+        expected = {f"mask/{key}": shape for key, shape in self.params.items()}
+        return _tree_problem(npz_headers(path), expected, lambda d: d == np.bool_, "bool")
+
+    def params_problem(self, path: Path) -> str | None:
+        """What in the weights file at ``path`` does not fit the network, or None."""
+        expected = {f"params/{key}": shape for key, shape in self.params.items()}
+        expected |= {f"batch_stats/{key}": shape for key, shape in self.batch_stats.items()}
+        floats = lambda d: np.issubdtype(d, np.floating)  # noqa: E731
+        return _tree_problem(npz_headers(path), expected, floats, "floating point")
 
 
 def remove_stale_temp_files(folder: Path, older_than: float = 600.0) -> int:
@@ -125,11 +228,13 @@ class PartialFolder:
     """An unfinished level or branch: ``<final>.partial/``, renamed to ``<final>`` when whole.
 
     It outlives the process that made it: a run started again finds the mask, the metrics
-    and the checkpoints where the killed one left them.
+    and the checkpoints where the killed one left them. With a ``layout``, a mask that does
+    not fit the network is unreadable (:meth:`load_mask` raises ``ValueError``).
     """
 
-    def __init__(self, final: Path) -> None:
+    def __init__(self, final: Path, layout: Layout | None = None) -> None:
         self.final = final
+        self.layout = layout
         self.path = final.with_name(final.name + ".partial")
         self._metrics: io.TextIOWrapper | None = None
 
@@ -148,6 +253,8 @@ class PartialFolder:
         save_tree_npz(self.mask_file, {"mask": mask})
 
     def load_mask(self) -> Any:
+        if self.layout is not None and (problem := self.layout.mask_problem(self.mask_file)):
+            raise ValueError(f"{self.mask_file}: {problem}")
         return load_tree_npz(self.mask_file)["mask"]
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
@@ -206,20 +313,43 @@ def set_aside(folder: Path, why: str, detail: str = "") -> None:
     warn(f"{folder} was {why}{detail}; moved it to {aside.name} and will redo it")
 
 
-def folder_done(folder: Path) -> bool:
-    """A finished level or branch: its summary parses, its mask and weights are whole files."""
-    return (
-        read_summary(folder) is not None
-        and npz_readable(folder / "mask.npz")
-        and npz_readable(folder / "params.npz")
-    )
+def folder_problem(folder: Path, layout: Layout | None = None) -> str | None:
+    """Why ``folder`` is not a finished level or branch, or None if it is: its summary
+    parses (with :data:`SUMMARY_KEYS`), its mask and weights are whole files and, given the
+    network's ``layout``, hold its arrays."""
+    summary, problem = _read_summary(folder)
+    if summary is None:
+        return problem
+    for name in ("mask.npz", "params.npz"):
+        if not npz_readable(folder / name):
+            return f"{name} is not a whole file"
+    if layout is None:
+        return None
+    checks = (("mask.npz", layout.mask_problem), ("params.npz", layout.params_problem))
+    for name, check in checks:
+        try:
+            problem = check(folder / name)
+        except (OSError, zipfile.BadZipFile, ValueError) as error:
+            problem = f"an array header is unreadable ({type(error).__name__})"
+        if problem is not None:
+            return f"{name}: {problem}"
+    return None
+
+
+def folder_done(folder: Path, layout: Layout | None = None) -> bool:
+    """A finished level or branch (see :func:`folder_problem`)."""
+    return folder_problem(folder, layout) is None
 
 
 class ReplicateStore:
-    """The folder of one replicate (seed) of an experiment, or of its dense level 0."""
+    """The folder of one replicate (seed) of an experiment, or of its dense level 0.
 
-    def __init__(self, path: Path) -> None:
+    With the network's ``layout``, a level whose mask or weights do not fit it is not
+    finished (it is set aside and made again)."""
+
+    def __init__(self, path: Path, layout: Layout | None = None) -> None:
         self.path = path
+        self.layout = layout
 
     def level_path(self, level: int) -> Path:
         return self.path / f"level_{level}"
@@ -228,8 +358,8 @@ class ReplicateStore:
         return self.level_path(level) / f"branch_{name}_{digest}"
 
     def is_done(self, level: int) -> bool:
-        """A finished level: its summary parses, its mask and weights are whole files."""
-        return folder_done(self.level_path(level))
+        """A finished level (see :func:`folder_problem`)."""
+        return folder_done(self.level_path(level), self.layout)
 
     def summary(self, level: int) -> dict[str, Any]:
         return json.loads((self.level_path(level) / "summary.json").read_text())
@@ -242,12 +372,16 @@ class ReplicateStore:
         return trees.get("params", {}), trees.get("batch_stats", {})
 
     def partial_level(self, level: int) -> PartialFolder:
-        """The unfinished folder of ``level``; a level folder without a readable summary
-        (not finished, yet not ``.partial``) is set aside first."""
+        """The unfinished folder of ``level``; a level folder that is not finished (yet not
+        ``.partial``) is set aside first: "unreadable" if its summary parses, else
+        "unfinished"."""
         final = self.level_path(level)
-        if (final.exists() or final.is_symlink()) and not self.is_done(level):
-            set_aside(final, "unfinished")
-        return PartialFolder(final)
+        if final.exists() or final.is_symlink():
+            problem = folder_problem(final, self.layout)
+            if problem is not None:
+                looked_finished = (final / "summary.json").exists()
+                set_aside(final, "unreadable" if looked_finished else "unfinished", problem)
+        return PartialFolder(final, self.layout)
 
     def partial_branch(self, level: int, name: str, digest: str) -> PartialFolder:
         return PartialFolder(self.branch_path(level, name, digest))
@@ -300,11 +434,11 @@ class ExperimentStore:
         self.digest = digest
         self.dense_path = root / f"dense_{dense_digest or digest}"
 
-    def replicate(self, seed: int) -> ReplicateStore:
-        return ReplicateStore(self.path / f"replicate_{seed}")
+    def replicate(self, seed: int, layout: Layout | None = None) -> ReplicateStore:
+        return ReplicateStore(self.path / f"replicate_{seed}", layout)
 
-    def dense_replicate(self, seed: int) -> ReplicateStore:
-        return ReplicateStore(self.dense_path / f"replicate_{seed}")
+    def dense_replicate(self, seed: int, layout: Layout | None = None) -> ReplicateStore:
+        return ReplicateStore(self.dense_path / f"replicate_{seed}", layout)
 
     def write_config(
         self, config_yaml: str, hashed: dict[str, Any], dense_hashed: dict[str, Any]
