@@ -37,7 +37,7 @@ CASES = {
     "replicas": [*COMMON, "branches=[]", "train.replicas=2"],
 }
 
-# ``python -m lottery ARGS`` that counts its checkpoint writes into the file COUNT_FILE and,
+# ``python -m lottery ARGS`` that counts its checkpoint writes in the file COUNT_FILE and,
 # if KILL_AT is set, sends itself SIGKILL inside that write, before Orbax commits it.
 KILLER = """
 import os, signal, sys
@@ -49,8 +49,8 @@ writes = [0]
 
 async def counting_finalize(self, *args, **kwargs):
     writes[0] += 1
-    with open(os.environ["COUNT_FILE"], "w") as count:
-        count.write(str(writes[0]))
+    with open(os.environ["COUNT_FILE"], "a") as count:  # one byte a write
+        count.write(".")
     if writes[0] == kill_at:
         assert self._tmp_path.exists()  # the temporary folder, written and not renamed
         os.kill(os.getpid(), signal.SIGKILL)
@@ -72,7 +72,7 @@ def run(args: list[str], folder: Path, kill_at: int = 0) -> tuple[int, int]:
                           cwd=folder, env=env, capture_output=True, text=True, timeout=600)
     if done.returncode not in (0, -9):
         raise SystemExit(f"the command failed ({done.returncode}): {done.stderr[-2000:]}")
-    writes = int(count.read_text()) if count.exists() else 0
+    writes = count.stat().st_size if count.exists() else 0
     count.unlink(missing_ok=True)
     return done.returncode, writes
 
