@@ -16,18 +16,19 @@ if TYPE_CHECKING:
 
 
 def _run(cfg: DictConfig) -> None:
-    from lottery import cli
+    from lottery import cli, sweeps
 
     code = cli.run(cfg)
     if code:
         sys.exit(code)
+    sweeps.mark_job_finished()
 
 
 def main() -> None:
     """Check the overrides (one-line errors), then hand over to Hydra."""
     import hydra
 
-    from lottery import cli
+    from lottery import cli, sweeps
     from lottery.config import register
 
     register()
@@ -35,7 +36,18 @@ def main() -> None:
     cli.exit_on_bad_overrides(sys.argv[1:])
     # An absolute path: the same folder for `python -m lottery` and the `lottery` script,
     # which Hydra would otherwise resolve differently (file-relative vs. package-relative).
-    hydra.main(config_path=str(cli.CONFIG_DIR), config_name="config", version_base="1.3")(_run)()
+    app = hydra.main(config_path=str(cli.CONFIG_DIR), config_name="config", version_base="1.3")
+    sweeps.SWEEP.reset()  # a caller may run several commands in one process
+    try:
+        with sweeps.sbatch_refusals_in_one_line(cli.slurm_launcher(sys.argv[1:])):
+            app(_run)()
+    except SystemExit as done:  # a failed sweep leaves no folder (lottery/sweeps.py)
+        if done.code not in (0, None):
+            sweeps.remove_failed_sweep()
+        raise
+    except BaseException:
+        sweeps.remove_failed_sweep()
+        raise
 
 
 def command() -> None:

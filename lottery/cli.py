@@ -285,12 +285,17 @@ def run(cfg: DictConfig) -> int:
 SLURM_LAUNCHERS = ("hydra/launcher=slurm", "hydra/launcher=submitit_slurm")
 
 
+def slurm_launcher(argv: list[str]) -> bool:
+    """Whether the command's sweep runs on Slurm (``hydra/launcher=slurm``)."""
+    return any(arg in SLURM_LAUNCHERS for arg in argv)
+
+
 def check_launcher(argv: list[str]) -> str | None:
     """The one-line error for a Slurm sweep started where Slurm is not (submitit would fail
     with a traceback on its first job); None otherwise."""
     import shutil
 
-    if any(arg in SLURM_LAUNCHERS for arg in argv) and shutil.which("srun") is None:
+    if slurm_launcher(argv) and shutil.which("srun") is None:
         return (
             "hydra/launcher=slurm needs Slurm (no `srun` on this machine); start the sweep on "
             "the cluster's login node, or use hydra/launcher=local on this machine"

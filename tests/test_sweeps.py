@@ -80,7 +80,8 @@ def test_the_slurm_profile_composes_and_is_overridable():
     assert launcher.max_num_timeout > 0  # preempted or timed-out jobs are requeued
 
 
-def test_a_slurm_sweep_without_slurm_is_one_line(tmp_path):
+def test_a_slurm_sweep_without_slurm_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm"))  # whether Slurm is installed or not
     result = run_cli(["seed=1,2", "-m", "hydra/launcher=slurm", f"results_root={tmp_path}/r"],
                      tmp_path)
     assert result.returncode == 2
@@ -149,3 +150,162 @@ def test_a_sweep_past_the_bound_is_checked_value_by_value(monkeypatch):
     monkeypatch.setattr(cli, "MAX_CHECKED_POINTS", 3)
     assert cli.check_overrides(together) is None  # found by its job, as the comment says
     assert "pruning.fraction=1.5" in cli.check_overrides([*together, "pruning.fraction=0.2,1.5"])
+
+
+DIVERGING = [*SMALL, "pruning.levels=0", "train.steps=100it", "train.eval_every=50it"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "local"])
+def test_a_sweep_whose_every_job_failed_leaves_no_sweep_folder(tmp_path, launcher):
+    chosen = [] if launcher == "basic" else ["hydra/launcher=local"]
+    result = run_cli([*DIVERGING, f"results_root={tmp_path}/results", "optimizer.lr=1e9,1e10",
+                      "-m", *chosen], tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "error: level 0 diverged" in result.stderr
+    assert not (tmp_path / "multirun").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_with_a_finished_job_keeps_its_folder(tmp_path):
+    from lottery.sweeps import FINISHED
+
+    result = run_cli([*DIVERGING, f"results_root={tmp_path}/results", "optimizer.lr=1e-3,1e9",
+                      "-m"], tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    [sweep] = (tmp_path / "multirun").iterdir()
+    assert (sweep / "multirun.yaml").is_file()
+    assert (sweep / "0" / FINISHED).is_file() and not (sweep / "1" / FINISHED).exists()
+
+
+def test_a_failed_sweep_leaves_a_folder_it_did_not_make(tmp_path):
+    """hydra.sweep.dir an existing folder: kept, with what was in it."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    result = run_cli([*DIVERGING, f"results_root={tmp_path}/results", "optimizer.lr=1e9",
+                      f"hydra.sweep.dir={folder}", "-m"], tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert (folder / "notes.txt").read_text() == "mine" and (folder / "multirun.yaml").is_file()
+
+
+# -- Slurm refusing a request: a real controller of this machine alone ---------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+SLURM_CONF = """ClusterName=lotterytest
+SlurmctldHost={host}
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+AuthType=auth/munge
+AuthInfo=socket={folder}/munge.sock
+CredType=cred/munge
+StateSaveLocation={folder}/state
+SlurmdSpoolDir={folder}/spool
+SlurmctldPidFile={folder}/slurmctld.pid
+SlurmctldLogFile={folder}/slurmctld.log
+SlurmUser={user}
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SchedulerType=sched/builtin
+JobCompType=jobcomp/none
+AccountingStorageType=accounting_storage/none
+MpiDefault=none
+NodeName={host} CPUs=1 RealMemory=1000 State=UNKNOWN
+PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+@pytest.fixture
+def slurm_controller(tmp_path_factory, monkeypatch):
+    """A Slurm controller (slurmctld, with munged for its credentials) for this test alone,
+    on free ports, with one node and no GPU: enough for sbatch to accept or refuse a
+    request. Skipped where Slurm is not installed (Debian: apt-get install slurm-wlm)."""
+    import getpass
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    if any(shutil.which(tool) is None for tool in ("munged", "slurmctld", "sbatch", "srun",
+                                                   "scontrol")):
+        pytest.skip("Slurm is not installed (Debian: apt-get install slurm-wlm)")
+    folder = tmp_path_factory.mktemp("slurm")
+    (folder / "state").mkdir()
+    key = folder / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o400)
+    conf = folder / "slurm.conf"
+    conf.write_text(SLURM_CONF.format(host=socket.gethostname(), folder=folder,
+                                      user=getpass.getuser(), ctld_port=_free_port(),
+                                      slurmd_port=_free_port()))
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    munged = subprocess.Popen(
+        ["munged", "--foreground", "--force", f"--key-file={key}",
+         f"--socket={folder}/munge.sock", f"--pid-file={folder}/munged.pid",
+         f"--log-file={folder}/munged.log", f"--seed-file={folder}/munged.seed"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    slurmctld = subprocess.Popen(["slurmctld", "-D", "-i", "-f", str(conf)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(["scontrol", "ping"], capture_output=True, text=True,
+                             env=os.environ).stdout.count("UP") == 0:
+            assert slurmctld.poll() is None, (folder / "slurmctld.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "slurmctld did not answer in 30 s"
+            time.sleep(0.2)
+        yield conf
+    finally:
+        for daemon in (slurmctld, munged):
+            daemon.terminate()
+            daemon.wait(timeout=30)
+
+
+@pytest.mark.parametrize(("request_keys", "expected"), [
+    ([], "error: sbatch refused the sweep's jobs (Invalid generic resource (gres) "
+         "specification); set hydra.launcher.gpus_per_node=0 where the cluster has no GPUs, "
+         "or choose a partition with GPUs (hydra.launcher.partition=NAME)"),
+    (["hydra.launcher.gpus_per_node=0", "hydra.launcher.partition=nope"],
+     "error: sbatch refused the sweep's jobs (invalid partition specified: nope); choose a "
+     "partition `sinfo -s` lists: hydra.launcher.partition=NAME"),
+])
+def test_a_request_sbatch_refuses_is_one_line_and_leaves_no_folder(
+    slurm_controller, tmp_path, request_keys, expected
+):
+    result = run_cli(["seed=1,2", "-m", "hydra/launcher=slurm", *request_keys,
+                      f"results_root={tmp_path}/results"], tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [expected]
+    assert list(tmp_path.iterdir()) == []  # no multirun folder (nor .submitit), no results
+
+
+def test_sbatch_refusal_reads_submitits_own_error(tmp_path, monkeypatch):
+    """submitit's CommandFunction (what submits the sweep) running a program named sbatch
+    that refuses as sbatch does: the FailedJobError it raises is one line with the fix; any
+    other command's failure is not taken for sbatch's."""
+    from submitit.core.utils import CommandFunction, FailedJobError
+
+    from lottery.sweeps import sbatch_refusal
+
+    refusing = tmp_path / "sbatch"
+    refusing.write_text("#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Invalid "
+                        "account or account/partition combination specified' >&2\nexit 1\n")
+    refusing.chmod(0o755)
+    for command, expected in ((str(refusing), "(Invalid account or account/partition "
+                               "combination specified); name an account of yours: "
+                               "hydra.launcher.account=NAME"), ("false", None)):
+        with pytest.raises(FailedJobError) as raised:
+            CommandFunction([command], verbose=True)()
+        message = sbatch_refusal(raised.value)
+        assert message == (None if expected is None else
+                           f"sbatch refused the sweep's jobs {expected}")
