@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import linen as nn
 from jax.flatten_util import ravel_pytree
 
 from lottery.config import ConfigError, RunError
@@ -82,9 +83,9 @@ def top_k_alive(scores: np.ndarray, alive: np.ndarray, k: int) -> set[int]:
     return set(candidates[order[:k]].tolist())
 
 
-def loss(params: dict, x, y) -> jax.Array:
+def loss(params: dict, x, y, temperature: float = 1.0) -> jax.Array:
     logits, _ = NETWORK.apply(params, {}, x, train=False)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(logits / temperature, y).mean()
 
 
 def call(method, params, mask, keep, key=0, batches=None, **kwargs):
@@ -149,9 +150,9 @@ def test_grasp_scores_are_weight_times_hessian_gradient_product():
     kernels = {p: jnp.asarray(flat[p]) for p in PRUNABLE}
     vector, unravel = ravel_pytree(kernels)
 
-    def mean_loss(v):
+    def mean_loss(v):  # at the reference's temperature, the default
         params_v = unflatten({**flat, **unravel(v)})
-        return sum(loss(params_v, x, y) for x, y in batches) / len(batches)
+        return sum(loss(params_v, x, y, 200.0) for x, y in batches) / len(batches)
 
     g = jax.jit(jax.grad(mean_loss))(vector)
     hessian = jax.jit(jax.hessian(mean_loss))(vector)  # 106 × 106, independent of jvp-of-grad
@@ -291,3 +292,107 @@ def test_data_driven_methods_need_a_batch(method):
     params = make_params()
     with pytest.raises(ValueError, match="at least one batch"):
         call(method, params, full_mask(params), keep=10, batches=[])
+
+
+LINEAR = Network(MLP((), 3), (5,))  # softmax regression: GraSP's Hg has a closed form
+
+
+def reference_grasp(kernel, bias, batches, temperature):
+    """GraSP as Synaptic-Flow's ``GraSP.score`` computes it, by hand in float64 NumPy, for
+    softmax regression ``z = (x W + b) / T``: ``g = Σ_batches ∂L/∂W``, then ``Hg = Σ_batches
+    ∂(g · ∂L/∂W)/∂W`` (T in both passes), scores ``W ⊙ Hg / |Σ W ⊙ Hg|``."""
+    w, b = np.asarray(kernel, np.float64), np.asarray(bias, np.float64)
+
+    def probabilities(x):
+        z = (x @ w + b) / temperature
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    data = [(np.asarray(x, np.float64), np.eye(3)[np.asarray(y)]) for x, y in batches]
+    g = sum(x.T @ (probabilities(x) - onehot) / (len(x) * temperature) for x, onehot in data)
+    hg = 0.0
+    for x, _ in data:  # H v of the mean cross-entropy: x^T (softmax Jacobian (x v / T)) / (N T)
+        p, dz = probabilities(x), x @ g / temperature
+        dp = p * (dz - (p * dz).sum(axis=1, keepdims=True))
+        hg = hg + x.T @ dp / (len(x) * temperature)
+    scores = w * hg
+    return scores / abs(scores.sum())
+
+
+@pytest.mark.parametrize("temperature", [200.0, 1.0, 7.0])
+def test_grasp_equals_the_reference_code_with_its_temperature_in_both_passes(temperature):
+    params, _ = jax.jit(LINEAR.init)(jax.random.key(4))
+    params = {"out": {"kernel": params["out"]["kernel"] * 3.0, "bias": jnp.array([0.5, -1, 2])}}
+    batches = make_batches(seed=6, count=2, size=12)
+    expected = reference_grasp(params["out"]["kernel"], params["out"]["bias"], batches,
+                               temperature)
+    kwargs = {} if temperature == 200.0 else {"grasp_temperature": temperature}  # the default
+    scores = at_init_scores("grasp", LINEAR, params, {}, full_mask(params), ["out/kernel"],
+                            batches, None, **kwargs)["out/kernel"]
+    # The reference sums over batches and normalises by |Σ scores|: positive factors.
+    scores = np.asarray(scores, np.float64) / abs(np.sum(scores))
+    np.testing.assert_allclose(scores, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
+    if temperature == 200.0:  # T=200 ranks differently from the plain loss (not just a scale)
+        plain = reference_grasp(params["out"]["kernel"], params["out"]["bias"], batches, 1.0)
+        assert np.argsort(plain, axis=None).tolist() != np.argsort(expected, axis=None).tolist()
+
+
+def test_grasp_temperature_is_a_grasp_key_checked_and_hashed_only_when_set():
+    from lottery.config import Config, PruningConfig
+    from lottery.pruning.strategies import strategy_for
+    from lottery.store.hashing import hashed_values
+
+    assert PruningConfig().grasp_temperature == 200.0
+    _, settings = strategy_for(PruningConfig(method="grasp", grasp_temperature=1.0))
+    assert settings.grasp_temperature == 1.0
+    with pytest.raises(ConfigError, match=r"pruning\.grasp_temperature=1\.0 does not apply to "
+                                          r"pruning\.method='snip'"):
+        strategy_for(PruningConfig(method="snip", grasp_temperature=1.0))
+    for bad in (0.0, -2.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match=r"pruning\.grasp_temperature=.* must be a positive"):
+            strategy_for(PruningConfig(method="grasp", grasp_temperature=bad))
+    default = hashed_values(Config(pruning=PruningConfig(method="grasp")))
+    assert "pruning.grasp_temperature" not in default
+    plain = hashed_values(Config(pruning=PruningConfig(method="grasp", grasp_temperature=1.0)))
+    assert plain["pruning.grasp_temperature"] == 1.0
+
+
+class _BatchNormNet(nn.Module):
+    """Dense, BatchNorm, ReLU, Dense: the smallest network with BatchNorm statistics."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Dense(4, name="fc1")(x)
+        x = nn.BatchNorm(use_running_average=not train, epsilon=1e-5, name="bn")(x)
+        return nn.Dense(3, name="out")(nn.relu(x))
+
+
+def test_synflow_takes_the_absolute_value_of_batchnorm_statistics_as_the_reference():
+    network = Network(_BatchNormNet(), (5,))
+    params, _ = jax.jit(network.init)(jax.random.key(8))
+    rng = np.random.default_rng(9)
+    flat = {p: rng.normal(size=np.shape(v)).astype(np.float32) for p, v in flatten(params).items()}
+    # Statistics of a rewind point k > 0: some running means negative.
+    stats = {"bn": {"mean": np.array([-2.0, 1.5, -0.5, -10.0], np.float32),
+                    "var": np.array([0.5, 2.0, 1.0, 0.25], np.float32)}}
+    a1, b1, a2 = (np.abs(flat[p].astype(np.float64)) for p in ("fc1/kernel", "fc1/bias",
+                                                               "out/kernel"))
+    scale, mean, var = (np.abs(flat["bn/scale"].astype(np.float64)), np.abs(stats["bn"]["mean"]),
+                        stats["bn"]["var"].astype(np.float64))
+    # By hand: every entry of the state (running means included) made positive, input ones.
+    h = np.ones(5) @ a1 + b1
+    y = (h - mean) / np.sqrt(var + 1e-5) * scale + np.abs(flat["bn/bias"])
+    relu = y > 0
+    assert relu.any() and not relu.all()  # the ReLU matters: the means' signs would change it
+    paths_out = a2 @ np.ones(3)
+    expected = {
+        "fc1/kernel": a1 * np.outer(np.ones(5), relu * scale / np.sqrt(var + 1e-5) * paths_out),
+        "out/kernel": a2 * np.outer(np.maximum(y, 0), np.ones(3)),
+    }
+    prunable = ["fc1/kernel", "out/kernel"]
+    params = unflatten(flat)
+    scores = at_init_scores("synflow", network, params, stats, full_mask(params), prunable, [],
+                            None)
+    for path in prunable:
+        np.testing.assert_allclose(scores[path], expected[path], rtol=1e-5, atol=1e-6,
+                                   err_msg=path)

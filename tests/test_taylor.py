@@ -65,3 +65,48 @@ def test_the_flops_variant_prefers_the_costlier_layer():
     for p, w, f in zip(plain, weighted, flops, strict=True):
         np.testing.assert_allclose(w, p - 0.5 * f)
     assert set(flatten(params)) == set(flatten(full_mask(params)))
+
+
+def reference_global_removal(params, x, y, fraction):
+    """Molchanov et al. 2017 by hand in NumPy on a ReLU MLP fc1-fc2-out: per unit
+    Θ(c) = mean over examples |z_c · ∂L_n/∂z_c| (z the Dense output, L_n the example's
+    cross-entropy), then Θ / ||Θ of its layer||_2, then the lowest ``fraction`` of all
+    hidden units removed, ranked together."""
+    w = {k: {n: np.asarray(v, np.float64) for n, v in leaf.items()} for k, leaf in params.items()}
+    z1 = x @ w["fc1"]["kernel"] + w["fc1"]["bias"]
+    z2 = np.maximum(z1, 0) @ w["fc2"]["kernel"] + w["fc2"]["bias"]
+    logits = np.maximum(z2, 0) @ w["out"]["kernel"] + w["out"]["bias"]
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    d_logits = p - np.eye(logits.shape[1])[y]  # ∂L_n/∂logits, one example each
+    d_z2 = (d_logits @ w["out"]["kernel"].T) * (z2 > 0)
+    d_z1 = (d_z2 @ w["fc2"]["kernel"].T) * (z1 > 0)
+    normalised = []
+    for layer, (z, d_z) in (("fc1", (z1, d_z1)), ("fc2", (z2, d_z2))):
+        theta = np.abs(z * d_z).mean(axis=0)
+        theta = theta / np.linalg.norm(theta)
+        normalised += [(score, layer, unit) for unit, score in enumerate(theta)]
+    count = round(fraction * len(normalised))
+    removed = sorted(normalised)[:count]
+    return {layer: sorted(u for _, name, u in removed if name == layer) for layer in ("fc1", "fc2")}
+
+
+def test_global_taylor_ranks_units_by_their_layer_l2_normalised_scores_as_the_paper():
+    """Layers of different widths (40 and 10 units): dividing by each layer's mean would
+    rank them as if they had the same size and remove other units (28 of 50 on 200-50)."""
+    network = models.build(ModelConfig(name="mlp", hidden=(40, 10)), (8,), 3)
+    params, stats = jax.device_get(network.init(jax.random.key(3)))
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(64, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 64).astype(np.int32)
+    fraction = 0.2  # 10 of the 50 hidden units
+    expected = reference_global_removal(params, x, y, fraction)
+    assert expected["fc1"] and expected["fc2"]  # a ranking across both layers
+
+    mask = full_mask(params)
+    groups = unit_groups(params)
+    scores = taylor_scores(network, params, stats, mask, groups, [(x, y)])
+    new = structured_prune(params, mask, fraction, "global", "taylor", scores)
+    for layer in ("fc1", "fc2"):
+        alive = np.asarray(new[layer]["kernel"]).any(axis=0)
+        assert np.flatnonzero(~alive).tolist() == expected[layer], layer

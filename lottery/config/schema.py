@@ -122,6 +122,9 @@ class PruningConfig:
     # snip, grasp, and criterion=taylor: training examples the scores are computed on
     # (GraSP's 10 per class x 10).
     score_examples: int = 100
+    # grasp: the softmax temperature T of both passes (logits / T), 200 as in Wang et al.'s
+    # and Synaptic-Flow's code; 1 is the plain loss.
+    grasp_temperature: float = 200.0
     # structured, criterion=taylor: subtract this times each unit's share of the FLOPs (the
     # costliest unit counts 1) from its normalised score (Molchanov et al. 2017's variant).
     taylor_flops_weight: float = 0.0

@@ -5,10 +5,12 @@ are We Missing the Mark?"), each a score per weight where a HIGHER score means K
 
 - ``snip`` (Lee et al. 2019): ``|g ⊙ w|``, the loss gradient ``g`` averaged over the batches.
 - ``grasp`` (Wang et al. 2020): ``w ⊙ Hg``, the negation of the paper's ``S(-w) = -w ⊙ Hg``
-  (the paper removes the weights with the highest ``S``; see :func:`grasp_scores`).
+  (the paper removes the weights with the highest ``S``; see :func:`grasp_scores`), with the
+  logits divided by a temperature (200, as the reference code) in both passes.
 - ``synflow`` (Tanaka et al. 2020): ``|∂R/∂θ ⊙ θ|`` where ``R`` is the sum of the logits of the
-  network with every parameter replaced by its absolute value, on an input of ones. Data-free,
-  and iterative in :func:`prune_at_init`: ``synflow_rounds`` rounds on an exponential schedule.
+  network with every parameter and BatchNorm statistic replaced by its absolute value, on an
+  input of ones. Data-free, and iterative in :func:`prune_at_init`: ``synflow_rounds`` rounds
+  on an exponential schedule.
 - ``magnitude_init``: ``|w|``.
 - ``random``: uniform random scores, so the kept weights are a uniformly random subset.
 
@@ -41,6 +43,8 @@ from lottery.models.network import BatchStats, Network, Params
 from lottery.pruning.mask import Mask, apply_mask, flatten, unflatten
 
 METHODS = ("snip", "grasp", "synflow", "magnitude_init", "random")
+# GraSP's softmax temperature in both passes, as in Wang et al.'s and Synaptic-Flow's code.
+GRASP_TEMPERATURE = 200.0
 
 Batch = tuple[jax.Array, jax.Array]
 Weights = dict[str, jax.Array]  # the prunable leaves, by path
@@ -70,10 +74,12 @@ def _loss(
     batch_stats: BatchStats,
     x: jax.Array,
     y: jax.Array,
+    temperature: float = 1.0,
 ) -> jax.Array:
-    """Mean softmax cross-entropy, as a function of the prunable leaves (and the others)."""
+    """Mean softmax cross-entropy of the logits divided by ``temperature``, as a function of
+    the prunable leaves (and the others)."""
     logits, _ = network.apply(unflatten({**others, **weights}), batch_stats, x, train=False)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(logits / temperature, y).mean()
 
 
 # Compiled once per network (a hashable frozen dataclass, hence a static argument) and shapes.
@@ -89,11 +95,12 @@ def _hessian_vector(
     x: jax.Array,
     y: jax.Array,
     v: Weights,
+    temperature: float = 1.0,
 ) -> Weights:
     """``H v`` with ``H`` the Hessian of one batch's loss: forward-over-reverse (jvp of grad)."""
 
     def grad(w: Weights) -> Weights:
-        return jax.grad(_loss, argnums=1)(network, w, others, batch_stats, x, y)
+        return jax.grad(_loss, argnums=1)(network, w, others, batch_stats, x, y, temperature)
 
     return jax.jvp(grad, (weights,), (v,))[1]
 
@@ -134,6 +141,7 @@ def grasp_scores(
     mask: Mask,
     prunable: list[str],
     batches: Sequence[Batch],
+    temperature: float = GRASP_TEMPERATURE,
 ) -> Scores:
     """GraSP (Wang et al. 2020): ``w ⊙ Hg``, higher = keep.
 
@@ -142,14 +150,17 @@ def grasp_scores(
     prunable weights. The paper (eq. 8) scores ``S(-w) = -w ⊙ Hg``, the change in gradient flow
     when a weight is removed, and removes the weights with the HIGHEST ``S`` (as does its
     reference code: ``-weight * grad`` then ``keep = score <= threshold``). Keeping the highest
-    ``-S = w ⊙ Hg`` is the same mask. Unlike the reference code, the logits are not divided by
-    a temperature (it uses T=200 for the first gradient).
+    ``-S = w ⊙ Hg`` is the same mask. As in the reference code (the GraSP authors' and
+    Synaptic-Flow's), the loss of both passes is taken on the logits divided by
+    ``temperature`` (T=200 there); T=1 is the plain loss. The reference sums over batches
+    and divides the scores by ``|Σ scores|``: positive factors, the same ranking.
     """
     _check_batches("grasp", batches)
     weights, others = _split(_masked_on_host(params, mask), prunable)
-    g = _batch_mean(lambda x, y: _grad(network, weights, others, batch_stats, x, y), batches)
+    t = np.float32(temperature)
+    g = _batch_mean(lambda x, y: _grad(network, weights, others, batch_stats, x, y, t), batches)
     hg = _batch_mean(
-        lambda x, y: _hessian_vector(network, weights, others, batch_stats, x, y, g), batches
+        lambda x, y: _hessian_vector(network, weights, others, batch_stats, x, y, g, t), batches
     )
     # Keep-score = -S(-w) = w ⊙ Hg (Wang et al. 2020, eq. 8; they prune the highest S).
     return {p: weights[p] * hg[p] for p in prunable}
@@ -162,6 +173,9 @@ def _synflow(
     weights, others = _split(flatten(apply_mask(params, mask)), list(prunable))
     weights = {p: jnp.abs(w) for p, w in weights.items()}
     others = {p: jnp.abs(w) for p, w in others.items()}
+    # The reference's ``linearize`` takes |.| of the whole state_dict, buffers included: the
+    # BatchNorm running means too (the variances are positive already).
+    batch_stats = jax.tree.map(jnp.abs, batch_stats)
     ones = jnp.ones((1, *network.input_shape), jnp.float32)
 
     def objective(weights: Weights) -> jax.Array:
@@ -177,9 +191,10 @@ def synflow_scores(
 ) -> Scores:
     """SynFlow (Tanaka et al. 2020), one round: ``|∂R/∂θ ⊙ θ|``.
 
-    Every parameter (biases and BatchNorm scales too, as the reference code's ``linearize``)
-    is replaced by its absolute value under the mask, the network runs in evaluation mode with
-    the given BatchNorm statistics on one input of ones, and ``R`` is the sum of the logits.
+    Every parameter (biases and BatchNorm scales too) and every BatchNorm statistic (the
+    running means, which a rewind point k > 0 makes nonzero) is replaced by its absolute value
+    under the mask, as the reference code's ``linearize`` does to the whole ``state_dict``; the
+    network runs in evaluation mode on one input of ones, and ``R`` is the sum of the logits.
     In float32 (as the reference code): ``R`` is a product over layers and can overflow for
     very deep or wide networks; :func:`prune_at_init` then stops with a RunError.
     """
@@ -220,18 +235,22 @@ def at_init_scores(
     prunable: list[str],
     batches: Sequence[Batch],
     key: jax.Array,
+    grasp_temperature: float = GRASP_TEMPERATURE,
 ) -> dict[str, np.ndarray]:
     """Per prunable path, a float score array shaped like the weight; HIGHER = KEEP.
 
-    ``batches`` are used by ``snip`` and ``grasp``, ``key`` by ``random``; the others ignore
-    them. ``synflow`` here is one round (single shot); :func:`prune_at_init` iterates it.
+    ``batches`` are used by ``snip`` and ``grasp``, ``key`` by ``random``, and
+    ``grasp_temperature`` by ``grasp``; the others ignore them. ``synflow`` here is one round
+    (single shot); :func:`prune_at_init` iterates it.
     """
     _check_method(method)
     prunable = sorted(prunable)
     if method == "snip":
         return snip_scores(network, params, batch_stats, mask, prunable, batches)
     if method == "grasp":
-        return grasp_scores(network, params, batch_stats, mask, prunable, batches)
+        return grasp_scores(
+            network, params, batch_stats, mask, prunable, batches, grasp_temperature
+        )
     if method == "synflow":
         return synflow_scores(network, params, batch_stats, mask, prunable)
     if method == "magnitude_init":
@@ -324,13 +343,15 @@ def prune_at_init(
     key: jax.Array,
     keep: int,
     synflow_rounds: int = 100,
+    grasp_temperature: float = GRASP_TEMPERATURE,
 ) -> Mask:
     """A new mask keeping exactly ``keep`` of the prunable weights alive in ``mask``.
 
     The ``keep`` of highest score (:func:`at_init_scores`), ranked globally over all prunable
     paths, ties to the earlier path then the lower flat index. ``synflow`` prunes in
-    ``synflow_rounds`` rounds, rescoring each time (see :func:`synflow_schedule`). Non-prunable
-    leaves are copied unchanged; ``mask`` itself is not modified.
+    ``synflow_rounds`` rounds, rescoring each time (see :func:`synflow_schedule`); ``grasp``
+    divides the logits by ``grasp_temperature``. Non-prunable leaves are copied unchanged;
+    ``mask`` itself is not modified.
     """
     _check_method(method)
     prunable = sorted(prunable)
@@ -338,11 +359,14 @@ def prune_at_init(
     _check_keep(keep, alive)
     if method == "synflow":
         return _synflow_prune(network, params, batch_stats, mask, prunable, keep, synflow_rounds)
-    scores = at_init_scores(method, network, params, batch_stats, mask, prunable, batches, key)
+    scores = at_init_scores(
+        method, network, params, batch_stats, mask, prunable, batches, key, grasp_temperature
+    )
     return keep_top(scores, mask, prunable, keep, method)
 
 
 __all__ = [
+    "GRASP_TEMPERATURE",
     "METHODS",
     "at_init_scores",
     "grasp_scores",

@@ -20,6 +20,7 @@ Every method except ``gradual`` removes exactly ``round(fraction * n)`` of the `
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +38,7 @@ NORMS = ("l1", "l2")
 # (SNIP's and GraSP's scores take gradients on training examples; SynFlow iterates).
 AT_INIT: dict[str, frozenset[str]] = {
     "snip": frozenset({"score_examples"}),
-    "grasp": frozenset({"score_examples"}),
+    "grasp": frozenset({"score_examples", "grasp_temperature"}),
     "synflow": frozenset({"synflow_rounds"}),
     "magnitude_init": frozenset(),
     "random": frozenset(),
@@ -297,13 +298,21 @@ class AtInitSettings:
     fraction: float
     synflow_rounds: int
     score_examples: int
+    grasp_temperature: float = 200.0
 
 
 def _at_init_settings(cfg: PruningConfig, timeline: Timeline | None) -> AtInitSettings:
     if cfg.synflow_rounds < 1:
         raise ConfigError(f"pruning.synflow_rounds={cfg.synflow_rounds} must be at least 1")
     _check_score_examples(cfg)
-    return AtInitSettings(cfg.method, cfg.fraction, cfg.synflow_rounds, cfg.score_examples)
+    if not 0 < cfg.grasp_temperature < math.inf:
+        raise ConfigError(
+            f"pruning.grasp_temperature={cfg.grasp_temperature} must be a positive number "
+            "(200 as in GraSP's reference code, 1 for the plain loss)"
+        )
+    return AtInitSettings(
+        cfg.method, cfg.fraction, cfg.synflow_rounds, cfg.score_examples, cfg.grasp_temperature
+    )
 
 
 def _at_init(inputs: PruneInputs, s: AtInitSettings) -> Mask:
@@ -324,6 +333,7 @@ def _at_init(inputs: PruneInputs, s: AtInitSettings) -> Mask:
         inputs.key,
         keep,
         synflow_rounds=s.synflow_rounds,
+        grasp_temperature=s.grasp_temperature,
     )
 
 

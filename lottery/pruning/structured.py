@@ -274,9 +274,10 @@ def _layerwise_choice(scores: np.ndarray, alive: np.ndarray, fraction: float) ->
 
 
 def _global_choice(
-    scores: list[np.ndarray], alive: list[np.ndarray], fraction: float
+    scores: list[np.ndarray], alive: list[np.ndarray], fraction: float, by_mean: bool = True
 ) -> list[np.ndarray]:
-    """The lowest of all groups' scores, each divided by its group's mean over alive units.
+    """The lowest of all groups' scores, each divided by its group's mean over alive units
+    (``by_mean``; else ranked as they are, for scores already normalised per layer).
 
     Without the normalisation, layers of larger fan-in (larger norms) would never be pruned.
     Ranked by (normalised score, group, unit index); a unit whose group has one alive unit
@@ -285,7 +286,7 @@ def _global_choice(
     keys, groups, units = [], [], []
     for g, (score, live) in enumerate(zip(scores, alive, strict=True)):
         candidates = np.flatnonzero(live)
-        mean = score[candidates].mean() if len(candidates) else 0.0
+        mean = score[candidates].mean() if by_mean and len(candidates) else 0.0
         keys.append(score[candidates] / mean if mean > 0 else score[candidates])
         groups.append(np.full(len(candidates), g))
         units.append(candidates)
@@ -328,7 +329,9 @@ def structured_prune(
     this level (masked entries count as 0). A pruned unit's producer and consumer slices are
     all False; leaves in no group are unchanged. Returns a new mask of numpy bool arrays.
     ``scores`` (one array per group of :func:`unit_groups`) replace the norms (the Taylor
-    criterion of :mod:`lottery.pruning.taylor`).
+    criterion of :mod:`lottery.pruning.taylor`); ``global`` ranks them as given, not divided by
+    their group's mean, which would cancel the Taylor scores' own per-layer L2 normalisation
+    (Molchanov et al. 2017).
     """
     if not 0.0 <= fraction < 1.0:
         raise ConfigError(f"structured pruning fraction={fraction} must be in [0, 1)")
@@ -340,12 +343,13 @@ def structured_prune(
     flat_params = flatten(params)
     old = {path: np.asarray(m, dtype=bool) for path, m in flatten(mask).items()}
     alive = [alive_in(group, old) for group in groups]
+    by_mean = scores is None  # given scores are normalised by their maker
     if scores is None:
         scores = [unit_scores(group, flat_params, old, norm) for group in groups]
     if scope == "layerwise":
         chosen = [_layerwise_choice(s, a, fraction) for s, a in zip(scores, alive, strict=True)]
     else:
-        chosen = _global_choice(scores, alive, fraction)
+        chosen = _global_choice(scores, alive, fraction, by_mean)
     new = {path: m.copy() for path, m in old.items()}
     for group, units in zip(groups, chosen, strict=True):
         _kill(group, new, units)

@@ -14,9 +14,12 @@ first-order change of removing the channel everywhere at once.
 The activations and their gradients come from one forward and backward pass per batch, in
 training mode as during fine-tuning: a zero is added to each output (``nn.intercept_methods``)
 and the loss is differentiated with respect to it. Scores are normalised per layer by their
-L2 norm (the paper's layer-wise normalisation), and the FLOPs-regularised variant subtracts
-``flops_weight`` times each unit's share of the network's multiply-adds, scaled so that the
-costliest unit counts 1 (the paper weighs raw FLOPs with a small λ).
+L2 norm (the paper's layer-wise normalisation, Θ(c) / ||Θ of its layer||₂), which is what
+makes layers comparable: ``structured_prune`` with ``scope=global`` ranks these normalised
+scores as they are (it divides only the weight norms by their layer's mean). The
+FLOPs-regularised variant subtracts ``flops_weight`` times each unit's share of the network's
+multiply-adds, scaled so that the costliest unit counts 1 (the paper weighs raw FLOPs with a
+small λ).
 """
 
 from __future__ import annotations
