@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 def _run(cfg: DictConfig) -> None:
     from lottery import cli, sweeps
 
+    sweeps.end_with_the_command()
     code = cli.run(cfg)
     if code:
         sys.exit(code)

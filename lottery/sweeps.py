@@ -77,6 +77,38 @@ def mark_job_finished() -> None:
         Path(HydraConfig.get().runtime.output_dir, FINISHED).touch()
 
 
+def end_with_the_command() -> None:
+    """In a job that runs in a worker process of the command (``hydra/launcher=local``:
+    joblib's workers): SIGKILL this process within a second of the command being gone.
+
+    Killing the command (``kill -9``, a lost terminal) would otherwise leave its workers
+    training, each with its W&B service (``wandb-core``, which ends only with its own parent,
+    the worker). A job killed so resumes when the command runs again, as after any kill.
+    Nothing where the job runs in the command's own process, or under submitit (its jobs are
+    meant to outlive the command that submitted them).
+    """
+    import multiprocessing
+    import signal
+    import threading
+    import time
+
+    global _WATCHING
+    if multiprocessing.parent_process() is None or _WATCHING:
+        return
+    _WATCHING = True
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="end-with-the-command", daemon=True).start()
+
+
+_WATCHING = False  # whether this process already watches its parent
+
+
 def remove_failed_sweep() -> None:
     """After this command's sweep failed: remove the sweep folder if this command made it,
     no job finished in it and no job can still be running; then the parents it made, if

@@ -7,6 +7,7 @@ JSON object per record).
 """
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -361,3 +362,56 @@ def test_each_branch_is_a_run_of_its_own(tmp_path):
     assert run.config["branch"] == "random_reinit" and run.config["level"] == 1
     lines = (folder / "metrics.jsonl").read_text().splitlines()
     assert run.history == [json.loads(line) for line in lines]
+
+
+def _kill_when_wandb_runs(args: list[str], cwd: Path) -> list[Any]:
+    """Start ``python -m lottery ARGS``; once a W&B service (``wandb-core``) runs under it
+    and a level is training, SIGKILL the command; returns the processes that were under it."""
+    psutil = pytest.importorskip("psutil")
+    process = subprocess.Popen([sys.executable, "-m", "lottery", *args], cwd=cwd,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = psutil.Process(process.pid)
+    deadline = time.monotonic() + 300
+    try:
+        while not ([p for p in command.children(recursive=True) if p.name() == "wandb-core"]
+                   and any(cwd.rglob("level_1.partial"))):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        under = command.children(recursive=True)
+    finally:
+        process.kill()
+        process.wait()
+    return under
+
+
+def _still_running(processes: list[Any], seconds: float) -> list[str]:
+    """Those of ``processes`` still running (not zombies) after up to ``seconds``; killed."""
+    import psutil
+
+    deadline = time.monotonic() + seconds
+    while True:
+        running = []
+        for p in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    running.append(p)
+        if not running or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    names = [f"{p.name()} {p.pid}" for p in running]
+    for p in running:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    return names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sweep", [[], ["seed=0,1", "-m", "hydra/launcher=local"]],
+                         ids=["run", "local sweep"])
+def test_sigkill_of_the_command_leaves_no_wandb_service(tmp_path, sweep):
+    """A run's wandb-core ends with it; a local sweep's workers (each with its wandb-core)
+    end with the command too, instead of training on."""
+    args = [*DIGITS, "train.steps=3000it", "logger=wandb", f"results_root={tmp_path}", *sweep]
+    under = _kill_when_wandb_runs(args, tmp_path)
+    assert any(p.name() == "wandb-core" for p in under)
+    assert _still_running(under, seconds=5) == []
