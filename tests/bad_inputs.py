@@ -3,6 +3,7 @@ with one line on stderr, no traceback, and no new file.
 
     python tests/bad_inputs.py          # prints one line per input and the counts
     python tests/bad_inputs.py --shard 0/2   # every second case, from the first
+    python tests/bad_inputs.py --only checkpoint   # the cases whose description has the word
 
 ``tests/test_bad_inputs.py`` runs it in the test suite. Environment faults (a full disk,
 Ctrl-C) are the exceptions to "no new file": what was finished before them must stay.
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 QUICK = ["train.steps=200it", "progress=false"]  # the default MNIST-1D experiment, short
+# How issue 28 ran the inputs it found getting through.
+TWO_LEVELS = ("pruning.levels=2", "train.steps=300it", "train.eval_every=100it")
 DIGITS = ["dataset=digits", "model.hidden=[64,32]", "train.batch_size=50", *QUICK]
 
 
@@ -30,10 +33,18 @@ class Case:
     what: str
     args: tuple[str, ...]
     setup: str = ""  # how to prepare the folder (see prepare())
+    # Environment variables of the run; a case with any runs in a process of its own (JAX
+    # reads them once, when it starts).
+    env: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def apart(self) -> bool:
+        """Whether the case runs in a subprocess rather than in this process."""
+        return self.setup in ("disk_full", "sigint") or bool(self.env)
 
 
-def case(what: str, *args: str, setup: str = "") -> Case:
-    return Case(what, (*QUICK, *args), setup)  # the case's own values win
+def case(what: str, *args: str, setup: str = "", env: dict[str, str] | None = None) -> Case:
+    return Case(what, (*QUICK, *args), setup, tuple((env or {}).items()))  # its values win
 
 
 CASES = [
@@ -147,6 +158,34 @@ CASES = [
     case("budget without validation data", "pruning.max_accuracy_drop=1",
          "dataset.validation_size=0"),
     case("unknown quantization", "deploy.quantize=int4"),
+    # Found getting through by issue 28 (its own settings: two short levels).
+    case("init.checkpoint holding strings", *TWO_LEVELS, "init.checkpoint=strings.npz",
+         setup="npz_strings"),
+    case("init.checkpoint a FIFO", *TWO_LEVELS, "init.checkpoint=weights.npz", setup="fifo"),
+    case("init.checkpoint of complex weights", *TWO_LEVELS, "init.checkpoint=complex.npz",
+         setup="npz_complex"),
+    case("init.checkpoint all NaN, kept as level 0", *TWO_LEVELS, "init.checkpoint=nan.npz",
+         "init.train_level_0=false", setup="npz_nan"),
+    case("JAX_PLATFORMS=tpu without a TPU", *TWO_LEVELS, env={"JAX_PLATFORMS": "tpu"}),
+    case("negative gamma", *TWO_LEVELS, "optimizer=sgd", "optimizer.schedule=step",
+         "optimizer.milestones=[100it]", "optimizer.gamma=-0.5"),
+    case("negative weight decay", *TWO_LEVELS, "optimizer.weight_decay=-1"),
+    case("learning rate 0", *TWO_LEVELS, "optimizer.lr=0"),
+    case("negative learning rate", *TWO_LEVELS, "optimizer.lr=-0.1"),
+    case("momentum 1", *TWO_LEVELS, "optimizer=sgd", "optimizer.momentum=1.0"),
+    case("adam's b2 1", *TWO_LEVELS, "optimizer.b2=1.0"),
+    case("negative adam eps", *TWO_LEVELS, "optimizer.eps=-1e-8"),
+    case("a rewind_to step listed twice", *TWO_LEVELS, "branches=[rewind_to]",
+         "branch.rewind_to.steps=[100it,100it]"),
+    case("a rewind_to step spelled two ways", *TWO_LEVELS, "branches=[rewind_to]",
+         "branch.rewind_to.steps=[0it,1ep,35it]"),  # 3,500 training examples / 100
+    case("quantize without measuring", *TWO_LEVELS, "deploy.quantize=int8"),
+    case("1,000 replicas", *TWO_LEVELS, "train.replicas=1000"),
+    case("replicas past the memory", *TWO_LEVELS, "train.replicas=64",
+         "model.hidden=[30000,30000]"),
+    case("levels past what the network can lose", *TWO_LEVELS, "pruning.levels=200"),
+    case("data parallel batch that does not split", *TWO_LEVELS, "train.data_parallel=true",
+         "train.batch_size=100", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}),
     # Sweeps (-m) are checked before any job starts.
     case("sweep with an unknown key", "-m", "seed=0,1", "foo=1"),
     case("sweep with a bad value", "-m", "pruning.fraction=0.2,1.5"),
@@ -176,19 +215,33 @@ def write_idx(folder: Path, truncated: bool, empty: bool) -> None:
             (folder / f"{prefix}-{kind}-ubyte").write_bytes(data)
 
 
+def write_mlp_weights(path: Path, kind: str) -> None:
+    """Weights of the default MLP in a .npz: ``right``, or with ``fc2/kernel`` of the
+    ``wrong`` shape, as ``strings``, ``complex`` or ``nan`` values."""
+    import numpy as np
+
+    shapes = {"fc1/kernel": (40, 100), "fc1/bias": (100,), "fc2/kernel": (100, 100),
+              "fc2/bias": (100,), "out/kernel": (100, 10), "out/bias": (10,)}
+    arrays = {k: np.zeros(v, np.float32) for k, v in shapes.items()}
+    if kind == "wrong":
+        arrays["fc2/kernel"] = np.zeros((100, 64), np.float32)
+    elif kind == "strings":
+        arrays["fc2/kernel"] = np.full((100, 100), "w", dtype="<U1")
+    elif kind == "complex":
+        arrays["fc2/kernel"] = np.full((100, 100), 0.1 + 0.2j, np.complex64)
+    elif kind == "nan":
+        arrays = {k: np.full(v, np.nan, np.float32) for k, v in shapes.items()}
+    np.savez(path, **arrays)
+
+
 def prepare(setup: str, folder: Path) -> str | None:
     """Make the folder's starting state; returns a cleanup command's mount point, if any."""
     if setup in ("idx_truncated", "idx_empty"):
         write_idx(folder / "idx", truncated=setup == "idx_truncated", empty=setup == "idx_empty")
-    elif setup in ("npz_wrong", "npz_right"):  # weights of the default MLP (40-100-100-10)
-        import numpy as np
-
-        shapes = {"fc1/kernel": (40, 100), "fc1/bias": (100,), "fc2/kernel": (100, 100),
-                  "fc2/bias": (100,), "out/kernel": (100, 10), "out/bias": (10,)}
-        if setup == "npz_wrong":
-            shapes["fc2/kernel"] = (100, 64)
-        np.savez(folder / f"{setup[4:]}.npz", **{k: np.zeros(v, np.float32)
-                                                 for k, v in shapes.items()})
+    elif setup.startswith("npz_"):  # weights of the default MLP (40-100-100-10)
+        write_mlp_weights(folder / f"{setup[4:]}.npz", setup[4:])
+    elif setup == "fifo":
+        os.mkfifo(folder / "weights.npz")  # a read would wait for a writer forever
     elif setup == "empty":
         (folder / "empty").mkdir()
     elif setup == "file":
@@ -252,7 +305,7 @@ def run_case(item: Case) -> Outcome:
         root = f"results_root={mount}/results" if mount else "results_root=results"
         args = [root, *item.args] if not any(a.startswith("results_root=") for a in item.args) \
             else list(item.args)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **dict(item.env)}
         command = [sys.executable, "-m", "lottery", *args]
         try:
             if item.setup == "sigint":
@@ -265,7 +318,7 @@ def run_case(item: Case) -> Outcome:
                 process.send_signal(signal.SIGINT)
                 _, stderr = process.communicate(timeout=120)
                 code = process.returncode
-            elif item.setup == "disk_full":
+            elif item.setup == "disk_full" or item.env:
                 done = subprocess.run(command, cwd=folder, env=env, text=True,
                                       capture_output=True, timeout=300)
                 stderr, code = done.stderr, done.returncode
@@ -302,9 +355,9 @@ def _wait_for_training(folder: Path, timeout: float = 120.0) -> None:
 
 
 def run_all(cases: list[Case] = CASES) -> list[Outcome]:
-    """The two subprocess cases in the background, the others in this process, in turn
-    (they change the working directory, so not in threads of their own)."""
-    apart = [c for c in cases if c.setup in ("disk_full", "sigint")]
+    """The subprocess cases in the background, the others in this process, in turn (they
+    change the working directory, so not in threads of their own)."""
+    apart = [c for c in cases if c.apart]
     with ThreadPoolExecutor(1) as pool:
         background = pool.map(run_case, apart)
         here = {c: run_case(c) for c in cases if c not in apart}
@@ -314,11 +367,13 @@ def run_all(cases: list[Case] = CASES) -> list[Outcome]:
 
 def main(argv: list[str]) -> int:
     """``--shard K/N`` runs every N-th case from the K-th (0-based): the test suite runs the
-    shards side by side."""
+    shards side by side. ``--only WORDS`` runs the cases whose description holds WORDS."""
     cases = CASES
     if argv[:1] == ["--shard"]:
         index, count = (int(part) for part in argv[1].split("/"))
         cases = CASES[index::count]
+    elif argv[:1] == ["--only"]:
+        cases = [c for c in CASES if argv[1].lower() in c.what.lower()]
     if shutil.which("mount") is None:
         print("note: no `mount`: the full-disk case is skipped")
     outcomes = run_all(cases)

@@ -94,5 +94,13 @@ def rewind_to(inputs: BranchInputs, args: RewindToBranch) -> list[BranchRun]:
 def check_rewind_to(args: RewindToBranch, timeline: Any) -> None:
     if not args.steps:
         raise ConfigError("branch.rewind_to.steps is empty; give rewind steps, e.g. [0it,500it]")
+    seen: dict[int, str] = {}  # a step listed twice would train the same branch twice
     for value in args.steps:
-        _iterations(value, "branch.rewind_to.steps", timeline)
+        step = _iterations(value, "branch.rewind_to.steps", timeline)
+        if step in seen:
+            same = f"{seen[step]!r} and {value!r} are" if seen[step] != value else f"{value!r} is"
+            raise ConfigError(
+                f"branch.rewind_to.steps={list(args.steps)}: {same} the same rewind point "
+                f"({step} iterations) listed twice; list each step once"
+            )
+        seen[step] = value

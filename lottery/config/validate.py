@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from lottery.config.errors import ConfigError
-from lottery.config.schema import Config
+from lottery.config.schema import Config, DeployConfig, OptimizerConfig
 from lottery.config.steps import Step, parse_cadence
 
 # A results folder name: one path component, no hidden or parent folders.
@@ -66,11 +67,8 @@ def validate(cfg: Config) -> None:
             f"pruning.max_accuracy_drop={pruning.max_accuracy_drop} must be in [0, 100] "
             "percentage points of validation accuracy (1.0 allows a drop of one point)"
         )
-    if cfg.deploy.quantize not in QUANTIZE:
-        raise ConfigError(
-            f"deploy.quantize={cfg.deploy.quantize!r} is not known; choose one of "
-            f"{', '.join(QUANTIZE)}"
-        )
+    check_deploy(cfg.deploy)
+    check_optimizer(cfg.optimizer)
     if not cfg.init.train_level_0 and not cfg.init.checkpoint:
         raise ConfigError(
             "init.train_level_0=false keeps level 0 as loaded, and no init.checkpoint=PATH "
@@ -107,3 +105,46 @@ def validate(cfg: Config) -> None:
     Step.parse(cfg.optimizer.warmup, "optimizer.warmup")
     for milestone in cfg.optimizer.milestones:
         Step.parse(milestone, "optimizer.milestones")
+
+
+def check_deploy(deploy: DeployConfig) -> None:
+    """A known quantization, and one that something reads (the figures or the artifact)."""
+    if deploy.quantize not in QUANTIZE:
+        raise ConfigError(
+            f"deploy.quantize={deploy.quantize!r} is not known; choose one of "
+            f"{', '.join(QUANTIZE)}"
+        )
+    if deploy.quantize != "none" and not (deploy.measure or deploy.export):
+        raise ConfigError(
+            f"deploy.quantize={deploy.quantize} is used only by deploy.measure (the quantized "
+            "network's size, accuracy and latency) and deploy.export; add deploy.measure=true"
+        )
+
+
+# optimizer keys: (name, lowest, highest, whether the lowest itself is allowed, the meaning);
+# the highest is never allowed. Values outside make no optimizer anyone means to run (a
+# momentum of 1 never forgets a gradient, a negative decay grows every weight).
+_OPTIMIZER_RANGES = (
+    ("lr", 0.0, math.inf, False, "the learning rate, e.g. 0.1 for SGD or 1e-3 for Adam"),
+    ("momentum", 0.0, 1.0, True, "SGD's momentum, e.g. 0.9 (0: none)"),
+    ("weight_decay", 0.0, math.inf, True, "the L2 penalty, e.g. 1e-4 (0: none)"),
+    ("b1", 0.0, 1.0, True, "Adam's first-moment decay, e.g. 0.9"),
+    ("b2", 0.0, 1.0, True, "Adam's second-moment decay, e.g. 0.999"),
+    ("eps", 0.0, math.inf, True, "Adam's denominator term, e.g. 1e-8"),
+    ("gamma", 0.0, math.inf, False, "the step schedule's factor at each milestone, e.g. 0.1"),
+)
+
+
+def check_optimizer(optimizer: OptimizerConfig) -> None:
+    """Every numeric optimizer key in its meaningful range. A NaN or infinite learning rate
+    is left to the run, which stops at its first non-finite loss with one line."""
+    for key, low, high, low_allowed, meaning in _OPTIMIZER_RANGES:
+        value = getattr(optimizer, key)
+        if key == "lr" and not math.isfinite(value):
+            continue
+        inside = (low <= value if low_allowed else low < value) and value < high
+        if not inside:
+            bounds = f"{'[' if low_allowed else '('}{low:g}, {high:g})"
+            raise ConfigError(
+                f"optimizer.{key}={value} must be in {bounds}: it is {meaning}"
+            )

@@ -573,7 +573,7 @@ class Experiment:
         made_here = [p for p in folders if not p.exists()]
         try:
             return self._run()
-        except LevelDiverged:
+        except (LevelDiverged, ConfigError):  # a bad input found only once writing began
             remove_unfinished(made_here)
             raise
         except KeyboardInterrupt:
@@ -678,6 +678,11 @@ def ensure_writable(root: Path) -> None:
 def run(cfg: Config) -> tuple[ExperimentStore, list[dict[str, Any]]]:
     """Validate ``cfg`` and run (or finish) its experiment; returns the store and curve."""
     plan = prepare(cfg)
+    if plan.early_stopping_off:
+        console.print(
+            f"note: early stopping is off ({plan.early_stopping_off} holds no validation data "
+            "out): early_stop_* stay empty; set dataset.validation_size=N to judge it"
+        )
     if cfg.train.replicas > 1:
         from lottery.experiment.replicas import run_replicas
 

@@ -17,6 +17,12 @@ from lottery import data, models
 from lottery.branches import Branch, check_branches
 from lottery.config import Config, ConfigError, Step, parse_cadence, to_iterations, validate
 from lottery.config.applicability import check_applicable
+from lottery.experiment.limits import (
+    check_backend,
+    check_data_parallel,
+    check_levels,
+    check_replicas,
+)
 from lottery.experiment.pretrained import load_pretrained
 from lottery.pruning import Strategy, prunable_paths, strategy_for
 from lottery.pruning.strategies import Timeline
@@ -64,6 +70,15 @@ class Plan:
         """What starts the run's console lines: its seed when several seeds train at once."""
         return f"seed {self.cfg.seed} " if self.cfg.train.replicas > 1 else ""
 
+    @property
+    def early_stopping_off(self) -> str | None:
+        """Why no level has an early-stopping iteration (no validation data held out), or
+        None where early stopping is judged."""
+        validation = getattr(self.dataset, "validation", None)  # streamed: judged as it comes
+        if validation is not None and not len(validation):
+            return f"dataset.validation_size={self.cfg.dataset.validation_size}"
+        return None
+
     def data_stream(self, level: int) -> int:
         """Which level's batch order and augmentation ``level`` trains with."""
         return 0 if self.cfg.train.replay_data_order else level
@@ -72,6 +87,7 @@ class Plan:
 def prepare(cfg: Config) -> Plan:
     """Validate the config against the data and model; raise :class:`ConfigError` if bad."""
     validate(cfg)
+    check_backend()
     data.check_name(cfg.dataset.name)
     models.check_name(cfg.model.name)
     models.check_kernels(cfg.model.kernels)
@@ -84,6 +100,7 @@ def prepare(cfg: Config) -> Plan:
             f"train.batch_size={batch} is larger than the {dataset.num_train} training examples "
             f"of {cfg.dataset.name}; choose a smaller batch"
         )
+    check_data_parallel(cfg)
     steps_per_epoch = dataset.num_train // batch
     total = to_iterations(cfg.train.steps, steps_per_epoch, "train.steps")
     eval_every = to_iterations(cfg.train.eval_every, steps_per_epoch, "train.eval_every")
@@ -108,6 +125,7 @@ def prepare(cfg: Config) -> Plan:
     make_optimizer(cfg.optimizer)
     make_schedule(cfg.optimizer, steps_per_epoch, total)
     network = models.build(cfg.model, dataset.input_shape, dataset.num_classes)
+    check_replicas(cfg, network)  # before the weights are made: they could be too many
     try:
         params, batch_stats = network.init(jax.random.fold_in(jax.random.key(cfg.seed), 0))
     except Exception as error:  # e.g. a 2-D convolution given 1-D examples
@@ -126,6 +144,7 @@ def prepare(cfg: Config) -> Plan:
     check_pretrained_start(cfg, rewind, dataset)
     prunable = prunable_paths(params, cfg.pruning.prunable)
     strategy.check(params, prunable, settings)
+    check_levels(cfg, strategy, settings, params, prunable)
     fingerprint = data.fingerprint(dataset)
     hashed = hashed_values(cfg, fingerprint)
     if weights_digest is not None:  # the weights, wherever the file lies

@@ -9,7 +9,10 @@ Reads the weights (and BatchNorm statistics) from any of:
   ``params/fc1/kernel``; statistics as ``batch_stats/bn1/mean``).
 
 Every array is checked against the model before anything trains: a missing, extra or
-differently shaped parameter is one :class:`ConfigError` line naming the path and both shapes.
+differently shaped parameter is one :class:`ConfigError` line naming the path and both shapes,
+and so is an array that is not real numbers (strings, complex values) or holds a NaN or an
+infinity (a diverged model would otherwise be trained from, or kept as level 0). Only regular
+files and folders are opened: a FIFO or a device would block the read.
 The experiment is hashed by the weights' content, not by the file's path.
 """
 
@@ -36,6 +39,11 @@ def load_pretrained(path: str, params: Any, batch_stats: Any) -> tuple[Any, Any,
     source = Path(path).expanduser()
     if not source.exists():
         raise ConfigError(f"init.checkpoint={path!r} does not exist; give {KINDS}")
+    if not (source.is_dir() or source.is_file()):  # opening a FIFO would wait for a writer
+        raise ConfigError(
+            f"init.checkpoint={path!r} is not a regular file or folder (a FIFO, socket or "
+            f"device); give {KINDS}"
+        )
     try:
         found = _read(source)
     except ConfigError:
@@ -141,6 +149,30 @@ def _matched(path: str, kind: str, found: dict[str, np.ndarray], model: Any) -> 
             f"init.checkpoint={path!r} has {kind} {extra[0]!r} that the model does not have; "
             "choose the model it was trained with"
         )
+    for key in expected:
+        _check_values(path, kind, key, found[key])
     return unflatten(
         {key: np.asarray(found[key], np.asarray(value).dtype) for key, value in expected.items()}
     )
+
+
+def _check_values(path: str, kind: str, key: str, array: np.ndarray) -> None:
+    """One line for an array that is not real numbers, or holds a NaN or an infinity
+    (casting would drop an imaginary part silently, or fail on strings)."""
+    dtype = np.asarray(array).dtype
+    if np.issubdtype(dtype, np.complexfloating):
+        raise ConfigError(
+            f"init.checkpoint={path!r}: {kind} {key!r} holds complex values ({dtype}); "
+            "weights are real numbers: save the real weights (e.g. np.real) and give that file"
+        )
+    if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+        raise ConfigError(
+            f"init.checkpoint={path!r}: {kind} {key!r} holds {dtype} values, not numbers; "
+            f"give {KINDS}"
+        )
+    bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+    if bad:
+        raise ConfigError(
+            f"init.checkpoint={path!r}: {kind} {key!r} has {bad:,} non-finite values (NaN or "
+            f"inf) of {np.size(array):,}; give the weights of a model that did not diverge"
+        )

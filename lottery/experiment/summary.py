@@ -89,6 +89,9 @@ def summarize(
     ]
     if "val/accuracy" in final:  # what an accuracy budget judges by
         summary["val_accuracy"] = final["val/accuracy"]
+    # How early_stop_* were chosen, or why they are empty.
+    off = plan.early_stopping_off or ("no validation data" if "val/loss" not in final else None)
+    summary["early_stop"] = f"off: {off}" if off else "minimum validation loss"
     if "val/loss" in final:
         early = min(history, key=lambda r: r["val/loss"])  # first minimum on ties
         summary["early_stop_iteration"] = early["iteration"]

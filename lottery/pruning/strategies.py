@@ -25,10 +25,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from lottery.config import ConfigError, PruningConfig, to_iterations
 from lottery.pruning.gradual import PolynomialDecay, gradual_mask
-from lottery.pruning.magnitude import CRITERIA, criterion_scores, magnitude_prune, prune_count
-from lottery.pruning.mask import Mask, count_alive, full_mask
+from lottery.pruning.magnitude import (
+    CRITERIA,
+    criterion_scores,
+    magnitude_prune,
+    prune_count,
+    pruning_groups,
+)
+from lottery.pruning.mask import Mask, count_alive, flatten, full_mask
 
 # Keys of ``pruning`` every strategy reads (what to prune, how often, where to rewind).
 COMMON_KEYS = frozenset({"method", "levels", "rewind_step", "prunable", "max_accuracy_drop"})
@@ -43,6 +51,9 @@ AT_INIT: dict[str, frozenset[str]] = {
     "magnitude_init": frozenset(),
     "random": frozenset(),
 }
+
+# Weights a level prunes, per group pruned on its own: (rate, prunable weights of the group).
+WeightGroups = list[tuple[float, int]]
 
 
 @dataclass
@@ -165,6 +176,12 @@ def _oneshot(inputs: PruneInputs, s: MagnitudeSettings) -> Mask:
 def _check_magnitude(params: Any, prunable: list[str], s: MagnitudeSettings) -> None:
     # Rate 0 prunes nothing (no sort of every weight) but checks layer_fractions' keys.
     magnitude_prune(params, full_mask(params), prunable, s.scope, 0.0, s.layer_fractions)
+
+
+def _magnitude_groups(params: Any, prunable: list[str], s: MagnitudeSettings) -> WeightGroups:
+    sizes = {path: int(np.size(value)) for path, value in flatten(params).items()}
+    groups = pruning_groups(prunable, s.scope, s.fraction, s.layer_fractions)
+    return [(rate, sum(sizes[path] for path in paths)) for rate, paths in groups]
 
 
 # -- structured --------------------------------------------------------------------------
@@ -315,6 +332,10 @@ def _at_init_settings(cfg: PruningConfig, timeline: Timeline | None) -> AtInitSe
     )
 
 
+def _at_init_groups(params: Any, prunable: list[str], s: AtInitSettings) -> WeightGroups:
+    return [(s.fraction, count_alive(full_mask(params), prunable))]  # one count, as IMP's
+
+
 def _at_init(inputs: PruneInputs, s: AtInitSettings) -> Mask:
     from lottery.pruning.at_init import prune_at_init
 
@@ -337,6 +358,22 @@ def _at_init(inputs: PruneInputs, s: AtInitSettings) -> Mask:
     )
 
 
+# -- how many levels prune anything -------------------------------------------------------
+
+def levels_that_prune(groups: WeightGroups, up_to: int) -> tuple[int, int]:
+    """How many levels, from the dense network, remove at least one weight (at most
+    ``up_to``), and the weights left after them. Each level removes exactly
+    ``round(rate * n)`` of a group's ``n`` alive weights (:func:`prune_count`), so once
+    every group's count rounds to 0, every later level would repeat the last one."""
+    alive = [size for _, size in groups]
+    for level in range(up_to):
+        removed = [prune_count(rate, n) for (rate, _), n in zip(groups, alive, strict=True)]
+        if not any(removed):
+            return level, sum(alive)
+        alive = [n - r for n, r in zip(alive, removed, strict=True)]
+    return up_to, sum(alive)
+
+
 # -- the registry ------------------------------------------------------------------------
 
 
@@ -353,6 +390,10 @@ class Strategy:
     check: Callable[[Any, list[str], Any], None]
     # Prunes inside the training (the level's mask changes as it trains).
     during_training: bool = False
+    # (params, prunable paths, settings) -> the weight groups whose counts each level
+    # prunes exactly (for :func:`levels_that_prune`); None where levels do not count weights
+    # that way (structured counts units, gradual prunes inside one level).
+    weight_groups: Callable[[Any, list[str], Any], WeightGroups] | None = None
 
 
 _MAGNITUDE_KEYS = frozenset(
@@ -360,10 +401,12 @@ _MAGNITUDE_KEYS = frozenset(
 )
 STRATEGIES: dict[str, Strategy] = {
     "magnitude": Strategy(
-        "magnitude", _MAGNITUDE_KEYS, _magnitude_settings, _magnitude, _check_magnitude
+        "magnitude", _MAGNITUDE_KEYS, _magnitude_settings, _magnitude, _check_magnitude,
+        weight_groups=_magnitude_groups,
     ),
     "oneshot": Strategy(
-        "oneshot", _MAGNITUDE_KEYS, _magnitude_settings, _oneshot, _check_magnitude
+        "oneshot", _MAGNITUDE_KEYS, _magnitude_settings, _oneshot, _check_magnitude,
+        weight_groups=_magnitude_groups,
     ),
     "structured": Strategy(
         "structured",
@@ -387,7 +430,8 @@ STRATEGIES: dict[str, Strategy] = {
     ),
     **{
         name: Strategy(
-            name, frozenset({"fraction"}) | keys, _at_init_settings, _at_init, _check_nothing
+            name, frozenset({"fraction"}) | keys, _at_init_settings, _at_init, _check_nothing,
+            weight_groups=_at_init_groups,
         )
         for name, keys in AT_INIT.items()
     },
