@@ -77,6 +77,9 @@ def mark_job_finished() -> None:
         Path(HydraConfig.get().runtime.output_dir, FINISHED).touch()
 
 
+_WATCHING = False  # whether this process already watches its parent (end_with_the_command)
+
+
 def end_with_the_command() -> None:
     """In a job that runs in a worker process of the command (``hydra/launcher=local``:
     joblib's workers): SIGKILL this process within a second of the command being gone.
@@ -104,9 +107,6 @@ def end_with_the_command() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="end-with-the-command", daemon=True).start()
-
-
-_WATCHING = False  # whether this process already watches its parent
 
 
 def remove_failed_sweep() -> None:

@@ -178,6 +178,7 @@ def test_a_sweep_with_a_finished_job_keeps_its_folder(tmp_path):
     assert (sweep / "0" / FINISHED).is_file() and not (sweep / "1" / FINISHED).exists()
 
 
+@pytest.mark.slow
 def test_a_failed_sweep_leaves_a_folder_it_did_not_make(tmp_path):
     """hydra.sweep.dir an existing folder: kept, with what was in it."""
     folder = tmp_path / "mine"
@@ -192,83 +193,17 @@ def test_a_failed_sweep_leaves_a_folder_it_did_not_make(tmp_path):
 # -- Slurm refusing a request: a real controller of this machine alone ---------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-SLURM_CONF = """ClusterName=lotterytest
-SlurmctldHost={host}
-SlurmctldPort={ctld_port}
-SlurmdPort={slurmd_port}
-AuthType=auth/munge
-AuthInfo=socket={folder}/munge.sock
-CredType=cred/munge
-StateSaveLocation={folder}/state
-SlurmdSpoolDir={folder}/spool
-SlurmctldPidFile={folder}/slurmctld.pid
-SlurmctldLogFile={folder}/slurmctld.log
-SlurmUser={user}
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SchedulerType=sched/builtin
-JobCompType=jobcomp/none
-AccountingStorageType=accounting_storage/none
-MpiDefault=none
-NodeName={host} CPUs=1 RealMemory=1000 State=UNKNOWN
-PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
-"""
-
-
 @pytest.fixture
-def slurm_controller(tmp_path_factory, monkeypatch):
-    """A Slurm controller (slurmctld, with munged for its credentials) for this test alone,
-    on free ports, with one node and no GPU: enough for sbatch to accept or refuse a
-    request. Skipped where Slurm is not installed (Debian: apt-get install slurm-wlm)."""
-    import getpass
-    import os
-    import shutil
-    import socket
-    import subprocess
-    import time
+def slurm_controller(monkeypatch):
+    """A Slurm controller of this machine alone (tests/slurm.py), no GPU; skipped where
+    Slurm is not installed (Debian: apt-get install slurm-wlm)."""
+    from slurm import slurm_controller
 
-    if any(shutil.which(tool) is None for tool in ("munged", "slurmctld", "sbatch", "srun",
-                                                   "scontrol")):
-        pytest.skip("Slurm is not installed (Debian: apt-get install slurm-wlm)")
-    folder = tmp_path_factory.mktemp("slurm")
-    (folder / "state").mkdir()
-    key = folder / "munge.key"
-    key.write_bytes(os.urandom(1024))
-    key.chmod(0o400)
-    conf = folder / "slurm.conf"
-    conf.write_text(SLURM_CONF.format(host=socket.gethostname(), folder=folder,
-                                      user=getpass.getuser(), ctld_port=_free_port(),
-                                      slurmd_port=_free_port()))
-    monkeypatch.setenv("SLURM_CONF", str(conf))
-    munged = subprocess.Popen(
-        ["munged", "--foreground", "--force", f"--key-file={key}",
-         f"--socket={folder}/munge.sock", f"--pid-file={folder}/munged.pid",
-         f"--log-file={folder}/munged.log", f"--seed-file={folder}/munged.seed"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    slurmctld = subprocess.Popen(["slurmctld", "-D", "-i", "-f", str(conf)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while subprocess.run(["scontrol", "ping"], capture_output=True, text=True,
-                             env=os.environ).stdout.count("UP") == 0:
-            assert slurmctld.poll() is None, (folder / "slurmctld.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "slurmctld did not answer in 30 s"
-            time.sleep(0.2)
+    with slurm_controller() as conf:
+        if conf is None:
+            pytest.skip("Slurm is not installed (Debian: apt-get install slurm-wlm)")
+        monkeypatch.setenv("SLURM_CONF", str(conf))
         yield conf
-    finally:
-        for daemon in (slurmctld, munged):
-            daemon.terminate()
-            daemon.wait(timeout=30)
 
 
 @pytest.mark.parametrize(("request_keys", "expected"), [
@@ -278,7 +213,7 @@ def slurm_controller(tmp_path_factory, monkeypatch):
     (["hydra.launcher.gpus_per_node=0", "hydra.launcher.partition=nope"],
      "error: sbatch refused the sweep's jobs (invalid partition specified: nope); choose a "
      "partition `sinfo -s` lists: hydra.launcher.partition=NAME"),
-])
+], ids=["a GPU on a cluster without", "an unknown partition"])
 def test_a_request_sbatch_refuses_is_one_line_and_leaves_no_folder(
     slurm_controller, tmp_path, request_keys, expected
 ):
