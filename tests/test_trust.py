@@ -55,6 +55,15 @@ def test_layer_collapse_warns_and_levels_past_what_the_network_can_lose_are_refu
     assert not list(store.path.rglob("*.partial"))
 
 
+@pytest.mark.parametrize("method", [["pruning.method=oneshot"], ["pruning.method=snip"],
+                                    ["pruning.scope=layerwise"]])
+def test_every_method_that_counts_weights_refuses_levels_it_cannot_give(method, tmp_path):
+    # Layer-wise: fc1's 512 weights last 10 levels, out's 80 only 7; one group pruned is enough.
+    experiment.prepare(make_config([*TINY, *method, "pruning.levels=10"], tmp_path))
+    with pytest.raises(ConfigError, match=r"set pruning.levels=10 or fewer"):
+        experiment.prepare(make_config([*TINY, *method, "pruning.levels=11"], tmp_path))
+
+
 def test_structured_pruning_nothing_more_ends_the_run(tmp_path, capsys):
     # Units, not weights: 8 hidden neurons, never the last one, so level 4 removes none.
     store, rows = experiment.run(
