@@ -40,7 +40,7 @@ class Case:
     @property
     def apart(self) -> bool:
         """Whether the case runs in a subprocess rather than in this process."""
-        return self.setup in ("disk_full", "sigint") or bool(self.env)
+        return self.setup in ("disk_full", "sigint", "slurm") or bool(self.env)
 
 
 def case(what: str, *args: str, setup: str = "", env: dict[str, str] | None = None) -> Case:
@@ -119,6 +119,8 @@ CASES = [
          "pruning.final_sparsity=1.0"),
     case("gradual key with magnitude", "pruning.final_sparsity=0.5"),
     case("synflow with 0 rounds", "pruning.method=synflow", "pruning.synflow_rounds=0"),
+    case("GraSP temperature 0", "pruning.method=grasp", "pruning.grasp_temperature=0"),
+    case("GraSP temperature with SNIP", "pruning.method=snip", "pruning.grasp_temperature=50"),
     case("score examples without the Taylor criterion", "pruning.score_examples=50"),
     case("zero hidden width", "model.hidden=[0]"),
     case("negative width", "model=resnet20", "model.hidden=[100,100]", "model.width=-1"),
@@ -189,6 +191,12 @@ CASES = [
     # Sweeps (-m) are checked before any job starts.
     case("sweep with an unknown key", "-m", "seed=0,1", "foo=1"),
     case("sweep with a bad value", "-m", "pruning.fraction=0.2,1.5"),
+    case("sweep bad only in combination", "-m", "pruning.method=magnitude,gradual",
+         "pruning.levels=1,10"),
+    case("sweep whose every job fails", "-m", "optimizer.lr=1e9,1e10"),
+    case("sbatch refuses a GPU", "-m", "seed=1,2", "hydra/launcher=slurm", setup="slurm"),
+    case("sbatch refuses the partition", "-m", "seed=1,2", "hydra/launcher=slurm",
+         "hydra.launcher.gpus_per_node=0", "hydra.launcher.partition=nope", setup="slurm"),
     # Where results go.
     case("results_root is a file", "results_root=a_file", setup="file"),
     case("results_root under /proc", "results_root=/proc/lottery_results"),
@@ -318,6 +326,15 @@ def run_case(item: Case) -> Outcome:
                 process.send_signal(signal.SIGINT)
                 _, stderr = process.communicate(timeout=120)
                 code = process.returncode
+            elif item.setup == "slurm":
+                from slurm import slurm_controller  # tests/slurm.py
+
+                with slurm_controller() as conf:
+                    if conf is None:
+                        return Outcome(item, "skipped", "no Slurm (apt-get install slurm-wlm)")
+                    done = subprocess.run(command, cwd=folder, text=True, capture_output=True,
+                                          env={**env, "SLURM_CONF": str(conf)}, timeout=300)
+                stderr, code = done.stderr, done.returncode
             elif item.setup == "disk_full" or item.env:
                 done = subprocess.run(command, cwd=folder, env=env, text=True,
                                       capture_output=True, timeout=300)
