@@ -113,7 +113,7 @@ def run_replicas(plan: Plan) -> tuple[ExperimentStore, list[dict[str, Any]]]:
         batcher.stop()  # every seed ends at its next step, keeping its checkpoints
         for thread in threads:
             thread.join()
-    if errors and all(isinstance(e, LevelDiverged) for e in errors.values()):
+    if errors and all(isinstance(e, (LevelDiverged, ConfigError)) for e in errors.values()):
         remove_unfinished(made_here)  # what no seed finished anything in (as a single run)
     return _finished(experiments, seeds, errors)
 
