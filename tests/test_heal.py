@@ -358,16 +358,17 @@ def fill(disk, leave=0):
     os.truncate(filler, max(0, filler.stat().st_size - leave))
 
 
-# Orbax's writes still in flight when it gives up would print "Event loop is closed" tracebacks.
+# Orbax's writes on a full disk would each print a traceback ("Event loop is closed" among
+# them, which pytest reports as unraisable).
 @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
-def test_a_full_disk_during_a_checkpoint_write_is_the_one_full_disk_line(
+def test_a_full_disk_at_a_checkpoint_is_the_one_full_disk_line(
     small_disk, finished, monkeypatch
 ):
     save = Checkpointer.save
 
     def filling_then_saving(self, run):
-        # Room for Orbax's small files, not for its arrays: tensorstore's RESOURCE_EXHAUSTED
-        # (a ValueError), not an OSError.
+        # Room for Orbax's small files, not for its arrays: begun, the write would fail with
+        # tensorstore's RESOURCE_EXHAUSTED (a ValueError), not an OSError.
         fill(small_disk, leave=20_000)
         save(self, run)
 
@@ -382,6 +383,21 @@ def test_a_full_disk_during_a_checkpoint_write_is_the_one_full_disk_line(
     (small_disk / "filler").unlink()
     experiment.run(cfg)  # space freed, the same command ends as if it had never run out
     assert results(small_disk / "results")[0].equals(results(finished[0])[0])
+
+
+def test_tensorstore_running_out_of_disk_is_a_full_disk(small_disk):
+    """The disk filling while Orbax writes: tensorstore's error is the full-disk OSError."""
+    import tensorstore
+
+    from lottery.train.checkpoint import is_disk_full
+
+    fill(small_disk, leave=4096)
+    spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": str(small_disk / "a")}}
+    with pytest.raises(ValueError, match="RESOURCE_EXHAUSTED") as caught:
+        array = tensorstore.open(spec, create=True, dtype="float32", shape=[100_000]).result()
+        array.write(np.ones(100_000, np.float32)).result()
+    assert is_disk_full(caught.value)
+    assert not is_disk_full(ValueError("RESOURCE_EXHAUSTED: out of memory"))
 
 
 def compose_config(overrides, results_root):
@@ -409,4 +425,18 @@ def test_a_full_disk_at_the_final_plot_is_the_one_full_disk_line(
     assert line.startswith("error: the disk is full (writing ") and "sparsity_accuracy.png" in line
     assert "every level is finished" in line
     assert load_results(small_disk / "results")["level"].tolist() == [0, 1, 2]
+    assert not list(small_disk.rglob(".*.tmp"))
+
+
+def test_a_full_disk_under_the_report_is_the_one_full_disk_line(
+    tmp_path, small_disk, finished, capsys
+):
+    from lottery import report
+
+    copy_of(finished, tmp_path / "results")
+    fill(small_disk)
+    capsys.readouterr()
+    assert report.main([str(tmp_path / "results"), "--out", str(small_disk / "report")]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: the disk is full (writing under {small_disk / 'report'})")
     assert not list(small_disk.rglob(".*.tmp"))

@@ -7,13 +7,16 @@ renames it into place, so a process killed while writing leaves no checkpoint th
 whole; those temporary folders are removed when the manager opens. A checkpoint that cannot
 be read (a truncated or garbled file, an emptied folder) is removed, with a warning line, and
 the one before it is used: its step is then written again as training passes it. A full disk
-while Orbax writes is the ``OSError`` (``ENOSPC``) that every other write gives.
+is the ``OSError`` (``ENOSPC``) that every other write gives: said before writing when the
+checkpoint cannot fit, and mapped from tensorstore's ``RESOURCE_EXHAUSTED`` when the disk fills
+during the write.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import logging
 import shutil
 import sys
@@ -21,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 from lottery.train.loop import RunState
@@ -58,19 +62,50 @@ def _remove_non_folder(directory: Path) -> None:
     _warn(f"{directory} was not a folder; removed it (the level trains from its beginning)")
 
 
+# Room for a checkpoint's files beside its arrays (Orbax's metadata: some KiB per array).
+ROOM_FOR_METADATA = 1 << 20
+
+# The loggers through which Orbax's threads and asyncio report a failed write (each failed
+# array as a traceback, on the console Hydra logs to).
+WRITE_REPORTERS = ("absl", "asyncio")
+
+
+class _Reports:
+    """What Python and Orbax reported during a save: exceptions that could not be raised
+    (``sys.unraisablehook``) and log records of :data:`WRITE_REPORTERS`."""
+
+    def __init__(self) -> None:
+        self.unraisables: list[Any] = []
+        self.records: list[logging.LogRecord] = []
+
+    def hold(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False  # not now: given to the logger after the save, or dropped
+
+    def drop(self) -> None:
+        self.unraisables.clear()
+        self.records.clear()
+
+
 @contextlib.contextmanager
-def _unraisables_held() -> Iterator[list[Any]]:
-    """Hold the exceptions Python could not raise (``sys.unraisablehook``) during the block,
-    and give those left in the list to the usual hook after it."""
-    held: list[Any] = []
-    usual = sys.unraisablehook
-    sys.unraisablehook = held.append
+def _reports_held() -> Iterator[_Reports]:
+    """Hold the reports of the block, and give those not dropped to their usual handlers
+    after it (a save that fails for a full disk drops them: its one line says it all)."""
+    reports, usual = _Reports(), sys.unraisablehook
+    loggers = [logging.getLogger(name) for name in WRITE_REPORTERS]
+    sys.unraisablehook = reports.unraisables.append
+    for logger in loggers:
+        logger.addFilter(reports.hold)
     try:
-        yield held
+        yield reports
     finally:
         sys.unraisablehook = usual
-        for unraisable in held:
+        for logger in loggers:
+            logger.removeFilter(reports.hold)
+        for unraisable in reports.unraisables:
             usual(unraisable)
+        for record in reports.records:
+            logging.getLogger(record.name).handle(record)
 
 
 class Checkpointer:
@@ -103,18 +138,41 @@ class Checkpointer:
             state=ocp.args.StandardSave({"train": run.state, "mask": run.mask}),
             meta=ocp.args.JsonSave(meta),
         )
-        with _unraisables_held() as held:
+        self._ensure_room(run)
+        with _reports_held() as reports:
+            disk_full = False
             try:
                 self.manager.save(run.step, args=args, force=True)
             except Exception as error:
                 if not is_disk_full(error):
                     raise
-                # The writes still in flight when Orbax gave up find its event loop closed.
-                held[:] = [u for u in held if "Event loop is closed" not in str(u.exc_value)]
-                # Orbax's unfinished write stays a tmp folder, removed when a manager opens.
-                raise OSError(
-                    errno.ENOSPC, "No space left on device", str(self.directory)
-                ) from None
+                disk_full = True
+            if disk_full:  # out of the except block: its traceback no longer holds the tasks
+                self._end_failed_writes()
+                reports.drop()
+        if disk_full:
+            # Orbax's unfinished write stays a tmp folder, removed when a manager opens.
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.directory))
+
+    def _ensure_room(self, run: RunState) -> None:
+        """Raise the full-disk ``OSError`` before writing if the checkpoint cannot fit.
+
+        Orbax's writes run in threads: on a full disk each fails with its own traceback, some
+        of them after the save has returned, so a checkpoint is not begun without room for
+        its arrays (uncompressed) and :data:`ROOM_FOR_METADATA`."""
+        leaves = jax.tree.leaves((run.state, run.mask))
+        needed = sum(int(getattr(leaf, "nbytes", 8)) for leaf in leaves) + ROOM_FOR_METADATA
+        if shutil.disk_usage(self.directory).free < needed:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.directory))
+
+    def _end_failed_writes(self) -> None:
+        """Let Orbax's other writes of a failed save end, and collect their asyncio tasks.
+
+        Each failed too: Orbax's threads log their tracebacks, and asyncio logs the tasks
+        whose error nobody read when they are collected; collected here, while held."""
+        with contextlib.suppress(Exception):
+            self.manager.wait_until_finished()
+        gc.collect()
 
     def restore_latest(self, template: RunState) -> RunState | None:
         """The newest readable checkpoint as a RunState shaped like ``template``, or None.
