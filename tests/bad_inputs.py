@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -369,6 +370,13 @@ def _wait_for_training(folder: Path, timeout: float = 120.0) -> None:
             time.sleep(1.0)
             return
         time.sleep(0.2)
+
+
+# The background thread starts its subprocesses while this process has JAX loaded, and
+# Python warns of forking a multithreaded process on whatever sys.stderr is at that moment:
+# the in-process case's captured stderr. The fork is the runner's (it execs at once), not
+# the command's, so its warning is not the case's output.
+warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
 
 
 def run_all(cases: list[Case] = CASES) -> list[Outcome]:
