@@ -193,3 +193,23 @@ def test_a_sweep_over_pruning_settings_trains_level_0_once(tmp_path, digits_over
         assert (folder / "curve.csv").read_text().splitlines()[1].startswith("0,0,imp,100.0,")
     curves = {f.name: (f / "curve.csv").read_text() for f in experiments}
     assert len(set(curves.values())) == 2  # the pruned levels differ
+
+
+def test_methods_corrected_after_release_hash_apart_from_their_old_results():
+    """GraSP, SynFlow and global Taylor changed their computation (issue 29): their folders
+    are renamed, so a store made before is not read as the corrected method's; magnitude
+    keeps its folder names, and level 0 stays shared by every method."""
+    from lottery.config import Config, PruningConfig
+    from lottery.store.hashing import dense_values, hashed_values
+
+    def revision(**pruning) -> str | None:
+        return hashed_values(Config(pruning=PruningConfig(**pruning))).get("pruning.revision")
+
+    assert revision(method="grasp") == "grasp-2"
+    assert revision(method="synflow") == "synflow-2"
+    assert revision(method="structured", criterion="taylor") == "structured-taylor-global-2"
+    for unchanged in ({}, {"method": "snip"}, {"method": "structured"},
+                      {"method": "structured", "criterion": "taylor", "scope": "layerwise"}):
+        assert revision(**unchanged) is None, unchanged
+    grasp = hashed_values(Config(pruning=PruningConfig(method="grasp")))
+    assert dense_values(grasp) == dense_values(hashed_values(Config()))

@@ -51,6 +51,22 @@ NOT_HASHED = frozenset(
 ONLY_PRUNED_LEVELS = ("pruning.", "train.replay_data_order")
 
 
+# Methods whose computation was corrected after stores held their results (issue 29: GraSP's
+# temperature in both passes, SynFlow's |.| of the BatchNorm statistics, the global ranking
+# of Taylor scores normalised per layer). Their revision enters the hash, so a store made
+# before the correction is never taken for the corrected method's results; the other
+# methods' folders keep their names.
+def method_revision(values: dict[str, Any]) -> str | None:
+    """The revision of the pruning method of the flat config ``values``, if it has one."""
+    method = values.get("pruning.method", "magnitude")
+    if method in ("grasp", "synflow"):
+        return f"{method}-2"
+    taylor = values.get("pruning.criterion") == "taylor"
+    if method == "structured" and taylor and values.get("pruning.scope", "global") == "global":
+        return "structured-taylor-global-2"
+    return None
+
+
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, dict):
         out: dict[str, Any] = {}
@@ -75,6 +91,9 @@ def hashed_values(cfg: Config | DictConfig, data_fingerprint: str | None = None)
         if key in defaults and defaults[key] == value:
             continue
         keep[key] = value
+    revision = method_revision(values)
+    if revision is not None:
+        keep["pruning.revision"] = revision
     if data_fingerprint is not None:
         keep["data.fingerprint"] = data_fingerprint
     return keep
