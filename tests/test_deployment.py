@@ -4,15 +4,19 @@
 import contextlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from safetensors.numpy import save_file
 
 from lottery import experiment, load
@@ -159,21 +163,81 @@ def test_every_level_reports_its_deployment_figures(budget_run):
             assert "sparse_bcoo" in figures["latency"]
 
 
-def test_the_exported_model_runs_in_a_fresh_process_without_this_package(budget_run, tmp_path):
+def install_closure(names: list[str]) -> set[str]:
+    """The distributions ``pip install <names>`` installs: ``names`` and, recursively, the
+    requirements they declare without extras, by this environment's metadata."""
+    wanted, seen = list(names), set()
+    while wanted:
+        name = canonicalize_name(wanted.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        for text in metadata.requires(name) or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                wanted.append(requirement.name)
+    return seen
+
+
+def venv_with_only(distributions: set[str], root: Path) -> Path:
+    """A fresh venv (no system site-packages, no pip) that sees only ``distributions`` of this
+    environment: a ``.pth`` entry names a folder of links to their files' top-level entries
+    (packages, vendored ``.libs``, ``.dist-info``), as installing them would lay them out.
+    Its python."""
+    venv, linked = root / "venv", root / "linked"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True,
+                   timeout=120)
+    linked.mkdir()
+    for name in distributions:
+        dist = metadata.distribution(name)
+        for top in {Path(str(file)).parts[0] for file in dist.files or ()} - {".."}:
+            if not (linked / top).exists():
+                (linked / top).symlink_to(Path(dist.locate_file(top)))
+    [site_packages] = (venv / "lib").glob("python*/site-packages")
+    (site_packages / "only.pth").write_text(f"{linked}\n")
+    return venv / "bin" / "python"
+
+
+LOAD_AND_CALL = (
+    "import sys, numpy as np, jax\n"
+    "call = jax.export.deserialize(bytearray(open(sys.argv[1], 'rb').read())).call\n"
+    "np.save(sys.argv[3], np.asarray(call(np.load(sys.argv[2]))))\n"
+)
+
+
+def run_alone(python: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``python -c LOAD_AND_CALL args``, in an environment that points at nothing else."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONNOUSERSITE": "1",
+           "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([str(python), "-c", LOAD_AND_CALL, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_exported_model_runs_with_only_jax_jaxlib_and_flatbuffers(budget_run, tmp_path):
+    """What the README promises: ``pip install jax flatbuffers`` runs the artifact (int8 and
+    all), without this package, Flax or Qwix; jax alone does not (JAX's deserializer imports
+    flatbuffers, which jax does not require)."""
     verdict = json.loads((budget_run / "budget.json").read_text())
     folder = budget_run / f"level_{verdict['chosen_level']}"
     ticket = load(folder)
     x = np.random.default_rng(0).normal(size=(5, *ticket.summary["input_shape"]))
     np.save(tmp_path / "x.npy", x.astype(np.float32))
-    script = (
-        "import sys, numpy as np, jax\n"
-        "call = jax.export.deserialize(bytearray(open(sys.argv[1], 'rb').read())).call\n"
-        "np.save(sys.argv[3], np.asarray(call(np.load(sys.argv[2]))))\n"
-        "assert 'lottery' not in sys.modules\n"
-    )
-    out = subprocess.run([sys.executable, "-c", script, str(folder / "model.jax_export"),
-                          str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    args = [str(folder / "model.jax_export"), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")]
+
+    jax_only = install_closure(["jax"])
+    assert {"jax", "jaxlib", "numpy"} <= jax_only and not {"flax", "qwix"} & jax_only
+    assert "flatbuffers" not in jax_only
+    python = venv_with_only(jax_only, tmp_path / "jax")
+    for other in ("lottery", "flax", "qwix"):  # the venv sees nothing else of this one
+        seen = subprocess.run([str(python), "-c", f"import {other}"], cwd=tmp_path,
+                              capture_output=True, env={"PYTHONNOUSERSITE": "1"}, timeout=60)
+        assert seen.returncode != 0, other
+    without = run_alone(python, args, tmp_path)
+    assert without.returncode != 0 and "Please install 'flatbuffers'" in without.stderr, (
+        without.stderr[-2000:])
+
+    python = venv_with_only(install_closure(["jax", "flatbuffers"]), tmp_path / "jax_flatbuffers")
+    out = run_alone(python, args, tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     expected = quantize(ticket.network, ticket.params, ticket.batch_stats).forward(x)
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-5, atol=1e-5)

@@ -1,9 +1,11 @@
 """A finished model as a ``jax.export`` artifact: runs without this package or its config.
 
 The eval-mode forward pass is exported with the weights (and BatchNorm statistics) baked in
-as constants and a symbolic batch dimension, serialized to one file. Loading it needs only
-JAX: ``jax.export.deserialize(open(path, "rb").read()).call(x)`` gives the logits for a
-float32 batch ``x`` of the model's input shape, on the platforms it was exported for.
+as constants and a symbolic batch dimension, serialized to one file. Loading it needs jax,
+jaxlib and flatbuffers (``pip install jax flatbuffers``: JAX's deserializer imports
+flatbuffers, which jax does not require), not this package, Flax or Qwix:
+``jax.export.deserialize(bytearray(open(path, "rb").read())).call(x)`` gives the logits for
+a float32 batch ``x`` of the model's input shape, on the platforms it was exported for.
 """
 
 from __future__ import annotations
