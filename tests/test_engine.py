@@ -196,9 +196,9 @@ def test_a_sweep_over_pruning_settings_trains_level_0_once(tmp_path, digits_over
 
 
 def test_methods_corrected_after_release_hash_apart_from_their_old_results():
-    """GraSP, SynFlow and global Taylor changed their computation (issue 29): their folders
-    are renamed, so a store made before is not read as the corrected method's; magnitude
-    keeps its folder names, and level 0 stays shared by every method."""
+    """GraSP, SynFlow, global Taylor and gradual changed their computation (issue 29): their
+    folders are renamed, so a store made before is not read as the corrected method's;
+    magnitude keeps its folder names, and level 0 stays shared by every method."""
     from lottery.config import Config, PruningConfig
     from lottery.store.hashing import dense_values, hashed_values
 
@@ -207,6 +207,7 @@ def test_methods_corrected_after_release_hash_apart_from_their_old_results():
 
     assert revision(method="grasp") == "grasp-2"
     assert revision(method="synflow") == "synflow-2"
+    assert revision(method="gradual") == "gradual-2"
     assert revision(method="structured", criterion="taylor") == "structured-taylor-global-2"
     for unchanged in ({}, {"method": "snip"}, {"method": "structured"},
                       {"method": "structured", "criterion": "taylor", "scope": "layerwise"}):

@@ -53,13 +53,14 @@ ONLY_PRUNED_LEVELS = ("pruning.", "train.replay_data_order")
 
 # Methods whose computation was corrected after stores held their results (issue 29: GraSP's
 # temperature in both passes, SynFlow's |.| of the BatchNorm statistics, the global ranking
-# of Taylor scores normalised per layer). Their revision enters the hash, so a store made
+# of Taylor scores normalised per layer, gradual pruning step for step as tfmot: its update
+# timing, schedule arithmetic and tie rule). Their revision enters the hash, so a store made
 # before the correction is never taken for the corrected method's results; the other
 # methods' folders keep their names.
 def method_revision(values: dict[str, Any]) -> str | None:
     """The revision of the pruning method of the flat config ``values``, if it has one."""
     method = values.get("pruning.method", "magnitude")
-    if method in ("grasp", "synflow"):
+    if method in ("grasp", "synflow", "gradual"):
         return f"{method}-2"
     taylor = values.get("pruning.criterion") == "taylor"
     if method == "structured" and taylor and values.get("pruning.scope", "global") == "global":
