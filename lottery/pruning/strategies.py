@@ -270,16 +270,19 @@ def _gradual_settings(cfg: PruningConfig, timeline: Timeline | None) -> Polynomi
             f"{cfg.end_step!r} ({end} it) must satisfy begin < end < train.steps "
             f"({timeline.total_steps} it)"
         )
-    rewind = timeline.iterations(cfg.rewind_step, "pruning.rewind_step")
-    if rewind > begin:
-        raise ConfigError(
-            f"pruning.rewind_step={cfg.rewind_step!r} ({rewind} it) is after pruning.begin_step="
-            f"{cfg.begin_step!r} ({begin} it): level 1 trains from the rewind step and would skip "
-            "the start of the schedule; rewind to at most begin_step"
-        )
-    return PolynomialDecay(
+    schedule = PolynomialDecay(
         cfg.initial_sparsity, cfg.final_sparsity, begin, end, frequency, cfg.power
     )
+    rewind = timeline.iterations(cfg.rewind_step, "pruning.rewind_step")
+    first_update = schedule.pruning_steps()[0] - 1  # tfmot's step t: after t - 1 steps
+    if rewind > first_update:
+        raise ConfigError(
+            f"pruning.rewind_step={cfg.rewind_step!r} ({rewind} it) is after the schedule's "
+            f"first mask update (pruning.begin_step={cfg.begin_step!r}, made after "
+            f"{first_update} it: tfmot prunes at step t after t - 1 gradient steps); level 1 "
+            f"trains from the rewind step and would skip it; rewind to at most {first_update}it"
+        )
+    return schedule
 
 
 def _gradual(inputs: PruneInputs, s: PolynomialDecay) -> Mask:
@@ -299,7 +302,7 @@ def mask_updates(
         return None
 
     def update(step: int, params: Any, mask: Mask) -> Mask:
-        return gradual_mask(params, mask, prunable, settings.sparsity(step))
+        return gradual_mask(params, mask, prunable, settings.sparsity_after(step))
 
     return settings.update_steps(start, end), update
 
