@@ -2,15 +2,23 @@
 
 import json
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
 from lottery import experiment
 from lottery.branches.controls import reinitialized
-from lottery.branches.instability import error_barrier, interpolate
+from lottery.branches.instability import (
+    STREAM_BLOCK,
+    error_barrier,
+    interpolate,
+    statistics_batches,
+    statistics_estimator,
+)
+from lottery.models import Network
 from lottery.pruning import flatten
-from lottery.store import load_tree_npz
+from lottery.store import digest, load_tree_npz
 
 from conftest import make_config
 
@@ -122,6 +130,128 @@ def test_the_instability_of_two_identical_copies_is_zero(branched):
     errors = summary["instability"]["test_errors"]
     assert len(errors) == 30 and summary["instability_barrier"] == 0.0
     assert len(set(errors)) == 1
+
+
+def test_the_default_instability_keeps_its_folder_name_and_records_its_stream(branched):
+    """batchnorm=interpolate (the default) hashes the arguments it always had, so branch
+    folders made before the setting existed are found again."""
+    plan, store, _ = branched
+    folder = branch_folders(store.replicate(0).level_path(1))["instability"]
+    old_args = {"data_seed": 0, "points": 30}
+    values = {"experiment": plan.digest, "branch": "instability", **old_args}
+    assert folder.name == f"branch_instability_{digest(values)}"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["branch_args"] == old_args
+    assert "batchnorm" not in summary["instability"]  # an MLP has no statistics
+    assert summary["data_stream"] == plan.data_stream(1)  # data_seed 0: the level's own
+
+
+class TinyBatchNormNet(nn.Module):
+    """Dense, BatchNorm, ReLU, Dense, BatchNorm, Dense: small enough to compute by hand."""
+
+    momentum: float = 0.9
+
+    @nn.compact
+    def __call__(self, x, train):
+        for width in (5, 4):
+            x = nn.Dense(width)(x)
+            x = nn.BatchNorm(not train, momentum=self.momentum, epsilon=1e-5)(x)
+            x = nn.relu(x)
+        return nn.Dense(3)(x)
+
+
+def hand_statistics(params, batches, epsilon=1e-5):
+    """Each BatchNorm's statistics as the average over the batches of the batch's own mean
+    and (biased) variance, in float64, each batch normalised by its own statistics."""
+    per_batch = []
+    for x in batches:
+        h, stats = np.asarray(x, np.float64), {}
+        for dense, norm in (("Dense_0", "BatchNorm_0"), ("Dense_1", "BatchNorm_1")):
+            h = h @ params[dense]["kernel"] + params[dense]["bias"]
+            mean, var = h.mean(axis=0), h.var(axis=0)
+            stats[norm] = {"mean": mean, "var": var}
+            h = (h - mean) / np.sqrt(var + epsilon) * params[norm]["scale"]
+            h = np.maximum(h + params[norm]["bias"], 0.0)
+        per_batch.append(stats)
+    return jax.tree.map(lambda *values: np.mean(values, axis=0), *per_batch)
+
+
+@pytest.mark.parametrize("momentum", [0.9, 0.5])
+def test_recomputed_statistics_are_the_average_of_each_batchs_own(momentum):
+    network = Network(TinyBatchNormNet(momentum), (6,))
+    params, stats = network.init(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    # Scales and shifts away from 1 and 0, so the second layer's statistics depend on them.
+    params = jax.tree.map(lambda p: np.asarray(p) + rng.normal(0, 0.5, p.shape), params)
+    params = jax.tree.map(lambda p: p.astype(np.float32), params)
+    batches = [rng.normal(1.0, 2.0, (16, 6)).astype(np.float32) for _ in range(3)]
+    estimate = statistics_estimator(network)(params, stats, batches)
+    expected = hand_statistics(params, batches)
+    for path, value in flatten(expected).items():
+        np.testing.assert_allclose(flatten(estimate)[path], value, rtol=2e-6, err_msg=path)
+    # Not the running average the layers keep, nor one batch's values.
+    _, running = network.apply(params, stats, batches[-1], train=True)
+    assert not np.allclose(running["BatchNorm_1"]["var"], expected["BatchNorm_1"]["var"])
+    last = hand_statistics(params, batches[-1:])
+    assert not np.allclose(last["BatchNorm_1"]["mean"], expected["BatchNorm_1"]["mean"])
+
+
+@pytest.fixture(scope="module")
+def batchnorm_instability(tmp_path_factory):
+    """A ResNet-20 (width 4) on digits, one level, instability measured both ways."""
+    root = tmp_path_factory.mktemp("instability_batchnorm")
+    overrides = [
+        "dataset=digits", "model=resnet20", "model.width=4", "train.steps=24it",
+        "train.batch_size=50", "train.eval_every=12it", "pruning.levels=1", "progress=false",
+        "branches=[instability]", "branch.instability.batchnorm=both",
+        "branch.instability.points=3", "branch.instability.recompute_batches=3it",
+    ]
+    cfg = make_config(overrides, root)
+    store, _ = experiment.run(cfg)
+    level = store.replicate(0).level_path(1)
+    folder = branch_folders(level)["instability"]
+    return experiment.prepare(cfg), level, folder
+
+
+def test_both_batchnorm_settings_give_their_own_barrier(batchnorm_instability):
+    _, _, folder = batchnorm_instability
+    summary = json.loads((folder / "summary.json").read_text())
+    line = summary["instability"]
+    assert line["batchnorm"] == "both" and line["recompute_batches"] == 3
+    interpolated, recomputed = line["test_errors"], line["test_errors_recompute"]
+    assert len(interpolated) == len(recomputed) == 3
+    assert summary["instability_barrier"] == error_barrier(interpolated)
+    assert summary["instability_barrier_recompute"] == error_barrier(recomputed)
+    assert interpolated != recomputed
+    assert summary["branch_args"] == {
+        "data_seed": 1, "points": 3, "batchnorm": "both", "recompute_batches": 3
+    }
+
+
+def test_recompute_evaluates_each_point_with_statistics_of_the_fixed_batches(
+    batchnorm_instability,
+):
+    plan, level, folder = batchnorm_instability
+    summary = json.loads((folder / "summary.json").read_text())
+    ends = [load_tree_npz(f / "params.npz") for f in (level, folder)]
+    params = interpolate(ends[0]["params"], ends[1]["params"], 0.5)
+    stats = interpolate(ends[0]["batch_stats"], ends[1]["batch_stats"], 0.5)
+    batches = statistics_batches(plan, 3)
+    first, again = list(batches()), list(batches())  # the same batches every time
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    recomputed = statistics_estimator(plan.network)(params, stats, first)
+    trainer = experiment.Experiment(plan).trainer
+    error = 1.0 - trainer.evaluate(params, recomputed)["test/accuracy"]
+    assert error == summary["instability"]["test_errors_recompute"][1]
+    interpolated = 1.0 - trainer.evaluate(params, stats)["test/accuracy"]
+    assert interpolated == summary["instability"]["test_errors"][1]
+
+
+def test_the_second_copy_records_the_data_stream_it_trained_on(batchnorm_instability):
+    _, level, folder = batchnorm_instability
+    copy = json.loads((folder / "summary.json").read_text())
+    own = json.loads((level / "summary.json").read_text())
+    assert own["data_stream"] == 1 and copy["data_stream"] == STREAM_BLOCK * 1 + 1
 
 
 def test_the_error_barrier_is_the_bump_over_the_ends():

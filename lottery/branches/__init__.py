@@ -22,7 +22,11 @@ from lottery.branches.controls import (
     random_prune,
     random_reinit,
 )
-from lottery.branches.instability import check_instability, instability
+from lottery.branches.instability import (
+    check_instability,
+    check_instability_network,
+    instability,
+)
 from lottery.branches.retrain import (
     check_finetune,
     check_lr_rewind,
@@ -41,7 +45,9 @@ BRANCHES: dict[str, Branch] = {
     "lr_rewind": Branch("lr_rewind", lr_rewind, check_lr_rewind),
     "finetune": Branch("finetune", finetune, check_finetune),
     "rewind_to": Branch("rewind_to", rewind_to, check_rewind_to),
-    "instability": Branch("instability", instability, check_instability),
+    "instability": Branch(
+        "instability", instability, check_instability, check_instability_network
+    ),
     "small_dense": Branch("small_dense", small_dense, check_small_dense),
 }
 
@@ -85,4 +91,19 @@ def check_branches(cfg: Config, timeline: Any, strategy: Any) -> list[Branch]:
     return chosen
 
 
-__all__ = ["BRANCHES", "Branch", "BranchInputs", "BranchRun", "branch_args", "check_branches"]
+def check_branch_networks(cfg: Config, branches: list[Branch], batch_stats: Any) -> None:
+    """The chosen branches' arguments checked against the built network (one ConfigError
+    line, e.g. BatchNorm statistics to re-estimate on a network without BatchNorm)."""
+    for branch in branches:
+        branch.check_network(branch_args(cfg, branch.name), cfg, batch_stats)
+
+
+__all__ = [
+    "BRANCHES",
+    "Branch",
+    "BranchInputs",
+    "BranchRun",
+    "branch_args",
+    "check_branch_networks",
+    "check_branches",
+]

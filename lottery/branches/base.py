@@ -57,3 +57,8 @@ class Branch:
     runs: Callable[[BranchInputs, Any], list[BranchRun]]
     # (arguments, timeline) -> None, or one ConfigError line (before anything is written)
     check: Callable[[Any, Any], None] = field(default=lambda args, timeline: None)
+    # (arguments, config, the network's BatchNorm statistics) -> None, or one ConfigError
+    # line, once the network is built (before anything is trained)
+    check_network: Callable[[Any, Any, Any], None] = field(
+        default=lambda args, cfg, batch_stats: None
+    )

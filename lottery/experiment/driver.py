@@ -391,6 +391,8 @@ class Experiment:
             summary["compacted"] = self.compacted_figures(params, batch_stats, mask)
         if branch is not None:
             summary["branch_args"] = branch.args
+            if branch.stream is not None:  # the data order it trained on, not the level's
+                summary["data_stream"] = branch.stream
             if branch.finalize is not None:
                 summary.update(branch.finalize(params, batch_stats))
         timing: dict[str, Any] = trainer.timing.since(before).as_dict()

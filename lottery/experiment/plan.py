@@ -14,7 +14,7 @@ from typing import Any
 import jax
 
 from lottery import data, models
-from lottery.branches import Branch, check_branches
+from lottery.branches import Branch, check_branch_networks, check_branches
 from lottery.config import Config, ConfigError, Step, parse_cadence, to_iterations, validate
 from lottery.config.applicability import check_applicable
 from lottery.experiment.limits import (
@@ -144,6 +144,7 @@ def prepare(cfg: Config) -> Plan:
     check_pretrained_start(cfg, rewind, dataset)
     prunable = prunable_paths(params, cfg.pruning.prunable)
     strategy.check(params, prunable, settings)
+    check_branch_networks(cfg, branches, batch_stats)
     check_levels(cfg, strategy, settings, params, prunable)
     fingerprint = data.fingerprint(dataset)
     hashed = hashed_values(cfg, fingerprint)
