@@ -396,3 +396,193 @@ def test_synflow_takes_the_absolute_value_of_batchnorm_statistics_as_the_referen
     for path in prunable:
         np.testing.assert_allclose(scores[path], expected[path], rtol=1e-5, atol=1e-6,
                                    err_msg=path)
+
+
+# -- pruning.score_mode: the network scored in eval or train mode --------------------------
+
+BN_NETWORK = Network(_BatchNormNet(), (5,))
+BN_PRUNABLE = ["fc1/kernel", "out/kernel"]
+EPSILON = 1e-5  # _BatchNormNet's
+
+
+def bn_state(seed: int = 8) -> tuple[dict, dict]:
+    """Random weights and the BatchNorm statistics of a rewind point (not the batch's)."""
+    params, _ = jax.jit(BN_NETWORK.init)(jax.random.key(seed))
+    rng = np.random.default_rng(seed)
+    flat = {p: rng.normal(size=np.shape(v)).astype(np.float32) for p, v in flatten(params).items()}
+    stats = {"bn": {"mean": np.array([-2.0, 1.5, -0.5, 0.3], np.float32),
+                    "var": np.array([0.5, 2.0, 1.0, 0.25], np.float32)}}
+    return unflatten(flat), stats
+
+
+def hand_snip(params: dict, stats: dict, batches: list, train: bool) -> dict[str, np.ndarray]:
+    """|g ⊙ w| for _BatchNormNet written out by hand (no Flax): BatchNorm normalises by the
+    batch's mean and (biased) variance in train mode, else by the running statistics."""
+    flat = flatten(params)
+
+    def mean_loss(kernels):
+        total = 0.0
+        for x, y in batches:
+            h = x @ kernels["fc1/kernel"] + flat["fc1/bias"]
+            if train:
+                mean, var = h.mean(axis=0), h.var(axis=0)
+            else:
+                mean, var = stats["bn"]["mean"], stats["bn"]["var"]
+            z = (h - mean) / jnp.sqrt(var + EPSILON) * flat["bn/scale"] + flat["bn/bias"]
+            logits = jax.nn.relu(z) @ kernels["out/kernel"] + flat["out/bias"]
+            total += optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return total / len(batches)
+
+    kernels = {p: jnp.asarray(flat[p]) for p in BN_PRUNABLE}
+    g = jax.jit(jax.grad(mean_loss))(kernels)
+    return {p: np.abs(np.asarray(g[p]) * flat[p]) for p in BN_PRUNABLE}
+
+
+def snapshot(stats: dict) -> dict:
+    return {p: np.array(v, copy=True) for p, v in flatten(stats).items()}
+
+
+def test_snip_in_train_mode_normalises_by_each_batch_and_leaves_the_running_statistics():
+    params, stats = bn_state()
+    batches = make_batches(seed=3, count=2, size=16)
+    before = snapshot(stats)
+
+    def scores(mode):
+        return at_init_scores("snip", BN_NETWORK, params, stats, full_mask(params), BN_PRUNABLE,
+                              batches, None, score_mode=mode)
+
+    train, evaluated = scores("train"), scores("eval")
+    for mode, got in (("train", train), ("eval", evaluated)):
+        expected = hand_snip(params, stats, batches, train=mode == "train")
+        for path in BN_PRUNABLE:
+            np.testing.assert_allclose(got[path], expected[path], rtol=1e-4, atol=1e-7,
+                                       err_msg=f"{mode} {path}")
+    assert not np.allclose(train["fc1/kernel"], evaluated["fc1/kernel"], rtol=0.1)
+    # The default is eval (Synaptic-Flow's and the SNIP authors' code).
+    default = at_init_scores("snip", BN_NETWORK, params, stats, full_mask(params), BN_PRUNABLE,
+                             batches, None)
+    np.testing.assert_array_equal(concat(default, BN_PRUNABLE), concat(evaluated, BN_PRUNABLE))
+    # Scoring reads the running statistics and never writes them: the level trains from the
+    # statistics it was given, and a train-mode mask does not depend on what ran before it.
+    new = prune_at_init("snip", BN_NETWORK, params, stats, full_mask(params), BN_PRUNABLE,
+                        batches, None, 10, score_mode="train")
+    assert sorted(flatten(stats)) == sorted(before)
+    for path, value in before.items():
+        np.testing.assert_array_equal(flatten(stats)[path], value, err_msg=path)
+    again = prune_at_init("snip", BN_NETWORK, params, stats, full_mask(params), BN_PRUNABLE,
+                          batches, None, 10, score_mode="train")
+    assert kept_set_of(new) == kept_set_of(again)
+
+
+def kept_set_of(mask: dict) -> set[int]:
+    return set(np.flatnonzero(concat(flatten(mask), BN_PRUNABLE)).tolist())
+
+
+def test_synflow_in_train_mode_normalises_by_its_one_input_of_ones():
+    params, stats = bn_state()
+    flat = flatten(params)
+    train = at_init_scores("synflow", BN_NETWORK, params, stats, full_mask(params), BN_PRUNABLE,
+                           [], None, score_mode="train")
+    # By hand: one example, so each feature equals its batch mean and BatchNorm outputs its
+    # shift alone, |bn/bias| after SynFlow's |.|: no signal reaches fc1 through it.
+    a2 = np.abs(flat["out/kernel"].astype(np.float64))
+    expected_out = a2 * np.outer(np.abs(flat["bn/bias"]), np.ones(3))
+    np.testing.assert_allclose(train["out/kernel"], expected_out, rtol=1e-5)
+    np.testing.assert_allclose(train["fc1/kernel"], 0.0, atol=1e-6)
+    evaluated = at_init_scores("synflow", BN_NETWORK, params, stats, full_mask(params),
+                               BN_PRUNABLE, [], None)
+    assert np.all(evaluated["fc1/kernel"] > 0)  # eval mode: the running statistics
+
+
+def test_grasp_in_train_mode_differs_from_eval_with_batchnorm_and_equals_it_without():
+    params, stats = bn_state()
+    batches = make_batches(seed=3, count=2, size=16)
+
+    def scores(network, params, stats, prunable, mode):
+        got = at_init_scores("grasp", network, params, stats, full_mask(params), prunable,
+                             batches, None, score_mode=mode)
+        return concat(got, prunable)
+
+    train = scores(BN_NETWORK, params, stats, BN_PRUNABLE, "train")
+    evaluated = scores(BN_NETWORK, params, stats, BN_PRUNABLE, "eval")
+    assert not np.allclose(train, evaluated, rtol=0.1, atol=1e-3 * np.abs(evaluated).max())
+    # Without BatchNorm the two modes are one computation.
+    plain = make_params()
+    np.testing.assert_allclose(scores(NETWORK, plain, {}, PRUNABLE, "train"),
+                               scores(NETWORK, plain, {}, PRUNABLE, "eval"), rtol=1e-6)
+
+
+class _ConvBatchNormNet(nn.Module):
+    """conv1, bn1, ReLU, global mean, out: one BatchNorm, a family structured pruning reads."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(4, (3, 3), name="conv1")(x)
+        x = nn.BatchNorm(use_running_average=not train, epsilon=EPSILON, name="bn1")(x)
+        return nn.Dense(3, name="out")(nn.relu(x).mean(axis=(1, 2)))
+
+
+def test_structured_taylor_scores_in_train_mode_by_default_and_in_eval_mode_when_asked():
+    from lottery.pruning.structured import unit_groups
+    from lottery.pruning.taylor import taylor_scores
+
+    network = Network(_ConvBatchNormNet(), (6, 6, 2))
+    params, stats = jax.device_get(jax.jit(network.init)(jax.random.key(1)))
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(16, 6, 6, 2)).astype(np.float32)
+    batches = [(x, rng.integers(0, 3, 16).astype(np.int32))]
+    groups = unit_groups(params)
+
+    def scores(stats, **kwargs):
+        got = taylor_scores(network, params, stats, full_mask(params), groups, batches, **kwargs)
+        return np.concatenate(got)
+
+    # conv1's output over the batch: its mean and biased variance per channel.
+    h = np.asarray(nn.Conv(4, (3, 3)).apply({"params": params["conv1"]}, x))
+    own = {"bn1": {"mean": h.mean(axis=(0, 1, 2)), "var": h.var(axis=(0, 1, 2))}}
+    before = snapshot(stats)
+    train = scores(stats)  # the default: train mode, by the batch's statistics
+    # With one BatchNorm the activations and their gradients after it are the same in eval
+    # mode with the batch's own statistics as running ones, and only then.
+    np.testing.assert_allclose(scores(own, score_mode="eval"), train, rtol=1e-4, atol=1e-7)
+    assert not np.allclose(scores(stats, score_mode="eval"), train, rtol=0.05)
+    np.testing.assert_allclose(scores(stats, score_mode="train"), train, rtol=1e-6)
+    for path, value in before.items():
+        np.testing.assert_array_equal(flatten(stats)[path], value, err_msg=path)
+
+
+def test_score_mode_applies_to_the_methods_that_score_a_network_and_is_hashed_only_when_set():
+    from lottery.config import Config, PruningConfig
+    from lottery.pruning.strategies import strategy_for
+    from lottery.store.hashing import hashed_values
+
+    def mode(**kwargs):
+        return strategy_for(PruningConfig(**kwargs))[1].score_mode
+
+    assert PruningConfig().score_mode is None  # the method's own
+    for method in ("snip", "grasp", "synflow"):
+        assert mode(method=method) == "eval"
+        assert mode(method=method, score_mode="train") == "train"
+    assert mode(method="magnitude", criterion="taylor") == "eval"
+    assert mode(method="magnitude", criterion="taylor", score_mode="train") == "train"
+    assert mode(method="structured", criterion="taylor") == "train"  # as while fine-tuning
+    assert mode(method="structured", criterion="taylor", score_mode="eval") == "eval"
+    rejected = {
+        "magnitude": r"pruning\.score_mode=train applies to pruning\.criterion=taylor, not "
+                     r"magnitude",
+        "structured": r"pruning\.score_mode=train applies to pruning\.criterion=taylor, not l1",
+        "magnitude_init": r"pruning\.score_mode='train' does not apply to "
+                          r"pruning\.method='magnitude_init'",
+        "random": r"does not apply to pruning\.method='random'",
+        "gradual": r"does not apply to pruning\.method='gradual'",
+    }
+    for method, message in rejected.items():
+        with pytest.raises(ConfigError, match=message) as info:
+            strategy_for(PruningConfig(method=method, score_mode="train"))
+        assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"unknown pruning\.score_mode 'batch'; choose one of "
+                                          r"eval, train"):
+        strategy_for(PruningConfig(method="snip", score_mode="batch"))
+    assert "pruning.score_mode" not in hashed_values(Config(pruning=PruningConfig(method="snip")))
+    train = hashed_values(Config(pruning=PruningConfig(method="snip", score_mode="train")))
+    assert train["pruning.score_mode"] == "train"

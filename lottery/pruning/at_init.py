@@ -16,10 +16,17 @@ are We Missing the Mark?"), each a score per weight where a HIGHER score means K
 
 Scores are computed on ``params ⊙ mask`` (pruned weights are exactly 0) and only the prunable
 leaves are differentiated (the others are held fixed), as in the reference implementations.
-The network runs in evaluation mode (``train=False``) with the given BatchNorm statistics, as
-in Tanaka et al.'s code for all of these pruners (``train_mode=False`` by default): the scores
-then depend on the weights and the batches only, not on how the batches happen to be split.
-Note that freshly initialised statistics (mean 0, variance 1) make BatchNorm an affine map.
+By default (``score_mode="eval"``) the network runs in evaluation mode with the given
+BatchNorm statistics, as Tanaka et al.'s code does for all of these pruners (its
+``prune_loop`` calls ``model.eval()`` unless ``train_mode``, False by default) and as the
+SNIP authors' code does (``is_train: False`` when it prunes): the scores then depend on the
+weights and the batches only, not on how the batches happen to be split. Freshly initialised
+statistics (mean 0, variance 1) make BatchNorm an affine map. ``score_mode="train"`` runs the
+network as in training instead (the GraSP authors' code scores a fresh, hence train-mode,
+copy of the model): each BatchNorm normalises by the statistics of the batch it is given
+(SynFlow's: its one input of ones). Either way the running statistics are only read: the
+statistics a scoring pass would compute are dropped, so the level trains from the weights and
+statistics it was given. Without BatchNorm the two modes are the same computation.
 
 The selection is exact and on the host: :func:`prune_at_init` keeps exactly ``keep`` of the
 prunable weights alive in ``mask``, those of highest score ranked globally over all prunable
@@ -43,6 +50,8 @@ from lottery.models.network import BatchStats, Network, Params
 from lottery.pruning.mask import Mask, apply_mask, flatten, unflatten
 
 METHODS = ("snip", "grasp", "synflow", "magnitude_init", "random")
+# How the network runs while it is scored (see the module docstring).
+SCORE_MODES = ("eval", "train")
 # GraSP's softmax temperature in both passes, as in Wang et al.'s and Synaptic-Flow's code.
 GRASP_TEMPERATURE = 200.0
 
@@ -69,6 +78,7 @@ def _masked_on_host(params: Params, mask: Mask) -> dict[str, np.ndarray]:
 
 def _loss(
     network: Network,
+    train: bool,
     weights: Weights,
     others: Weights,
     batch_stats: BatchStats,
@@ -77,18 +87,21 @@ def _loss(
     temperature: float = 1.0,
 ) -> jax.Array:
     """Mean softmax cross-entropy of the logits divided by ``temperature``, as a function of
-    the prunable leaves (and the others)."""
-    logits, _ = network.apply(unflatten({**others, **weights}), batch_stats, x, train=False)
+    the prunable leaves (and the others). In train mode BatchNorm uses the batch's statistics;
+    the statistics it would update are dropped (``batch_stats`` is only read)."""
+    params = unflatten({**others, **weights})
+    logits, _ = network.apply(params, batch_stats, x, train=train)
     return optax.softmax_cross_entropy_with_integer_labels(logits / temperature, y).mean()
 
 
-# Compiled once per network (a hashable frozen dataclass, hence a static argument) and shapes.
-_grad = jax.jit(jax.grad(_loss, argnums=1), static_argnums=0)
+# Compiled once per network (a hashable frozen dataclass, hence static), mode and shapes.
+_grad = jax.jit(jax.grad(_loss, argnums=2), static_argnums=(0, 1))
 
 
-@partial(jax.jit, static_argnums=0)
+@partial(jax.jit, static_argnums=(0, 1))
 def _hessian_vector(
     network: Network,
+    train: bool,
     weights: Weights,
     others: Weights,
     batch_stats: BatchStats,
@@ -100,9 +113,20 @@ def _hessian_vector(
     """``H v`` with ``H`` the Hessian of one batch's loss: forward-over-reverse (jvp of grad)."""
 
     def grad(w: Weights) -> Weights:
-        return jax.grad(_loss, argnums=1)(network, w, others, batch_stats, x, y, temperature)
+        return jax.grad(_loss, argnums=2)(
+            network, train, w, others, batch_stats, x, y, temperature
+        )
 
     return jax.jvp(grad, (weights,), (v,))[1]
+
+
+def is_train_mode(score_mode: str) -> bool:
+    """Whether ``score_mode`` (``eval`` or ``train``, else a ConfigError) scores in train mode."""
+    if score_mode not in SCORE_MODES:
+        raise ConfigError(
+            f"unknown pruning.score_mode {score_mode!r}; choose one of {', '.join(SCORE_MODES)}"
+        )
+    return score_mode == "train"
 
 
 def _check_batches(method: str, batches: Sequence[Batch]) -> None:
@@ -126,11 +150,16 @@ def snip_scores(
     mask: Mask,
     prunable: list[str],
     batches: Sequence[Batch],
+    score_mode: str = "eval",
 ) -> Scores:
-    """SNIP (Lee et al. 2019): ``|g ⊙ w|`` with ``g`` the loss gradient averaged over batches."""
+    """SNIP (Lee et al. 2019): ``|g ⊙ w|`` with ``g`` the loss gradient averaged over batches,
+    the network run in ``score_mode`` (see the module docstring)."""
     _check_batches("snip", batches)
+    train = is_train_mode(score_mode)
     weights, others = _split(_masked_on_host(params, mask), prunable)
-    g = _batch_mean(lambda x, y: _grad(network, weights, others, batch_stats, x, y), batches)
+    g = _batch_mean(
+        lambda x, y: _grad(network, train, weights, others, batch_stats, x, y), batches
+    )
     return {p: np.abs(g[p] * weights[p]) for p in prunable}
 
 
@@ -142,6 +171,7 @@ def grasp_scores(
     prunable: list[str],
     batches: Sequence[Batch],
     temperature: float = GRASP_TEMPERATURE,
+    score_mode: str = "eval",
 ) -> Scores:
     """GraSP (Wang et al. 2020): ``w ⊙ Hg``, higher = keep.
 
@@ -153,22 +183,32 @@ def grasp_scores(
     ``-S = w ⊙ Hg`` is the same mask. As in the reference code (the GraSP authors' and
     Synaptic-Flow's), the loss of both passes is taken on the logits divided by
     ``temperature`` (T=200 there); T=1 is the plain loss. The reference sums over batches
-    and divides the scores by ``|Σ scores|``: positive factors, the same ranking.
+    and divides the scores by ``|Σ scores|``: positive factors, the same ranking. The network
+    runs in ``score_mode`` (see the module docstring).
     """
     _check_batches("grasp", batches)
+    train = is_train_mode(score_mode)
     weights, others = _split(_masked_on_host(params, mask), prunable)
     t = np.float32(temperature)
-    g = _batch_mean(lambda x, y: _grad(network, weights, others, batch_stats, x, y, t), batches)
+    g = _batch_mean(
+        lambda x, y: _grad(network, train, weights, others, batch_stats, x, y, t), batches
+    )
     hg = _batch_mean(
-        lambda x, y: _hessian_vector(network, weights, others, batch_stats, x, y, g, t), batches
+        lambda x, y: _hessian_vector(network, train, weights, others, batch_stats, x, y, g, t),
+        batches,
     )
     # Keep-score = -S(-w) = w ⊙ Hg (Wang et al. 2020, eq. 8; they prune the highest S).
     return {p: weights[p] * hg[p] for p in prunable}
 
 
-@partial(jax.jit, static_argnums=(0, 1))
+@partial(jax.jit, static_argnums=(0, 1, 2))
 def _synflow(
-    network: Network, prunable: tuple[str, ...], params: Params, batch_stats: BatchStats, mask: Mask
+    network: Network,
+    prunable: tuple[str, ...],
+    train: bool,
+    params: Params,
+    batch_stats: BatchStats,
+    mask: Mask,
 ) -> Weights:
     weights, others = _split(flatten(apply_mask(params, mask)), list(prunable))
     weights = {p: jnp.abs(w) for p, w in weights.items()}
@@ -179,7 +219,8 @@ def _synflow(
     ones = jnp.ones((1, *network.input_shape), jnp.float32)
 
     def objective(weights: Weights) -> jax.Array:
-        logits, _ = network.apply(unflatten({**others, **weights}), batch_stats, ones, train=False)
+        params = unflatten({**others, **weights})
+        logits, _ = network.apply(params, batch_stats, ones, train=train)
         return jnp.sum(logits)
 
     grads = jax.grad(objective)(weights)
@@ -187,18 +228,27 @@ def _synflow(
 
 
 def synflow_scores(
-    network: Network, params: Params, batch_stats: BatchStats, mask: Mask, prunable: list[str]
+    network: Network,
+    params: Params,
+    batch_stats: BatchStats,
+    mask: Mask,
+    prunable: list[str],
+    score_mode: str = "eval",
 ) -> Scores:
     """SynFlow (Tanaka et al. 2020), one round: ``|∂R/∂θ ⊙ θ|``.
 
     Every parameter (biases and BatchNorm scales too) and every BatchNorm statistic (the
     running means, which a rewind point k > 0 makes nonzero) is replaced by its absolute value
     under the mask, as the reference code's ``linearize`` does to the whole ``state_dict``; the
-    network runs in evaluation mode on one input of ones, and ``R`` is the sum of the logits.
+    network runs on one input of ones, and ``R`` is the sum of the logits. In
+    ``score_mode="train"`` each BatchNorm normalises by the statistics of that one input (over
+    its positions; a Dense layer's BatchNorm then outputs its shift alone), as the reference's
+    ``train_mode`` does.
     In float32 (as the reference code): ``R`` is a product over layers and can overflow for
     very deep or wide networks; :func:`prune_at_init` then stops with a RunError.
     """
-    scores = _synflow(network, tuple(prunable), params, batch_stats, mask)
+    train = is_train_mode(score_mode)
+    scores = _synflow(network, tuple(prunable), train, params, batch_stats, mask)
     return {p: np.asarray(s) for p, s in scores.items()}
 
 
@@ -236,23 +286,25 @@ def at_init_scores(
     batches: Sequence[Batch],
     key: jax.Array,
     grasp_temperature: float = GRASP_TEMPERATURE,
+    score_mode: str = "eval",
 ) -> dict[str, np.ndarray]:
     """Per prunable path, a float score array shaped like the weight; HIGHER = KEEP.
 
-    ``batches`` are used by ``snip`` and ``grasp``, ``key`` by ``random``, and
-    ``grasp_temperature`` by ``grasp``; the others ignore them. ``synflow`` here is one round
-    (single shot); :func:`prune_at_init` iterates it.
+    ``batches`` are used by ``snip`` and ``grasp``, ``key`` by ``random``,
+    ``grasp_temperature`` by ``grasp``, and ``score_mode`` (how the network runs: ``eval`` or
+    ``train``) by ``snip``, ``grasp`` and ``synflow``; the others ignore them. ``synflow``
+    here is one round (single shot); :func:`prune_at_init` iterates it.
     """
     _check_method(method)
     prunable = sorted(prunable)
     if method == "snip":
-        return snip_scores(network, params, batch_stats, mask, prunable, batches)
+        return snip_scores(network, params, batch_stats, mask, prunable, batches, score_mode)
     if method == "grasp":
         return grasp_scores(
-            network, params, batch_stats, mask, prunable, batches, grasp_temperature
+            network, params, batch_stats, mask, prunable, batches, grasp_temperature, score_mode
         )
     if method == "synflow":
-        return synflow_scores(network, params, batch_stats, mask, prunable)
+        return synflow_scores(network, params, batch_stats, mask, prunable, score_mode)
     if method == "magnitude_init":
         return magnitude_init_scores(params, mask, prunable)
     return random_scores(params, prunable, key)
@@ -323,11 +375,12 @@ def _synflow_prune(
     prunable: list[str],
     keep: int,
     rounds: int,
+    score_mode: str,
 ) -> Mask:
     """Iterative SynFlow: rescore on the current mask before each round's pruning."""
     alive = sum(int(np.count_nonzero(flatten(mask)[p])) for p in prunable)
     for target in synflow_schedule(alive, keep, rounds):
-        scores = synflow_scores(network, params, batch_stats, mask, prunable)
+        scores = synflow_scores(network, params, batch_stats, mask, prunable, score_mode)
         mask = keep_top(scores, mask, prunable, target, "synflow")
     return mask
 
@@ -344,23 +397,28 @@ def prune_at_init(
     keep: int,
     synflow_rounds: int = 100,
     grasp_temperature: float = GRASP_TEMPERATURE,
+    score_mode: str = "eval",
 ) -> Mask:
     """A new mask keeping exactly ``keep`` of the prunable weights alive in ``mask``.
 
     The ``keep`` of highest score (:func:`at_init_scores`), ranked globally over all prunable
     paths, ties to the earlier path then the lower flat index. ``synflow`` prunes in
     ``synflow_rounds`` rounds, rescoring each time (see :func:`synflow_schedule`); ``grasp``
-    divides the logits by ``grasp_temperature``. Non-prunable leaves are copied unchanged;
-    ``mask`` itself is not modified.
+    divides the logits by ``grasp_temperature``; ``snip``, ``grasp`` and ``synflow`` run the
+    network in ``score_mode``. Non-prunable leaves are copied unchanged; ``mask``,
+    ``params`` and ``batch_stats`` themselves are not modified.
     """
     _check_method(method)
     prunable = sorted(prunable)
     alive = sum(int(np.count_nonzero(flatten(mask)[p])) for p in prunable)
     _check_keep(keep, alive)
     if method == "synflow":
-        return _synflow_prune(network, params, batch_stats, mask, prunable, keep, synflow_rounds)
+        return _synflow_prune(
+            network, params, batch_stats, mask, prunable, keep, synflow_rounds, score_mode
+        )
     scores = at_init_scores(
-        method, network, params, batch_stats, mask, prunable, batches, key, grasp_temperature
+        method, network, params, batch_stats, mask, prunable, batches, key, grasp_temperature,
+        score_mode,
     )
     return keep_top(scores, mask, prunable, keep, method)
 
@@ -368,8 +426,10 @@ def prune_at_init(
 __all__ = [
     "GRASP_TEMPERATURE",
     "METHODS",
+    "SCORE_MODES",
     "at_init_scores",
     "grasp_scores",
+    "is_train_mode",
     "keep_top",
     "magnitude_init_scores",
     "prune_at_init",

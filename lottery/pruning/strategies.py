@@ -42,12 +42,13 @@ from lottery.pruning.mask import Mask, count_alive, flatten, full_mask
 COMMON_KEYS = frozenset({"method", "levels", "rewind_step", "prunable", "max_accuracy_drop"})
 SCOPES = ("global", "layerwise")
 NORMS = ("l1", "l2")
+SCORE_MODES = ("eval", "train")  # how the network runs while scored (pruning.score_mode)
 # Pruning at initialisation, by method: the ``pruning`` keys each reads besides the fraction
 # (SNIP's and GraSP's scores take gradients on training examples; SynFlow iterates).
 AT_INIT: dict[str, frozenset[str]] = {
-    "snip": frozenset({"score_examples"}),
-    "grasp": frozenset({"score_examples", "grasp_temperature"}),
-    "synflow": frozenset({"synflow_rounds"}),
+    "snip": frozenset({"score_examples", "score_mode"}),
+    "grasp": frozenset({"score_examples", "grasp_temperature", "score_mode"}),
+    "synflow": frozenset({"synflow_rounds", "score_mode"}),
     "magnitude_init": frozenset(),
     "random": frozenset(),
 }
@@ -96,6 +97,7 @@ class MagnitudeSettings:
     layer_fractions: dict[str, float]
     criterion: str = "magnitude"
     score_examples: int = 100  # taylor: training examples the gradients are taken on
+    score_mode: str = "eval"  # taylor: how the network runs while scored
 
 
 def _check_scope(cfg: PruningConfig) -> None:
@@ -130,13 +132,25 @@ def _check_score_examples(cfg: PruningConfig) -> None:
         raise ConfigError(f"pruning.score_examples={cfg.score_examples} must be at least 1")
 
 
+def _score_mode(cfg: PruningConfig, own: str = "eval") -> str:
+    """``pruning.score_mode``, or the method's ``own`` when unset, checked."""
+    mode = cfg.score_mode or own
+    if mode not in SCORE_MODES:
+        raise ConfigError(
+            f"unknown pruning.score_mode {cfg.score_mode!r}; choose one of {', '.join(SCORE_MODES)}"
+        )
+    return mode
+
+
 def _magnitude_settings(cfg: PruningConfig, timeline: Timeline | None) -> MagnitudeSettings:
     _check_scope(cfg)
     criterion = _criterion(cfg, (*CRITERIA, "taylor"))
     _check_taylor_only(cfg, criterion, "score_examples")
     _check_score_examples(cfg)
+    _check_taylor_only(cfg, criterion, "score_mode")
     return MagnitudeSettings(
-        cfg.fraction, cfg.scope, dict(cfg.layer_fractions), criterion, cfg.score_examples
+        cfg.fraction, cfg.scope, dict(cfg.layer_fractions), criterion, cfg.score_examples,
+        _score_mode(cfg),
     )
 
 
@@ -146,7 +160,7 @@ def _magnitude(inputs: PruneInputs, s: MagnitudeSettings) -> Mask:
 
         scores = snip_scores(
             inputs.network, inputs.params, inputs.batch_stats, inputs.mask, inputs.prunable,
-            inputs.batches(s.score_examples),
+            inputs.batches(s.score_examples), s.score_mode,
         )
     else:
         start = inputs.start()[0] if s.criterion != "magnitude" else None
@@ -197,6 +211,7 @@ class StructuredSettings:
     norm: str
     score_examples: int = 100
     flops_weight: float = 0.0
+    score_mode: str = "train"  # taylor: as while fine-tuning (Molchanov et al. 2017)
 
 
 def _structured_settings(cfg: PruningConfig, timeline: Timeline | None) -> StructuredSettings:
@@ -205,13 +220,15 @@ def _structured_settings(cfg: PruningConfig, timeline: Timeline | None) -> Struc
     _check_taylor_only(cfg, criterion, "score_examples")
     _check_score_examples(cfg)
     _check_taylor_only(cfg, criterion, "taylor_flops_weight")
+    _check_taylor_only(cfg, criterion, "score_mode")
     if cfg.taylor_flops_weight < 0:
         raise ConfigError(
             f"pruning.taylor_flops_weight={cfg.taylor_flops_weight} must be >= 0 (0 ranks by "
             "the Taylor criterion alone)"
         )
     return StructuredSettings(
-        cfg.fraction, cfg.scope, criterion, cfg.score_examples, cfg.taylor_flops_weight
+        cfg.fraction, cfg.scope, criterion, cfg.score_examples, cfg.taylor_flops_weight,
+        _score_mode(cfg, own="train"),
     )
 
 
@@ -226,7 +243,7 @@ def _structured(inputs: PruneInputs, s: StructuredSettings) -> Mask:
         flops = unit_flops(inputs.network, inputs.params, groups) if s.flops_weight else None
         scores = taylor_scores(
             inputs.network, inputs.params, inputs.batch_stats, inputs.mask, groups,
-            inputs.batches(s.score_examples), flops, s.flops_weight,
+            inputs.batches(s.score_examples), flops, s.flops_weight, s.score_mode,
         )
     return structured_prune(inputs.params, inputs.mask, s.fraction, s.scope, s.norm, scores)
 
@@ -319,6 +336,7 @@ class AtInitSettings:
     synflow_rounds: int
     score_examples: int
     grasp_temperature: float = 200.0
+    score_mode: str = "eval"
 
 
 def _at_init_settings(cfg: PruningConfig, timeline: Timeline | None) -> AtInitSettings:
@@ -331,7 +349,8 @@ def _at_init_settings(cfg: PruningConfig, timeline: Timeline | None) -> AtInitSe
             "(200 as in GraSP's reference code, 1 for the plain loss)"
         )
     return AtInitSettings(
-        cfg.method, cfg.fraction, cfg.synflow_rounds, cfg.score_examples, cfg.grasp_temperature
+        cfg.method, cfg.fraction, cfg.synflow_rounds, cfg.score_examples, cfg.grasp_temperature,
+        _score_mode(cfg),
     )
 
 
@@ -358,6 +377,7 @@ def _at_init(inputs: PruneInputs, s: AtInitSettings) -> Mask:
         keep,
         synflow_rounds=s.synflow_rounds,
         grasp_temperature=s.grasp_temperature,
+        score_mode=s.score_mode,
     )
 
 
@@ -400,7 +420,8 @@ class Strategy:
 
 
 _MAGNITUDE_KEYS = frozenset(
-    {"fraction", "scope", "layer_fractions", "criterion", "start_from", "score_examples"}
+    {"fraction", "scope", "layer_fractions", "criterion", "start_from", "score_examples",
+     "score_mode"}
 )
 STRATEGIES: dict[str, Strategy] = {
     "magnitude": Strategy(
@@ -415,7 +436,7 @@ STRATEGIES: dict[str, Strategy] = {
         "structured",
         frozenset(
             {"fraction", "scope", "criterion", "start_from", "score_examples",
-             "taylor_flops_weight"}
+             "taylor_flops_weight", "score_mode"}
         ),
         _structured_settings,
         _structured,

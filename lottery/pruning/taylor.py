@@ -11,15 +11,18 @@ convolution (its scale and shift are pruned with it), else the Dense or Conv lay
 and each block's last BatchNorm): their products are summed before the absolute value, the
 first-order change of removing the channel everywhere at once.
 
-The activations and their gradients come from one forward and backward pass per batch, in
-training mode as during fine-tuning: a zero is added to each output (``nn.intercept_methods``)
-and the loss is differentiated with respect to it. Scores are normalised per layer by their
-L2 norm (the paper's layer-wise normalisation, Θ(c) / ||Θ of its layer||₂), which is what
-makes layers comparable: ``structured_prune`` with ``scope=global`` ranks these normalised
-scores as they are (it divides only the weight norms by their layer's mean). The
-FLOPs-regularised variant subtracts ``flops_weight`` times each unit's share of the network's
-multiply-adds, scaled so that the costliest unit counts 1 (the paper weighs raw FLOPs with a
-small λ).
+The activations and their gradients come from one forward and backward pass per batch, by
+default in training mode, as during the fine-tuning in which the paper computes the criterion
+(each BatchNorm normalises by the batch's statistics; the running statistics are only read,
+never updated), or in evaluation mode with ``score_mode="eval"``. A zero is added to each
+output (``nn.intercept_methods``) and the loss is differentiated with respect to it.
+
+Scores are normalised per layer by their L2 norm (the paper's layer-wise normalisation, Θ(c) /
+||Θ of its layer||₂), which is what makes layers comparable: ``structured_prune`` with
+``scope=global`` ranks these normalised scores as they are (it divides only the weight norms by
+their layer's mean). The FLOPs-regularised variant subtracts ``flops_weight`` times each unit's
+share of the network's multiply-adds, scaled so that the costliest unit counts 1 (the paper
+weighs raw FLOPs with a small λ).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import numpy as np
 import optax
 
 from lottery.models.network import BatchStats, Network, Params
+from lottery.pruning.at_init import is_train_mode
 from lottery.pruning.mask import Mask, apply_mask, layer_of
 from lottery.pruning.structured import UnitGroup
 
@@ -48,7 +52,13 @@ def output_layers(group: UnitGroup) -> list[str]:
 
 
 def _products(
-    network: Network, params: Params, batch_stats: BatchStats, layers: list[str], x: Any, y: Any
+    network: Network,
+    params: Params,
+    batch_stats: BatchStats,
+    layers: list[str],
+    x: Any,
+    y: Any,
+    train: bool = True,
 ) -> dict[str, jax.Array]:
     """Per layer: mean over positions of z · dL/dz, shape (examples, units)."""
 
@@ -66,7 +76,7 @@ def _products(
             return out
 
         with nn.intercept_methods(interceptor):
-            logits, _ = network.apply(params, batch_stats, x, train=True)
+            logits, _ = network.apply(params, batch_stats, x, train=train)
         return logits, outputs
 
     shapes = jax.eval_shape(lambda: capture(None)[1])
@@ -85,7 +95,7 @@ def _products(
     }
 
 
-_jitted_products = jax.jit(_products, static_argnums=(0, 3))
+_jitted_products = jax.jit(_products, static_argnums=(0, 3, 6))
 
 
 def taylor_scores(
@@ -97,17 +107,20 @@ def taylor_scores(
     batches: Sequence[Batch],
     unit_flops: Sequence[np.ndarray] | None = None,
     flops_weight: float = 0.0,
+    score_mode: str = "train",
 ) -> list[np.ndarray]:
-    """Each group's Taylor scores (one per unit), normalised per group; see the module."""
+    """Each group's Taylor scores (one per unit), normalised per group, the network run in
+    ``score_mode`` (``train`` or ``eval``); see the module."""
     if not batches:
         raise ValueError("the Taylor criterion needs at least one batch of (inputs, labels)")
+    train = is_train_mode(score_mode)
     layers_of = [output_layers(group) for group in groups]
     layers = sorted({layer for group_layers in layers_of for layer in group_layers})
     masked = apply_mask(params, mask)
     sums = [np.zeros(group.size) for group in groups]
     count = 0
     for x, y in batches:
-        products = _jitted_products(network, masked, batch_stats, tuple(layers), x, y)
+        products = _jitted_products(network, masked, batch_stats, tuple(layers), x, y, train)
         products = jax.device_get(products)
         for i, group_layers in enumerate(layers_of):
             change = sum(np.asarray(products[layer], np.float64) for layer in group_layers)
