@@ -125,6 +125,12 @@ class PruningConfig:
     # grasp: the softmax temperature T of both passes (logits / T), 200 as in Wang et al.'s
     # and Synaptic-Flow's code; 1 is the plain loss.
     grasp_temperature: float = 200.0
+    # snip, grasp, synflow, and criterion=taylor: how the network runs while it is scored,
+    # eval (BatchNorm by its running statistics) or train (by each batch's own; the running
+    # statistics are not updated). None: the method's own, eval (Synaptic-Flow's and the SNIP
+    # authors' code score in eval mode) except structured taylor, train (Molchanov et al.
+    # compute it while fine-tuning). Without BatchNorm both modes are the same.
+    score_mode: str | None = None
     # structured, criterion=taylor: subtract this times each unit's share of the FLOPs (the
     # costliest unit counts 1) from its normalised score (Molchanov et al. 2017's variant).
     taylor_flops_weight: float = 0.0
@@ -252,6 +258,14 @@ class InstabilityBranch:
     points: int = 30
     # The second copy's data seed, beside the replicate's own.
     data_seed: int = 1
+    # BatchNorm statistics along the line: interpolate (linearly, like the weights: Frankle et
+    # al. 2020's procedure), recompute (re-estimated at each point on recompute_batches fixed
+    # training batches, as reset_bn_stats in later work, e.g. Jordan et al. 2022), or both
+    # (instability_barrier is interpolate's; instability_barrier_recompute beside it).
+    batchnorm: str = "interpolate"
+    # recompute, both: how many training batches (of train.batch_size) the statistics are
+    # re-estimated on, a step ("1ep": one epoch, as reset_bn_stats; "100it": 100 batches).
+    recompute_batches: str = "1ep"
 
 
 @dataclass
