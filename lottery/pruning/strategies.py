@@ -176,6 +176,13 @@ def _magnitude(inputs: PruneInputs, s: MagnitudeSettings) -> Mask:
     )
 
 
+def _oneshot_settings(cfg: PruningConfig, timeline: Timeline | None) -> MagnitudeSettings:
+    # One-shot ranks the dense network's weights by a criterion of weights alone: Taylor
+    # scores need the network and batches at each level's weights (pruning.method=magnitude).
+    _criterion(cfg, CRITERIA)
+    return _magnitude_settings(cfg, timeline)
+
+
 def _oneshot(inputs: PruneInputs, s: MagnitudeSettings) -> Mask:
     # Level L-1's mask kept the top of the same ranking, so pruning ``fraction`` of its
     # survivors keeps exactly the top of the dense weights at level L's count.
@@ -429,7 +436,7 @@ STRATEGIES: dict[str, Strategy] = {
         weight_groups=_magnitude_groups,
     ),
     "oneshot": Strategy(
-        "oneshot", _MAGNITUDE_KEYS, _magnitude_settings, _oneshot, _check_magnitude,
+        "oneshot", _MAGNITUDE_KEYS, _oneshot_settings, _oneshot, _check_magnitude,
         weight_groups=_magnitude_groups,
     ),
     "structured": Strategy(
