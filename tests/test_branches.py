@@ -1,5 +1,6 @@
 """Branches: the controls and retraining variants of a level, trained into its folder."""
 
+import csv
 import json
 
 import flax.linen as nn
@@ -222,6 +223,11 @@ def test_both_batchnorm_settings_give_their_own_barrier(batchnorm_instability):
     assert len(interpolated) == len(recomputed) == 3
     assert summary["instability_barrier"] == error_barrier(interpolated)
     assert summary["instability_barrier_recompute"] == error_barrier(recomputed)
+    _, level, _ = batchnorm_instability
+    with open(level.parent.parent / "curve.csv") as curve:  # both barriers in the curve
+        (row,) = [r for r in csv.DictReader(curve) if r["branch"] == "instability"]
+    assert float(row["instability_barrier"]) == summary["instability_barrier"]
+    assert float(row["instability_barrier_recompute"]) == summary["instability_barrier_recompute"]
     assert interpolated != recomputed
     assert summary["branch_args"] == {
         "data_seed": 1, "points": 3, "batchnorm": "both", "recompute_batches": 3

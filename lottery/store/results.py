@@ -63,6 +63,7 @@ CURVE_COLUMNS = (
     "flops",
     "theoretical_speedup",
     "instability_barrier",
+    "instability_barrier_recompute",  # branch.instability.batchnorm=both: the second line
 )
 MAIN_BRANCH = "imp"
 # Names of finished level and branch folders (not ``.partial``, not set aside).
