@@ -23,6 +23,10 @@ from lottery.store import digest, load_tree_npz
 
 from conftest import make_config
 
+# One worker for the module: its trained fixtures (a level with branches, a ResNet's
+# instability both ways) are made once.
+pytestmark = pytest.mark.xdist_group("branches")
+
 ALL = "branches=[random_reinit,random_prune,lr_rewind,finetune,rewind_to,instability]"
 
 
