@@ -65,8 +65,8 @@ def _fake_image(i: int) -> np.ndarray:
     return image
 
 
-def test_real_array_record_files(tmp_path):
-    """The real read path (array_record + numpy parser + PIL decode) on files tfds wrote."""
+def write_tiny_cifar10(tmp_path) -> None:
+    """30 train and 12 test examples of CIFAR-10, as real array_record files in ``tmp_path``."""
     from tensorflow_datasets.core import registered
     from tensorflow_datasets.image_classification import cifar
 
@@ -86,6 +86,11 @@ def test_real_array_record_files(tmp_path):
                     yield i, {"id": f"{i}", "image": image, "label": i % 10}
 
     TinyCifar10(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+
+
+def test_real_array_record_files(tmp_path):
+    """The real read path (array_record + numpy parser + PIL decode) on files tfds wrote."""
+    write_tiny_cifar10(tmp_path)
     dataset = data.load(
         DatasetConfig(name="cifar10", path=str(tmp_path), validation_size=5, normalize=False)
     )
@@ -99,6 +104,31 @@ def test_real_array_record_files(tmp_path):
         expected = np.stack([_fake_image(i) for i in index]).astype(np.float32) / 255
         np.testing.assert_array_equal(x, expected)
         np.testing.assert_array_equal(y, index[: len(y)] % 10)
+
+
+def test_tfds_name_reads_the_same_files_and_checks_split_names(tmp_path):
+    """``tfds:cifar10`` reads what ``cifar10`` reads, its info and splits from the prepared
+    files; a split the files do not have is one line listing those they have."""
+    write_tiny_cifar10(tmp_path)
+    zoo = data.load(DatasetConfig(name="cifar10", path=str(tmp_path), validation_size=5))
+    own = data.load(DatasetConfig(name="tfds:cifar10", path=str(tmp_path), validation_size=5))
+    assert own.num_classes == zoo.num_classes == 10
+    for ours, theirs in zip(
+        (own.train, own.validation, own.test), (zoo.train, zoo.validation, zoo.test), strict=True
+    ):
+        np.testing.assert_array_equal(ours.x, theirs.x)
+        np.testing.assert_array_equal(ours.y, theirs.y)
+    half = data.load(
+        DatasetConfig(
+            name="tfds:cifar10", path=str(tmp_path), validation_size=0, test_split="train[:10]"
+        )
+    )
+    np.testing.assert_array_equal(half.test.y, zoo.train.y[:10])
+    with pytest.raises(ConfigError) as error:
+        data.load(DatasetConfig(name="tfds:cifar10", path=str(tmp_path), test_split="tset"))
+    message = str(error.value)
+    assert "\n" not in message and "dataset.test_split='tset'" in message
+    assert "train, test" in message
 
 
 def test_missing_dataset_is_one_line_config_error(tmp_path):

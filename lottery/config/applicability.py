@@ -47,6 +47,12 @@ def check_applicable(cfg: Config, input_shape: tuple[int, ...]) -> None:
     else:
         why = "only the streamed imagenet2012 crops to it"
         _unused(cfg, "dataset.image_size", on_data, why, "remove it")
+    if not data.name.startswith("tfds:"):
+        for key in ("dataset.train_split", "dataset.test_split"):
+            _unused(cfg, key, on_data, "only tfds:NAME datasets choose their splits", "remove it")
+    if data.name != "npz":
+        why = "the other datasets know their classes"
+        _unused(cfg, "dataset.num_classes", on_data, why, "remove it")
     if len(input_shape) != 3:
         shape = f"{on_data} with inputs of shape {tuple(input_shape)}"
         why = "random crop and flip need images of shape (H, W, C)"

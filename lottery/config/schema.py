@@ -29,6 +29,12 @@ class DatasetConfig:
     augment: bool = False
     # Side of the square crops of streamed datasets (ImageNet: 224).
     image_size: int = 224
+    # ``tfds:NAME`` datasets: the tfds splits of the training examples (validation held out
+    # of their end) and of the test examples; tfds' syntax (``train[:50%]``, ``train+extra``).
+    train_split: str = "train"
+    test_split: str = "test"
+    # ``npz`` datasets: the number of classes; 0 = the largest label + 1.
+    num_classes: int = 0
 
 
 @dataclass

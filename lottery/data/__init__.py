@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from lottery.config import ConfigError, DatasetConfig
-from lottery.data import generated, idx, tfds_source
+from lottery.data import generated, idx, npz_source, tfds_source
 from lottery.data.batching import batch_order, stream_seed
 from lottery.data.dataset import Dataset, Split, StreamingDataset, hold_out, normalize
 from lottery.data.fingerprint import fingerprint
@@ -51,11 +51,42 @@ def _imagenet(cfg: DatasetConfig) -> StreamingDataset:
 STREAMING = {"imagenet2012": _imagenet}
 
 
+# A user's own data: ``npz`` (one file of arrays, dataset.path) and ``tfds:NAME[/CONFIG][:VERSION]``
+# (any tensorflow-datasets image classification dataset); they give their number of classes.
+OWN = {
+    "npz": lambda cfg: npz_source.load_npz(cfg.path, cfg.num_classes),
+    tfds_source.PREFIX: lambda cfg: tfds_source.load_any(
+        cfg.name.removeprefix(tfds_source.PREFIX), cfg.path, cfg.train_split, cfg.test_split
+    ),
+}
+
+
 def check_name(name: str) -> None:
-    """Fail with one line if ``name`` is not a known dataset."""
-    if name not in SOURCES and name not in STREAMING:
-        known = ", ".join(sorted([*SOURCES, *STREAMING]))
+    """Fail with one line if ``name`` is not a known dataset (a ``tfds:`` name's dataset is
+    looked up when it is loaded: tfds takes a second to import)."""
+    if name == tfds_source.PREFIX:
+        raise ConfigError(
+            f"dataset.name={name!r} names no dataset; write tfds:NAME, e.g. tfds:svhn_cropped"
+        )
+    if name not in SOURCES and name not in STREAMING and _own(name) is None:
+        known = ", ".join(sorted([*SOURCES, *STREAMING, "npz", "tfds:NAME"]))
         raise ConfigError(f"unknown dataset {name!r}; choose one of {known}")
+
+
+def _own(name: str) -> str | None:
+    """The key of :data:`OWN` that reads ``name``, if any."""
+    if name.startswith(tfds_source.PREFIX):
+        return tfds_source.PREFIX
+    return name if name in OWN else None
+
+
+def _arrays(cfg: DatasetConfig) -> tuple[tuple[np.ndarray, ...], int]:
+    """(train x, train y, test x, test y) and the number of classes of ``cfg``'s source."""
+    own = _own(cfg.name)
+    if own is not None:
+        return OWN[own](cfg)
+    loader, num_classes = SOURCES[cfg.name]
+    return loader(cfg), num_classes
 
 
 def load(cfg: DatasetConfig) -> Dataset | StreamingDataset:
@@ -63,8 +94,7 @@ def load(cfg: DatasetConfig) -> Dataset | StreamingDataset:
     check_name(cfg.name)
     if cfg.name in STREAMING:
         return STREAMING[cfg.name](cfg)
-    loader, num_classes = SOURCES[cfg.name]
-    train_x, train_y, test_x, test_y = loader(cfg)
+    (train_x, train_y, test_x, test_y), num_classes = _arrays(cfg)
     if not 0 <= cfg.validation_size < len(train_y):
         raise ConfigError(
             f"dataset.validation_size={cfg.validation_size} must be in [0, {len(train_y)}) "
@@ -78,6 +108,7 @@ def load(cfg: DatasetConfig) -> Dataset | StreamingDataset:
 
 
 __all__ = [
+    "OWN",
     "SOURCES",
     "STREAMING",
     "Dataset",

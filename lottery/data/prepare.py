@@ -21,7 +21,7 @@ import os
 import sys
 
 from lottery.config.errors import ConfigError
-from lottery.data.tfds_source import NUM_CLASSES, resolve_data_dir
+from lottery.data.tfds_source import NUM_CLASSES, PREFIX, builder_of, resolve_data_dir
 
 DATASETS = (*NUM_CLASSES, "imagenet2012")
 EXTRA = "prepare"
@@ -40,9 +40,14 @@ def check_requirements(name: str) -> None:
 
 
 def prepare(name: str, data_dir: str | None, manual_dir: str | None = None) -> str:
-    """Download and prepare ``name`` as array_record in ``data_dir``; returns where it is."""
+    """Download and prepare ``name`` as array_record in ``data_dir``; returns where it is.
+
+    ``name`` is one of :data:`DATASETS` or any tfds dataset, ``NAME[/CONFIG][:VERSION]``
+    (``tfds:`` in front, as ``dataset.name`` spells it, is allowed).
+    """
+    name = name.removeprefix(PREFIX)
     if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        builder_of(name, data_dir)  # one line if tfds knows no such dataset, config or version
     check_requirements(name)
     import tensorflow_datasets as tfds
 
@@ -60,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Download a dataset and write it as tfds array_record files (needs "
         f"internet and `pip install 'lottery[{EXTRA}]'`).",
     )
-    parser.add_argument("name", choices=DATASETS)
+    parser.add_argument(
+        "name", help=f"{', '.join(DATASETS)} or any tfds dataset NAME[/CONFIG][:VERSION]"
+    )
     parser.add_argument(
         "--data_dir",
         default=None,
