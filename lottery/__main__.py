@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from lottery import huge_pages
+from lottery import huge_pages, xla_cpu
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -26,7 +26,12 @@ def _run(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Check the overrides (one-line errors), then hand over to Hydra."""
+    """Check the overrides (one-line errors), then hand over to Hydra.
+
+    The command's own CPU settings (:func:`lottery.use_cpu_settings`) come first, before
+    anything starts JAX: importing ``lottery`` sets none of them.
+    """
+    xla_cpu.use_cpu_settings()
     import hydra
 
     from lottery import cli, sweeps

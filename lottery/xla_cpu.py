@@ -1,4 +1,4 @@
-"""The XLA flag that makes convolutions fast on a CPU, set when ``lottery`` is imported.
+"""The CPU settings of the command line: XLA's convolution flag and a quiet cache warning.
 
 jaxlib 0.10's CPU backend hands every convolution to YNNPACK by default. For the
 convolutions of training that is the slow choice: a ResNet-20 train step took 1.47 s with
@@ -6,8 +6,11 @@ it and 0.66 s with XLA's Eigen convolutions, Conv-4's 0.90 s and 0.36 s, and the
 gradient of a 32x32x64 convolution (batch 60) 0.8-1.3 s against 0.05 s
 (``benchmarks/conv_cpu.py``, 2-core CPU). Dense layers are not convolutions and keep YNNPACK.
 
-XLA reads ``XLA_FLAGS`` once, when JAX starts its first backend, so this must run before
-any JAX computation: importing ``lottery`` does it. The flag is added only
+XLA reads ``XLA_FLAGS`` once, when JAX starts its first backend, so the flag must be set
+before any JAX computation. Importing ``lottery`` changes nothing in the process (a library
+must not); the command line (``python -m lottery``, ``lottery``) calls
+:func:`use_cpu_settings` first, and so can a script or notebook, as
+``lottery.use_cpu_settings()`` before its first JAX computation. The flag is added only
 
 - if ``XLA_FLAGS`` does not already set ``xla_cpu_experimental_ynn_fusion_type`` (the
   user's choice wins: setting it to ``individual_convolution`` restores YNNPACK's), and
@@ -17,12 +20,19 @@ any JAX computation: importing ``lottery`` does it. The flag is added only
 from __future__ import annotations
 
 import os
+import warnings
 from importlib import metadata
 
 YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
 # Everything YNNPACK does by default except convolutions.
 EIGEN_CONVOLUTIONS = f"--{YNN_FLAG}=-individual_convolution"
 MEASURED_JAXLIB = ("0.10.",)
+
+# XLA cannot write an executable holding oneDNN's custom call (lottery.models.onednn) to
+# JAX's persistent compilation cache (``JAX_COMPILATION_CACHE_DIR``): JAX then warns "Error
+# writing persistent compilation cache entry for 'jit_step': MemoryError: std::bad_alloc",
+# which is no memory shortage; the program is compiled again in the next process.
+CACHE_WRITE_WARNING = r"Error writing persistent compilation cache entry for .*std::bad_alloc"
 
 
 def prefer_eigen_convolutions() -> bool:
@@ -38,3 +48,21 @@ def prefer_eigen_convolutions() -> bool:
         return False
     os.environ["XLA_FLAGS"] = f"{flags} {EIGEN_CONVOLUTIONS}".strip()
     return True
+
+
+def ignore_cache_write_warning() -> None:
+    """Silence :data:`CACHE_WRITE_WARNING` (and only it) for the rest of the process."""
+    warnings.filterwarnings("ignore", message=CACHE_WRITE_WARNING, category=UserWarning)
+
+
+def use_cpu_settings() -> bool:
+    """The command line's CPU settings, in this process: Eigen's convolutions in
+    ``XLA_FLAGS`` (:func:`prefer_eigen_convolutions`) and no warning that oneDNN's programs
+    cannot be cached (:func:`ignore_cache_write_warning`).
+
+    Call it before the process's first JAX computation: XLA reads its flags once, when JAX
+    starts a backend; later, the flag is written but takes no effect. Returns whether the
+    flag is set. Safe to call more than once.
+    """
+    ignore_cache_write_warning()
+    return prefer_eigen_convolutions()

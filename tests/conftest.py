@@ -69,6 +69,18 @@ def _huge_pages_for_every_process() -> None:
 _huge_pages_for_every_process()
 ORIGINAL_GLIBC_TUNABLES = os.environ[USER_GLIBC_TUNABLES] or None
 
+
+def _cpu_settings_for_every_process() -> None:
+    """The test processes and their subprocesses run with the command line's CPU settings
+    (``lottery.use_cpu_settings``: XLA's Eigen convolutions), set before JAX starts, as the
+    command gives them to itself; importing ``lottery`` sets nothing."""
+    import lottery
+
+    lottery.use_cpu_settings()
+
+
+_cpu_settings_for_every_process()
+
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402

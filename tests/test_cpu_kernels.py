@@ -1,5 +1,6 @@
-"""The CPU training kernels (lottery.models.cpu_kernels) and the XLA flag set on import:
-the same logits, gradients and BatchNorm statistics as Flax's layers, pruned weights +0.0."""
+"""The CPU training kernels (lottery.models.cpu_kernels) and the XLA flag that
+lottery.use_cpu_settings sets: the same logits, gradients and BatchNorm statistics as
+Flax's layers, pruned weights +0.0."""
 
 from __future__ import annotations
 
@@ -273,6 +274,7 @@ def test_auto_means_cpu_kernels_on_a_cpu_and_a_gpu() -> None:
 
 PROBE = """
 import json, os, lottery, jax, jax.numpy as jnp
+lottery.use_cpu_settings()
 from jax import lax
 conv = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -292,7 +294,7 @@ def probe(xla_flags: str | None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_importing_lottery_keeps_convolutions_out_of_ynnpack_unless_told_otherwise() -> None:
+def test_cpu_settings_keep_convolutions_out_of_ynnpack_unless_told_otherwise() -> None:
     default = probe(None)
     assert EIGEN_CONVOLUTIONS in default["flags"] and not default["ynn"]
     # The user's own setting wins, and then YNNPACK takes the convolutions again.

@@ -15,6 +15,8 @@ from conftest import REPO
 # grow to 1e-2 within 4 steps.)
 SCRIPT = """
 import numpy as np, jax
+import lottery
+lottery.use_cpu_settings()  # the command line's CPU settings, before JAX starts
 from lottery import models
 from lottery.config import ModelConfig, OptimizerConfig
 from lottery.data.dataset import Dataset, Split

@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import json
 import platform
-import warnings
 from importlib import metadata
 
 import jax
@@ -43,14 +42,9 @@ except ImportError:
 CHECKED_JAXLIB = ("0.10.",)
 
 # XLA cannot write an executable holding the custom call to JAX's persistent compilation
-# cache (``JAX_COMPILATION_CACHE_DIR``): JAX then warns "Error writing persistent
-# compilation cache entry for 'jit_step': MemoryError: std::bad_alloc", which is no memory
-# shortage, and the program is compiled again in the next process (a few seconds).
-warnings.filterwarnings(
-    "ignore",
-    message=r"Error writing persistent compilation cache entry for .*std::bad_alloc",
-    category=UserWarning,
-)
+# cache: JAX warns once per program. The command line silences that warning in its own
+# process (lottery.xla_cpu.ignore_cache_write_warning, part of lottery.use_cpu_settings);
+# importing this module installs no warnings filter.
 
 # Flax's layout: NHWC inputs and outputs, HWIO kernels.
 NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
