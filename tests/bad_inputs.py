@@ -27,6 +27,7 @@ QUICK = ["train.steps=200it", "progress=false"]  # the default MNIST-1D experime
 # How issue 28 ran the inputs it found getting through.
 TWO_LEVELS = ("pruning.levels=2", "train.steps=300it", "train.eval_every=100it")
 DIGITS = ["dataset=digits", "model.hidden=[64,32]", "train.batch_size=50", *QUICK]
+NPZ = ("dataset.name=npz", "dataset.path=own.npz", "dataset.validation_size=40")
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,32 @@ CASES = [
     case("IDX files truncated", "dataset=idx", "dataset.path=idx", setup="idx_truncated"),
     case("IDX files empty", "dataset=idx", "dataset.path=idx", setup="idx_empty"),
     case("tfds dataset not prepared", "dataset=cifar10", "dataset.path=empty", setup="empty"),
+    # A researcher's own data (dataset.name=npz, tfds:NAME).
+    case("own npz: no dataset.path", "dataset.name=npz"),
+    case("own npz: dataset.path missing", *NPZ[:1], "dataset.path=none.npz"),
+    case("own npz: a folder", *NPZ[:1], "dataset.path=empty", setup="empty"),
+    case("own npz: a FIFO", *NPZ, setup="own_npz_fifo"),
+    case("own npz: not an npz", *NPZ, setup="own_npz_text"),
+    case("own npz: an array missing", *NPZ, setup="own_npz_missing"),
+    case("own npz: x of int16", *NPZ, setup="own_npz_int16"),
+    case("own npz: x_test of another shape", *NPZ, setup="own_npz_shape"),
+    case("own npz: NaN in x_train", *NPZ, setup="own_npz_nan"),
+    case("own npz: float labels", *NPZ, setup="own_npz_float_labels"),
+    case("own npz: negative label", *NPZ, setup="own_npz_negative"),
+    case("own npz: lengths differ", *NPZ, setup="own_npz_lengths"),
+    case("own npz: label past dataset.num_classes", *NPZ, "dataset.num_classes=2",
+         setup="own_npz_right"),
+    case("own npz: augment on 1-D examples", *NPZ, "dataset.augment=true",
+         setup="own_npz_right"),
+    case("own npz: num_classes on another dataset", "dataset.num_classes=3"),
+    case("test_split off tfds", "dataset.test_split=extra"),
+    case("tfds name empty", "dataset.name=tfds:"),
+    case("tfds name unknown", "dataset.name=tfds:no_such_dataset"),
+    case("tfds version unknown", "dataset.name=tfds:cifar100:9.9.9"),
+    case("tfds not image classification", "dataset.name=tfds:imdb_reviews"),
+    case("tfds images of varying size", "dataset.name=tfds:imagenette"),
+    case("tfds name not prepared", "dataset.name=tfds:svhn_cropped", "dataset.path=empty",
+         setup="empty"),
     # Starting from a trained model, budgets and deployment.
     case("init.checkpoint missing", "init.checkpoint=/nonexistent/params.npz"),
     case("init.checkpoint of another shape", "init.checkpoint=wrong.npz", setup="npz_wrong"),
@@ -257,10 +284,46 @@ def write_mlp_weights(path: Path, kind: str) -> None:
     np.savez(path, **arrays)
 
 
+def write_own_npz(path: Path, kind: str) -> None:
+    """A dataset .npz of 300 + 60 examples of 12 features, 3 classes: ``right``, or broken
+    as ``kind`` says (``fifo`` and ``text`` are not .npz files at all)."""
+    import os
+
+    import numpy as np
+
+    if kind == "fifo":
+        os.mkfifo(path)
+        return
+    if kind == "text":
+        path.write_text("not an archive")
+        return
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.normal(size=(300, 12)).astype(np.float32),
+              "y_train": rng.integers(0, 3, 300), "x_test": rng.normal(size=(60, 12)),
+              "y_test": rng.integers(0, 3, 60)}
+    if kind == "missing":
+        del arrays["y_test"]
+    elif kind == "int16":
+        arrays["x_train"] = arrays["x_train"].astype(np.int16)
+    elif kind == "shape":
+        arrays["x_test"] = arrays["x_test"][:, :5]
+    elif kind == "nan":
+        arrays["x_train"][3, 2] = np.nan
+    elif kind == "float_labels":
+        arrays["y_train"] = arrays["y_train"].astype(np.float32)
+    elif kind == "negative":
+        arrays["y_train"] = arrays["y_train"] - 1
+    elif kind == "lengths":
+        arrays["y_train"] = arrays["y_train"][:-1]
+    np.savez(path, **arrays)
+
+
 def prepare(setup: str, folder: Path) -> str | None:
     """Make the folder's starting state; returns a cleanup command's mount point, if any."""
     if setup in ("idx_truncated", "idx_empty"):
         write_idx(folder / "idx", truncated=setup == "idx_truncated", empty=setup == "idx_empty")
+    elif setup.startswith("own_npz_"):
+        write_own_npz(folder / "own.npz", setup.removeprefix("own_npz_"))
     elif setup.startswith("npz_"):  # weights of the default MLP (40-100-100-10)
         write_mlp_weights(folder / f"{setup[4:]}.npz", setup[4:])
     elif setup == "fifo":
