@@ -59,18 +59,10 @@ def check_applicable(cfg: Config, input_shape: tuple[int, ...]) -> None:
         _unused(cfg, "dataset.augment", shape, why, "set dataset.augment=false")
 
     on_model = f"model.name={model.name!r}"
-    if model.name != "mlp":
-        why = "only mlp has configurable hidden layers"
-        _unused(cfg, "model.hidden", on_model, why, "remove it or choose model=mlp")
-    if not model.name.startswith(WIDTH_PREFIXES):
-        why = "only conv2/4/6, resnet*, vgg* and mnist1d_cnn use it"
-        _unused(cfg, "model.width", on_model, why, "remove it or choose one of them")
-    if not model.name.startswith(BATCHNORM_PREFIXES):
-        why = "only the networks with BatchNorm (resnet*, vgg*) have scales to draw"
-        _unused(cfg, "model.batchnorm_init", on_model, why, "remove it")
-    if not model.name.startswith(KERNELS_PREFIXES):
-        why = "only conv2/4/6, resnet* and vgg* have convolutions or BatchNorm it chooses"
-        _unused(cfg, "model.kernels", on_model, why, "remove it")
+    if is_user_model(model.name):
+        _check_user_model(cfg, on_model)
+    else:
+        _check_zoo_model(cfg, on_model)
 
     on_opt = f"optimizer.name={opt.name!r}"
     if opt.name != "sgd":
@@ -88,6 +80,51 @@ def check_applicable(cfg: Config, input_shape: tuple[int, ...]) -> None:
         for key in ("optimizer.milestones", "optimizer.gamma"):
             why = "only the step schedule uses it"
             _unused(cfg, key, on_schedule, why, "remove it or set optimizer.schedule=step")
+
+
+def is_user_model(name: str) -> bool:
+    """Whether ``model.name`` is an import path to a model of one's own
+    (``package.module:Name``) rather than a model of the zoo."""
+    return ":" in name
+
+
+# What the zoo's builders read and a model of one's own does not: it builds its own layers.
+ZOO_ONLY = ("model.hidden", "model.width", "model.init", "model.kernels")
+
+
+def _check_user_model(cfg: Config, on_model: str) -> None:
+    """A model of one's own takes its settings as ``model.kwargs``; its units cannot be
+    rebuilt narrower, so structured pruning (whose levels are compacted) is refused.
+    ``model.bias_init`` and ``model.batchnorm_init`` apply: they redraw leaves by their path
+    (a layer's ``bias``, a BatchNorm's ``scale``) after the module's own initialisation."""
+    why = "a model of your own builds its own layers"
+    for key in ZOO_ONLY:
+        _unused(cfg, key, on_model, why, "remove it or pass the model an argument in model.kwargs")
+    if cfg.pruning.method == "structured":
+        why = (
+            "each structured level is compacted, which rebuilds one of the zoo's networks "
+            "narrower; a module of your own cannot be rebuilt"
+        )
+        _unused(cfg, "pruning.method", on_model, why, "choose an unstructured method, e.g. "
+                "pruning.method=magnitude")
+
+
+def _check_zoo_model(cfg: Config, on_model: str) -> None:
+    model = cfg.model
+    why = "only a model of your own (model.name=package.module:Name) takes keyword arguments"
+    _unused(cfg, "model.kwargs", on_model, why, "remove it")
+    if model.name != "mlp":
+        why = "only mlp has configurable hidden layers"
+        _unused(cfg, "model.hidden", on_model, why, "remove it or choose model=mlp")
+    if not model.name.startswith(WIDTH_PREFIXES):
+        why = "only conv2/4/6, resnet*, vgg* and mnist1d_cnn use it"
+        _unused(cfg, "model.width", on_model, why, "remove it or choose one of them")
+    if not model.name.startswith(BATCHNORM_PREFIXES):
+        why = "only the networks with BatchNorm (resnet*, vgg*) have scales to draw"
+        _unused(cfg, "model.batchnorm_init", on_model, why, "remove it")
+    if not model.name.startswith(KERNELS_PREFIXES):
+        why = "only conv2/4/6, resnet* and vgg* have convolutions or BatchNorm it chooses"
+        _unused(cfg, "model.kernels", on_model, why, "remove it")
 
 
 def _unused(cfg: Config, key: str, chosen: str, why: str, fix: str) -> None:

@@ -9,6 +9,7 @@ Which values are *allowed* (a known model, a fraction in [0, 1), ...) is checked
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -39,9 +40,13 @@ class DatasetConfig:
 
 @dataclass
 class ModelConfig:
-    """Which network, by name (see ``lottery.models.MODELS``)."""
+    """Which network, by name (see ``lottery.models.MODELS``), or a model of your own by
+    import path ``package.module:Name`` (see ``lottery.models.user``)."""
 
     name: str = "mlp"
+    # Keyword arguments of a model of your own (``model.name=pkg.mod:Name``): its class's
+    # fields, or its factory's keyword arguments. Hashed (every entry).
+    kwargs: dict[str, Any] = field(default_factory=dict)
     # Widths of the hidden layers of ``mlp``.
     hidden: list[int] = field(default_factory=lambda: [100, 100])
     # Weight initialiser of Dense and Conv kernels: kaiming_normal or glorot_normal.

@@ -135,6 +135,7 @@ def prepare(cfg: Config) -> Plan:
             f"{cfg.dataset.name!r} (shape {tuple(dataset.input_shape)}): {reason}; choose a "
             "model for this data"
         ) from None
+    models.check_built(cfg.model, network, params, batch_stats, dataset.num_classes)
     params, batch_stats = host_tree(params), host_tree(batch_stats)
     weights_digest = None
     if cfg.init.checkpoint:

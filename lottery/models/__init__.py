@@ -7,6 +7,9 @@
 - ``resnet18/34/50``: ImageNet ResNets, as torchvision's (:mod:`.resnet_imagenet`).
 - ``mnist1d_cnn``: the MNIST-1D convolutional baseline (:mod:`.cnn1d`).
 
+``model.name=package.module:Name`` (``model.kwargs={...}``): a model of your own, a Flax
+Linen module class or factory (:mod:`lottery.models.user`).
+
 ``model.width`` sets the base width of the convolutional families (0 = the paper's).
 ``model.kernels`` picks the training kernels of convolutions and BatchNorm
 (:mod:`lottery.models.cpu_kernels`).
@@ -18,6 +21,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 import jax
+from flax import traverse_util
 
 from lottery.config import ConfigError, ModelConfig
 from lottery.models import conv, resnet_cifar, resnet_imagenet, vgg
@@ -25,6 +29,7 @@ from lottery.models.cnn1d import CNN1D
 from lottery.models.init import kernel_init, reinit_function
 from lottery.models.mlp import MLP
 from lottery.models.network import BatchStats, Network, Params
+from lottery.models.user import build_module, check_network, is_user_model, resolve
 
 Builder = Callable[[ModelConfig, int], nn.Module]
 
@@ -65,9 +70,15 @@ KERNELS = ("auto", "xla", "cpu")
 
 
 def check_name(name: str) -> None:
-    """Fail with one line if ``name`` is not a known model."""
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}")
+    """Fail with one line if ``name`` is not a known model nor an importable model of one's
+    own (``package.module:Name``)."""
+    if is_user_model(name):
+        resolve(name)
+    elif name not in MODELS:
+        raise ConfigError(
+            f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}, or give a "
+            "model of your own as model.name=package.module:Name"
+        )
 
 
 def check_kernels(kernels: str) -> None:
@@ -97,10 +108,36 @@ def uses_cpu_kernels(kernels: str, platform: str | None = None) -> bool:
 def build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> Network:
     """The network ``cfg`` names, for inputs of ``input_shape`` (without the batch axis)."""
     check_name(cfg.name)
-    kernel_init(cfg.init)  # fail early on an unknown initialiser
     reinit = reinit_function(cfg.batchnorm_init, cfg.bias_init)
+    if is_user_model(cfg.name):  # its own layers: no kernel initialiser, no CPU kernels
+        module = build_module(cfg.name, dict(cfg.kwargs), num_classes)
+        return Network(module, tuple(input_shape), reinit, )
+    kernel_init(cfg.init)  # fail early on an unknown initialiser
     module = MODELS[cfg.name](cfg, num_classes)
     return Network(module, tuple(input_shape), reinit, uses_cpu_kernels(cfg.kernels))
+
+
+def check_built(
+    cfg: ModelConfig, network: Network, params: Params, batch_stats: BatchStats, num_classes: int
+) -> None:
+    """One line if a model of one's own does not map the data to ``(batch, num_classes)``
+    logits, or keeps variables the experiment cannot carry (the zoo's are known to)."""
+    if not is_user_model(cfg.name):
+        return
+    check_network(network, params, batch_stats, num_classes, cfg.name)
+    leaves = set(traverse_util.flatten_dict(params, sep="/"))
+    on_model = f"does not apply to model.name={cfg.name!r}"
+    if cfg.batchnorm_init != "ones" and not any(p.endswith("/scale") for p in leaves):
+        raise ConfigError(
+            f"model.batchnorm_init={cfg.batchnorm_init!r} {on_model} (it has no BatchNorm "
+            "scale to draw); remove it"
+        )
+    biased = [p for p in leaves if p.endswith("/bias") and p[: -len("bias")] + "kernel" in leaves]
+    if cfg.bias_init != "zeros" and not biased:
+        raise ConfigError(
+            f"model.bias_init={cfg.bias_init!r} {on_model} (no layer has a kernel and a bias "
+            "to draw); remove it"
+        )
 
 
 __all__ = [
@@ -109,7 +146,9 @@ __all__ = [
     "Network",
     "Params",
     "build",
+    "check_built",
     "check_kernels",
     "check_name",
+    "is_user_model",
     "uses_cpu_kernels",
 ]

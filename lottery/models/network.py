@@ -18,7 +18,8 @@ BatchStats = Any  # a nested dict of arrays, empty for models without BatchNorm
 
 @dataclass(frozen=True)
 class Network:
-    """Wraps a Linen module whose ``__call__(x, train)`` returns logits.
+    """Wraps a Linen module whose ``__call__(x, train)`` returns logits (a model of one's own
+    without ``train`` is wrapped in :class:`lottery.models.user.CalledWithoutTrain`).
 
     Parameters and BatchNorm statistics are plain pytrees (nested dicts), so masks, rewinding
     and interpolation are pytree operations.
