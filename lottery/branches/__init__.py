@@ -37,7 +37,6 @@ from lottery.branches.retrain import (
 )
 from lottery.branches.small_dense import check_small_dense, small_dense
 from lottery.config import Config, ConfigError
-from lottery.pruning.strategies import AT_INIT
 
 BRANCHES: dict[str, Branch] = {
     "random_reinit": Branch("random_reinit", random_reinit, check_random_reinit),
@@ -75,7 +74,7 @@ def check_branches(cfg: Config, timeline: Any, strategy: Any) -> list[Branch]:
                 f"branches=[instability] does not apply to pruning.method={strategy.name!r}, "
                 "whose mask changes during training; remove it"
             )
-        if name in ("lr_rewind", "finetune") and strategy.name in AT_INIT:
+        if name in ("lr_rewind", "finetune") and strategy.scores_initial_weights:
             raise ConfigError(
                 f"branches=[{name}] does not apply to pruning.method={strategy.name!r}: its "
                 "masks are chosen at initialisation, not from trained weights; remove it"

@@ -95,7 +95,7 @@ def level_figures(plan: Plan, folder: Path, dense_ms: dict[str, float]) -> dict[
         },
         "latency": {"dense": dense_ms},
     }
-    if plan.strategy.name == "structured":
+    if plan.strategy.compactable:
         small, small_params, small_stats = compact(network, params, stats, mask)
         measured = summary.get("compacted")  # the level's summary measured it already
         figures["latency"]["compacted"] = (
@@ -151,7 +151,7 @@ def export_level(plan: Plan, folder: Path) -> Path:
     ``jax.export`` artifact in the folder; its path."""
     network = plan.network
     params, stats, mask = _level_weights(folder)
-    if plan.strategy.name == "structured":
+    if plan.strategy.compactable:
         network, params, stats = compact(network, params, stats, mask)
     scheme = plan.cfg.deploy.quantize
     forward = quantize(network, params, stats, scheme).forward if scheme != "none" else None

@@ -387,7 +387,7 @@ class Experiment:
         summary = summarize(plan, level, start.step, mask, run.history, digest=digest, branch=label)
         if sizes is not None:
             summary["size_on_disk"] = sizes
-        if branch is None and plan.strategy.name == "structured":
+        if branch is None and plan.strategy.compactable:
             summary["compacted"] = self.compacted_figures(params, batch_stats, mask)
         if branch is not None:
             summary["branch_args"] = branch.args
@@ -429,7 +429,7 @@ class Experiment:
             mask,
             (plan.cfg.seed, level),
             # The weights the level's mask was chosen from (one-shot: always level 0's).
-            lambda: self.replicate.params(0 if plan.strategy.name == "oneshot" else level - 1),
+            lambda: self.replicate.params(0 if plan.strategy.ranks_dense_weights else level - 1),
             lambda: self.replicate.params(level),
             self.rewind_point,
             evaluate,

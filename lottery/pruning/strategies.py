@@ -322,9 +322,14 @@ def mask_updates(
 ) -> tuple[list[int], Callable[[int, Any, Mask], Mask]] | None:
     """For a strategy that prunes during training: the steps in ``[start, end)`` at which the
     mask changes and ``update(step, params, mask) -> mask``; None for the others."""
-    if strategy.name != "gradual":
+    if strategy.training_updates is None:
         return None
+    return strategy.training_updates(settings, prunable, start, end)
 
+
+def _gradual_updates(
+    settings: PolynomialDecay, prunable: list[str], start: int, end: int
+) -> tuple[list[int], Callable[[int, Any, Mask], Mask]]:
     def update(step: int, params: Any, mask: Mask) -> Mask:
         return gradual_mask(params, mask, prunable, settings.sparsity_after(step))
 
@@ -371,7 +376,7 @@ def _at_init(inputs: PruneInputs, s: AtInitSettings) -> Mask:
     alive = count_alive(inputs.mask, inputs.prunable)
     keep = alive - prune_count(s.fraction, alive)
     params, batch_stats = inputs.start()
-    batches = inputs.batches(s.score_examples) if s.method in ("snip", "grasp") else []
+    batches = inputs.batches(s.score_examples) if STRATEGIES[s.method].needs_batches else []
     return prune_at_init(
         s.method,
         inputs.network,
@@ -418,8 +423,22 @@ class Strategy:
     prune: Callable[[PruneInputs, Any], Mask]
     # Checks the settings against the network's layers (one ConfigError line), cheaply.
     check: Callable[[Any, list[str], Any], None]
-    # Prunes inside the training (the level's mask changes as it trains).
+    # Prunes inside the training (the level's mask changes as it trains): then
+    # ``training_updates(settings, prunable, start, end)`` gives the steps in [start, end) at
+    # which the mask changes and ``update(step, params, mask) -> mask``.
     during_training: bool = False
+    training_updates: Callable[[Any, list[str], int, int], Any] | None = None
+    # Removes whole neurons / channels, so every level's network can be compacted (rebuilt
+    # narrower) for its summary, its deployment figures and its export.
+    compactable: bool = False
+    # Ranks the dense network's (level 0's) trained weights at every level, not level L-1's:
+    # the branches that re-prune look at those.
+    ranks_dense_weights: bool = False
+    # Chooses its masks from the weights at the rewind point (at initialisation), not from
+    # trained ones: the branches that compare against trained weights do not apply.
+    scores_initial_weights: bool = False
+    # Reads training batches (``PruneInputs.batches``) while it scores.
+    needs_batches: bool = False
     # (params, prunable paths, settings) -> the weight groups whose counts each level
     # prunes exactly (for :func:`levels_that_prune`); None where levels do not count weights
     # that way (structured counts units, gradual prunes inside one level).
@@ -437,7 +456,7 @@ STRATEGIES: dict[str, Strategy] = {
     ),
     "oneshot": Strategy(
         "oneshot", _MAGNITUDE_KEYS, _oneshot_settings, _oneshot, _check_magnitude,
-        weight_groups=_magnitude_groups,
+        weight_groups=_magnitude_groups, ranks_dense_weights=True,
     ),
     "structured": Strategy(
         "structured",
@@ -448,6 +467,8 @@ STRATEGIES: dict[str, Strategy] = {
         _structured_settings,
         _structured,
         _check_structured,
+        compactable=True,
+        needs_batches=True,
     ),
     "gradual": Strategy(
         "gradual",
@@ -458,11 +479,13 @@ STRATEGIES: dict[str, Strategy] = {
         _gradual,
         _check_nothing,
         during_training=True,
+        training_updates=_gradual_updates,
     ),
     **{
         name: Strategy(
             name, frozenset({"fraction"}) | keys, _at_init_settings, _at_init, _check_nothing,
-            weight_groups=_at_init_groups,
+            weight_groups=_at_init_groups, scores_initial_weights=True,
+            needs_batches=name in ("snip", "grasp"),
         )
         for name, keys in AT_INIT.items()
     },
