@@ -170,6 +170,28 @@ def test_lottery_load_imports_the_own_model_again(
     assert logits.shape == (3, 10)
 
 
+def test_lottery_load_elsewhere_names_the_module_it_cannot_import(
+    own_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lottery
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "mymodel", raising=False)
+    with pytest.raises(ConfigError, match="module 'mymodel' does not import"):
+        lottery.load(_experiment(own_run) / "replicate_0" / "level_1")
+
+
+def test_own_model_run_again_trains_only_the_new_level(own_run: Path) -> None:
+    done = run_cli(
+        [*BASE, "model.name=mymodel:Net", "++model.kwargs={width:16}", "pruning.levels=2",
+         "branches=[random_reinit,random_prune]", "results_root=results"],
+        cwd=own_run,
+    )
+    assert done.returncode == 0, done.stderr
+    trained = [line.split(":")[0] for line in done.stdout.splitlines() if line.startswith("level")]
+    assert trained == ["level  2", "level  2 random_reinit", "level  2 random_prune"], trained
+
+
 def test_own_factory_with_kwargs_and_no_train_argument(tmp_path: Path) -> None:
     (tmp_path / "mymodel.py").write_text(OWN_MODEL)
     done = run_cli(
@@ -257,3 +279,14 @@ def test_batchnorm_init_on_an_own_model_without_batchnorm(bad_folder: Path) -> N
         ["model.name=mymodel:make_net", "model.batchnorm_init=uniform"], bad_folder
     )
     assert "model.batchnorm_init='uniform' does not apply" in message
+
+
+def test_kwargs_hash_by_value_not_by_order() -> None:
+    from lottery.store.hashing import experiment_hash, hashed_values
+
+    def hashed(*overrides: str) -> str:
+        return experiment_hash(make_config(["model.name=mymodel:Net", *overrides]))
+
+    assert hashed("++model.kwargs={a:1,b:[2,3]}") == hashed("++model.kwargs={b:[2,3],a:1}")
+    assert len({hashed("++model.kwargs={a:1}"), hashed("++model.kwargs={a:2}"), hashed()}) == 3
+    assert not any(key.startswith("model.kwargs") for key in hashed_values(make_config([])))
