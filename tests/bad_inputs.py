@@ -190,6 +190,40 @@ CASES = [
     case("tfds images of varying size", "dataset.name=tfds:imagenette"),
     case("tfds name not prepared", "dataset.name=tfds:svhn_cropped", "dataset.path=empty",
          setup="empty"),
+    # A model of one's own (model.name=package.module:Name; the files: setup="own_model").
+    case("own model: module not found", "model.name=own_nothing:Net", setup="own_model"),
+    case("own model: module's own import fails", "model.name=own_broken:Net", setup="own_model"),
+    case("own model: syntax error", "model.name=own_syntax:Net", setup="own_model"),
+    case("own model: attribute missing", "model.name=own_models:Nett", setup="own_model"),
+    case("own model: empty attribute", "model.name=own_models:", setup="own_model"),
+    case("own model: not a module", "model.name=own_models:CONSTANT", setup="own_model"),
+    case("own model: a module instance", "model.name=own_models:instance", setup="own_model"),
+    case("own model: factory returns no module", "model.name=own_models:not_a_module",
+         setup="own_model"),
+    case("own model: kwargs it does not take", "model.name=own_models:make_net",
+         "++model.kwargs={depth:3}", setup="own_model"),
+    case("own model: kwargs.num_classes", "model.name=own_models:Plain",
+         "++model.kwargs={num_classes:3}", setup="own_model"),
+    case("own model: output of 3 classes", "model.name=own_models:ThreeClasses",
+         setup="own_model"),
+    case("own model: does not take the data's shape", "model.name=own_models:Wide",
+         setup="own_model"),
+    case("own model: another variable collection", "model.name=own_models:Counter",
+         setup="own_model"),
+    case("own model: needs a dropout rng", "model.name=own_models:Dropping", setup="own_model"),
+    case("own model: model.hidden", "model.name=own_models:Plain", "model.hidden=[64]",
+         setup="own_model"),
+    case("own model: model.width", "model.name=own_models:Plain", "model.width=8",
+         setup="own_model"),
+    case("own model: model.init", "model.name=own_models:Plain", "model.init=glorot_normal",
+         setup="own_model"),
+    case("own model: model.kernels", "model.name=own_models:Plain", "model.kernels=xla",
+         setup="own_model"),
+    case("own model: structured pruning", "model.name=own_models:Plain",
+         "pruning.method=structured", setup="own_model"),
+    case("own model: batchnorm_init without BatchNorm", "model.name=own_models:Plain",
+         "model.batchnorm_init=uniform", setup="own_model"),
+    case("zoo model with model.kwargs", "++model.kwargs={width:3}"),
     # Starting from a trained model, budgets and deployment.
     case("init.checkpoint missing", "init.checkpoint=/nonexistent/params.npz"),
     case("init.checkpoint of another shape", "init.checkpoint=wrong.npz", setup="npz_wrong"),
@@ -284,6 +318,74 @@ def write_mlp_weights(path: Path, kind: str) -> None:
     np.savez(path, **arrays)
 
 
+# A model of one's own (tests/test_own_model.py has the working runs): one file of modules,
+# good and bad, and two files that do not import. MNIST-1D: (40,) examples, 10 classes.
+OWN_MODELS = '''
+import flax.linen as nn
+import jax.numpy as jnp
+
+CONSTANT = 3
+
+
+class Plain(nn.Module):
+    num_classes: int
+    width: int = 16
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(self.num_classes)(nn.relu(nn.Dense(self.width)(x)))
+
+
+def make_net(num_classes, width=16):
+    return Plain(num_classes, width)
+
+
+class ThreeClasses(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool):
+        return nn.Dense(3)(x)
+
+
+class Wide(nn.Module):
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        return nn.Dense(self.num_classes)(x.reshape((x.shape[0], 7, -1)))
+
+
+class Counter(nn.Module):
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        calls = self.variable("counter", "calls", lambda: jnp.zeros((), jnp.int32))
+        calls.value += 1
+        return nn.Dense(self.num_classes)(x)
+
+
+class Dropping(nn.Module):
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        return nn.Dense(self.num_classes)(nn.Dropout(0.5, deterministic=not train)(x))
+
+
+instance = ThreeClasses()
+
+
+def not_a_module(num_classes):
+    return {"layers": num_classes}
+'''
+
+
+def write_own_models(folder: Path) -> None:
+    (folder / "own_models.py").write_text(OWN_MODELS)
+    (folder / "own_broken.py").write_text("import notapackage\n")
+    (folder / "own_syntax.py").write_text("def (:\n")
+
+
 def write_own_npz(path: Path, kind: str) -> None:
     """A dataset .npz of 300 + 60 examples of 12 features, 3 classes: ``right``, or broken
     as ``kind`` says (``fifo`` and ``text`` are not .npz files at all)."""
@@ -322,6 +424,8 @@ def prepare(setup: str, folder: Path) -> str | None:
     """Make the folder's starting state; returns a cleanup command's mount point, if any."""
     if setup in ("idx_truncated", "idx_empty"):
         write_idx(folder / "idx", truncated=setup == "idx_truncated", empty=setup == "idx_empty")
+    elif setup == "own_model":
+        write_own_models(folder)
     elif setup.startswith("own_npz_"):
         write_own_npz(folder / "own.npz", setup.removeprefix("own_npz_"))
     elif setup.startswith("npz_"):  # weights of the default MLP (40-100-100-10)
