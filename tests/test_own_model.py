@@ -18,6 +18,9 @@ from lottery.config import ConfigError
 
 from conftest import make_config, run_cli
 
+# One worker for the module: its trained store (own_run) is made once.
+pytestmark = pytest.mark.xdist_group("own_model")
+
 # A convolution, a BatchNorm (its statistics follow ``train``) and two Dense layers; and a
 # factory whose module takes no ``train`` argument.
 OWN_MODEL = textwrap.dedent(
