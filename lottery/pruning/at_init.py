@@ -48,6 +48,7 @@ import optax
 from lottery.config import ConfigError, RunError
 from lottery.models.network import BatchStats, Network, Params
 from lottery.pruning.mask import Mask, apply_mask, flatten, unflatten
+from lottery.pruning.topk import choose_alive
 
 METHODS = ("snip", "grasp", "synflow", "magnitude_init", "random")
 # How the network runs while it is scored (see the module docstring).
@@ -321,26 +322,22 @@ def keep_top(
     """
     paths = sorted(prunable)
     flat = {p: np.array(m, dtype=bool, copy=True) for p, m in flatten(mask).items()}
-    positions = {p: np.flatnonzero(flat[p]) for p in paths}
-    ranked = [np.asarray(scores[p], dtype=np.float64).ravel()[positions[p]] for p in paths]
-    alive = np.concatenate(ranked) if ranked else np.zeros(0)
-    _check_keep(keep, len(alive))
-    bad = [p for p, s in zip(paths, ranked, strict=True) if not np.all(np.isfinite(s))]
+    _check_keep(keep, sum(int(np.count_nonzero(flat[p])) for p in paths))
+    bad = [p for p in paths if not np.all(np.isfinite(_alive_scores(scores[p], flat[p])))]
     if bad:
         raise RunError(
             f"pruning at init ({method or 'scores'}) gave non-finite scores in {', '.join(bad)}; "
             "a float32 overflow (SynFlow on a very deep net) or non-finite params or inputs"
         )
-    chosen = np.sort(np.argsort(-alive, kind="stable")[:keep])
-    start = 0
-    for path in paths:
-        stop = start + len(positions[path])
-        lo, hi = np.searchsorted(chosen, [start, stop])
+    for path, kept in choose_alive(scores, flat, paths, keep, lowest=False).items():
         new = np.zeros(flat[path].size, dtype=bool)
-        new[positions[path][chosen[lo:hi] - start]] = True
+        new[kept] = True
         flat[path] = new.reshape(flat[path].shape)
-        start = stop
     return unflatten(flat)
+
+
+def _alive_scores(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return np.asarray(scores, dtype=np.float64).ravel()[np.asarray(mask).ravel()]
 
 
 def _check_keep(keep: int, alive: int) -> None:

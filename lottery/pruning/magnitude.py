@@ -19,6 +19,7 @@ import numpy as np
 
 from lottery.config import ConfigError
 from lottery.pruning.mask import Mask, flatten, layer_of, unflatten
+from lottery.pruning.topk import choose_alive
 
 
 def prune_count(fraction: float, alive: int) -> int:
@@ -108,18 +109,10 @@ def criterion_scores(criterion: str, trained: Any, start: Any | None = None) -> 
 
 def remove_lowest(scores: dict[str, np.ndarray], mask: dict[str, np.ndarray], k: int) -> None:
     """Set the ``k`` alive entries of lowest score False, in place (ties: earlier first)."""
-    positions = {p: np.flatnonzero(mask[p]) for p in scores}
-    ranked = np.concatenate([np.asarray(scores[p]).ravel()[positions[p]] for p in scores])
     if k == 0:
         return
-    doomed = np.sort(np.argsort(ranked, kind="stable")[:k])
-    start = 0
-    for path, alive in positions.items():
-        stop = start + len(alive)
-        lo, hi = np.searchsorted(doomed, [start, stop])
-        flat = mask[path].reshape(-1)
-        flat[alive[doomed[lo:hi] - start]] = False
-        start = stop
+    for path, doomed in choose_alive(scores, mask, list(scores), k, lowest=True).items():
+        mask[path].reshape(-1)[doomed] = False
 
 
 def prune_group(scores: dict[str, np.ndarray], mask: dict[str, np.ndarray], rate: float) -> None:
