@@ -15,6 +15,7 @@ from lottery.pruning.at_init import (
     snip_scores,
     synflow_scores,
 )
+from lottery.pruning.base import PruneInputs, Timeline
 from lottery.pruning.magnitude import (
     criterion_scores,
     magnitude_prune,
@@ -33,16 +34,19 @@ from lottery.pruning.mask import (
 )
 from lottery.pruning.optax_mask import masked, prune
 from lottery.pruning.report import sparsity_report
-from lottery.pruning.strategies import STRATEGIES, Strategy, strategy_for
+from lottery.pruning.strategies import STRATEGIES, Strategy, find_strategy, strategy_for
 
 __all__ = [
     "STRATEGIES",
     "Mask",
+    "PruneInputs",
     "Strategy",
+    "Timeline",
     "apply_mask",
     "at_init_scores",
     "count_alive",
     "criterion_scores",
+    "find_strategy",
     "flatten",
     "full_mask",
     "grasp_scores",

@@ -51,6 +51,8 @@ from lottery.pruning.mask import Mask, apply_mask, flatten, unflatten
 from lottery.pruning.topk import choose_alive
 
 METHODS = ("snip", "grasp", "synflow", "magnitude_init", "random")
+# Methods that rescore on the current mask between rounds (see :func:`synflow_schedule`).
+ITERATED = frozenset({"synflow"})
 # How the network runs while it is scored (see the module docstring).
 SCORE_MODES = ("eval", "train")
 # GraSP's softmax temperature in both passes, as in Wang et al.'s and Synaptic-Flow's code.
@@ -271,8 +273,28 @@ def random_scores(params: Params, prunable: list[str], key: jax.Array) -> Scores
     }
 
 
+# The scorer of each method, all called alike: (network, params, batch_stats, mask, prunable,
+# batches, key, grasp_temperature, score_mode) -> scores; each ignores what it does not read.
+Scorer = Callable[..., Scores]
+SCORERS: dict[str, Scorer] = {
+    "snip": lambda net, p, bs, m, paths, batches, key, temp, mode: snip_scores(
+        net, p, bs, m, paths, batches, mode
+    ),
+    "grasp": lambda net, p, bs, m, paths, batches, key, temp, mode: grasp_scores(
+        net, p, bs, m, paths, batches, temp, mode
+    ),
+    "synflow": lambda net, p, bs, m, paths, batches, key, temp, mode: synflow_scores(
+        net, p, bs, m, paths, mode
+    ),
+    "magnitude_init": lambda net, p, bs, m, paths, batches, key, temp, mode: (
+        magnitude_init_scores(p, m, paths)
+    ),
+    "random": lambda net, p, bs, m, paths, batches, key, temp, mode: random_scores(p, paths, key),
+}
+
+
 def _check_method(method: str) -> None:
-    if method not in METHODS:
+    if method not in SCORERS:
         choices = ", ".join(METHODS)
         raise ConfigError(f"unknown pruning-at-init method {method!r}; choose one of {choices}")
 
@@ -298,17 +320,9 @@ def at_init_scores(
     """
     _check_method(method)
     prunable = sorted(prunable)
-    if method == "snip":
-        return snip_scores(network, params, batch_stats, mask, prunable, batches, score_mode)
-    if method == "grasp":
-        return grasp_scores(
-            network, params, batch_stats, mask, prunable, batches, grasp_temperature, score_mode
-        )
-    if method == "synflow":
-        return synflow_scores(network, params, batch_stats, mask, prunable, score_mode)
-    if method == "magnitude_init":
-        return magnitude_init_scores(params, mask, prunable)
-    return random_scores(params, prunable, key)
+    return SCORERS[method](
+        network, params, batch_stats, mask, prunable, batches, key, grasp_temperature, score_mode
+    )
 
 
 def keep_top(
@@ -409,7 +423,7 @@ def prune_at_init(
     prunable = sorted(prunable)
     alive = sum(int(np.count_nonzero(flatten(mask)[p])) for p in prunable)
     _check_keep(keep, alive)
-    if method == "synflow":
+    if method in ITERATED:
         return _synflow_prune(
             network, params, batch_stats, mask, prunable, keep, synflow_rounds, score_mode
         )
