@@ -93,20 +93,13 @@ ZOO_ONLY = ("model.hidden", "model.width", "model.init", "model.kernels")
 
 
 def _check_user_model(cfg: Config, on_model: str) -> None:
-    """A model of one's own takes its settings as ``model.kwargs``; its units cannot be
-    rebuilt narrower, so structured pruning (whose levels are compacted) is refused.
+    """A model of one's own takes its settings as ``model.kwargs`` (a compactable method is
+    refused by :func:`check_compactable`, which asks the method).
     ``model.bias_init`` and ``model.batchnorm_init`` apply: they redraw leaves by their path
     (a layer's ``bias``, a BatchNorm's ``scale``) after the module's own initialisation."""
     why = "a model of your own builds its own layers"
     for key in ZOO_ONLY:
         _unused(cfg, key, on_model, why, "remove it or pass the model an argument in model.kwargs")
-    if cfg.pruning.method == "structured":
-        why = (
-            "each structured level is compacted, which rebuilds one of the zoo's networks "
-            "narrower; a module of your own cannot be rebuilt"
-        )
-        _unused(cfg, "pruning.method", on_model, why, "choose an unstructured method, e.g. "
-                "pruning.method=magnitude")
 
 
 def _check_zoo_model(cfg: Config, on_model: str) -> None:
@@ -142,3 +135,15 @@ def _get(cfg: Config, key: str) -> Any:
 def _show(value: Any) -> str:
     """A value as it is written on the command line (true/false for booleans)."""
     return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
+def check_compactable(cfg: Config, compactable: bool) -> None:
+    """A method whose levels are compacted (``Strategy.compactable``) on a model of one's own:
+    compaction rebuilds one of the zoo's networks narrower, which a user's module cannot be."""
+    if compactable and is_user_model(cfg.model.name):
+        raise ConfigError(
+            f"pruning.method={cfg.pruning.method!r} does not apply to model.name="
+            f"{cfg.model.name!r}: each of its levels is compacted, which rebuilds one of the "
+            "zoo's networks narrower, and a module of your own cannot be rebuilt; choose an "
+            "unstructured method, e.g. pruning.method=magnitude"
+        )

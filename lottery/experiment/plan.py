@@ -16,7 +16,7 @@ import jax
 from lottery import data, models
 from lottery.branches import Branch, check_branch_networks, check_branches
 from lottery.config import Config, ConfigError, Step, parse_cadence, to_iterations, validate
-from lottery.config.applicability import check_applicable
+from lottery.config.applicability import check_applicable, check_compactable
 from lottery.experiment.limits import (
     check_backend,
     check_data_parallel,
@@ -91,7 +91,8 @@ def prepare(cfg: Config) -> Plan:
     data.check_name(cfg.dataset.name)
     models.check_name(cfg.model.name)
     models.check_kernels(cfg.model.kernels)
-    strategy_for(cfg.pruning)  # a bad method or key fails before the data is loaded
+    # A bad method or key fails before the data is loaded.
+    check_compactable(cfg, strategy_for(cfg.pruning)[0].compactable)
     dataset = data.load(cfg.dataset)
     check_applicable(cfg, tuple(dataset.input_shape))
     batch = cfg.train.batch_size

@@ -89,6 +89,10 @@ class Strategy:
     scores_initial_weights: bool = False
     # May read training batches (``PruneInputs.batches``) while it scores.
     needs_batches: bool = False
+    # (pruning config) -> the revision of its computation, for a method corrected after
+    # stores held its results: it enters the experiment hash (``pruning.revision``), so
+    # those stores are never read as the corrected method's. None: never corrected.
+    revision: Callable[[Any], str | None] | None = None
 
 
 # -- checks several methods share ---------------------------------------------------------

@@ -51,21 +51,18 @@ NOT_HASHED = frozenset(
 ONLY_PRUNED_LEVELS = ("pruning.", "train.replay_data_order")
 
 
-# Methods whose computation was corrected after stores held their results (issue 29: GraSP's
-# temperature in both passes, SynFlow's |.| of the BatchNorm statistics, the global ranking
-# of Taylor scores normalised per layer, gradual pruning step for step as tfmot: its update
-# timing, schedule arithmetic and tie rule). Their revision enters the hash, so a store made
-# before the correction is never taken for the corrected method's results; the other
-# methods' folders keep their names.
-def method_revision(values: dict[str, Any]) -> str | None:
-    """The revision of the pruning method of the flat config ``values``, if it has one."""
-    method = values.get("pruning.method", "magnitude")
-    if method in ("grasp", "synflow", "gradual"):
-        return f"{method}-2"
-    taylor = values.get("pruning.criterion") == "taylor"
-    if method == "structured" and taylor and values.get("pruning.scope", "global") == "global":
-        return "structured-taylor-global-2"
-    return None
+def method_revision(cfg: Config | DictConfig) -> str | None:
+    """The revision of the config's pruning method (``Strategy.revision``: a method corrected
+    after stores held its results), if it has one; None for a method this cannot find (its
+    own one-line error comes from the plan)."""
+    from lottery.config import ConfigError
+    from lottery.pruning.strategies import find_strategy
+
+    try:
+        strategy = find_strategy(cfg.pruning.method)
+    except ConfigError:
+        return None
+    return None if strategy.revision is None else strategy.revision(cfg.pruning)
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -92,7 +89,7 @@ def hashed_values(cfg: Config | DictConfig, data_fingerprint: str | None = None)
         if key in defaults and defaults[key] == value:
             continue
         keep[key] = value
-    revision = method_revision(values)
+    revision = method_revision(cfg)
     if revision is not None:
         keep["pruning.revision"] = revision
     if data_fingerprint is not None:

@@ -68,7 +68,9 @@ def _prune(inputs: PruneInputs, s: AtInitSettings, needs_batches: bool) -> Mask:
     )
 
 
-def at_init_strategy(name: str, keys: frozenset[str], needs_batches: bool = False) -> Strategy:
+def at_init_strategy(
+    name: str, keys: frozenset[str], needs_batches: bool = False, revision: str | None = None
+) -> Strategy:
     """The registry entry of the at-initialisation method ``name`` (its scorer is
     ``lottery.pruning.at_init.SCORERS[name]``), reading ``pruning.fraction`` and ``keys``."""
 
@@ -78,4 +80,5 @@ def at_init_strategy(name: str, keys: frozenset[str], needs_batches: bool = Fals
     return Strategy(
         name, frozenset({"fraction"}) | keys, settings, prune, weight_groups=weight_groups,
         scores_initial_weights=True, needs_batches=needs_batches,
+        revision=None if revision is None else lambda cfg: revision,
     )

@@ -75,5 +75,6 @@ def training_updates(
 
 
 STRATEGY = Strategy(
-    "gradual", KEYS, settings, prune, during_training=True, training_updates=training_updates
+    "gradual", KEYS, settings, prune, during_training=True, training_updates=training_updates,
+    revision=lambda cfg: "gradual-2",  # step for step as tfmot (issue 29)
 )

@@ -80,5 +80,9 @@ def check(params: Any, prunable: list[str], s: StructuredSettings) -> None:
 
 
 STRATEGY = Strategy(
-    "structured", KEYS, settings, prune, check, compactable=True, needs_batches=True
+    "structured", KEYS, settings, prune, check, compactable=True, needs_batches=True,
+    revision=lambda cfg: (  # global Taylor ranked by layer-normalised scores (issue 29)
+        "structured-taylor-global-2"
+        if cfg.criterion == "taylor" and cfg.scope == "global" else None
+    ),
 )
