@@ -145,6 +145,10 @@ class PruningConfig:
     # structured, criterion=taylor: subtract this times each unit's share of the FLOPs (the
     # costliest unit counts 1) from its normalised score (Molchanov et al. 2017's variant).
     taylor_flops_weight: float = 0.0
+    # nm: of each M consecutive input weights of an output unit, keep the N largest |w|
+    # (2:4, the pattern sparse tensor cores run).
+    nm_n: int = 2
+    nm_m: int = 4
 
 
 @dataclass

@@ -15,6 +15,7 @@ reads and what the driver, the deployment figures and the branches need to know 
 - at initialisation: ``snip``, ``grasp``, ``synflow``, ``magnitude_init``, ``random``
   (Frankle et al. 2021): level L keeps as many weights as IMP's level L, chosen from the
   scores at the rewind point, then trained once.
+- ``nm``: N:M sparsity (2:4) along each kernel's input dimension, one shot at level 1.
 
 Every method except ``gradual`` removes exactly ``round(fraction * n)`` of the ``n`` weights
 (or units) still alive per level, so the methods meet at the same sparsities.
@@ -44,6 +45,7 @@ from lottery.pruning.methods import (
     grasp,
     magnitude,
     magnitude_init,
+    nm,
     oneshot,
     random,
     snip,
@@ -62,6 +64,7 @@ BUILT_IN: tuple[Strategy, ...] = (
     synflow.STRATEGY,
     magnitude_init.STRATEGY,
     random.STRATEGY,
+    nm.STRATEGY,
 )
 STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in BUILT_IN}
 # Pruning at initialisation, by method: the ``pruning`` keys each reads besides the fraction.
