@@ -271,3 +271,33 @@ def test_notebook_runs_headless_and_writes_its_figure(store3, tmp_path, name):
         assert (run_dir / f"{figure}{suffix}").stat().st_size > 1000
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
     assert any("image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_own_model_own_loop_notebook_trains_a_mask_by_hand_and_runs_lottery(tmp_path):
+    """``experiments/own_model_own_loop.ipynb``: its hand-written loop keeps the pruned
+    weights at +0.0 (the notebook asserts it at each level) and ``lottery.run`` writes its
+    store under the notebook's ``results_root`` and returns one row per level and branch."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    notebook = nbformat.read(REPO / "experiments" / "own_model_own_loop.ipynb", as_version=4)
+    assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code")
+    [parameters] = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    assert 'results_root = "../results"' in parameters.source
+    results = tmp_path / "results"
+    parameters.source = parameters.source.replace('"../results"', repr(str(results)))
+    parameters.source = parameters.source.replace("steps = 300", "steps = 150")
+    client = nbclient.NotebookClient(
+        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
+    )
+    client.execute()
+    text = "".join(
+        o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs
+    )
+    assert text.count("pruned weights all +0.0") == 2, text
+    assert "64.00% of the kernels' weights left" in text, text
+    table = [line.split() for line in text.splitlines() if "imp" in line or "reinit" in line]
+    assert {(row[0], row[1]) for row in table if len(row) == 4} >= {
+        ("0", "imp"), ("2", "imp"), ("2", "random_reinit")
+    }, text
+    assert len(list(results.glob("*/*/replicate_0/level_2/summary.json"))) == 1
