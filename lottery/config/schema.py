@@ -149,6 +149,9 @@ class PruningConfig:
     # (2:4, the pattern sparse tensor cores run).
     nm_n: int = 2
     nm_m: int = 4
+    # random and the at-initialisation methods: the per-layer density, uniform (one ranking
+    # over all prunable layers) or erk (Evci et al. 2020's Erdős–Rényi-Kernel densities).
+    distribution: str = "uniform"
 
 
 @dataclass

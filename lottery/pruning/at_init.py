@@ -31,7 +31,9 @@ statistics it was given. Without BatchNorm the two modes are the same computatio
 The selection is exact and on the host: :func:`prune_at_init` keeps exactly ``keep`` of the
 prunable weights alive in ``mask``, those of highest score ranked globally over all prunable
 paths; ties go to the earlier path (sorted order), then the lower flat index, as in
-:func:`lottery.pruning.magnitude.prune_group`.
+:func:`lottery.pruning.magnitude.prune_group`. With ``distribution="erk"`` each layer keeps
+its own Erdős–Rényi-Kernel count (:mod:`lottery.pruning.erk`) of the same total, its
+highest-scoring weights ranked within the layer.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import optax
 
 from lottery.config import ConfigError, RunError
 from lottery.models.network import BatchStats, Network, Params
+from lottery.pruning.erk import check_distribution, erk_keeps
 from lottery.pruning.mask import Mask, apply_mask, flatten, unflatten
 from lottery.pruning.topk import choose_alive
 
@@ -378,6 +381,23 @@ def synflow_schedule(alive: int, keep: int, rounds: int) -> list[int]:
     return [*counts, keep]
 
 
+def keep_top_per_layer(
+    scores: dict[str, np.ndarray], mask: Mask, keeps: dict[str, int], method: str = ""
+) -> Mask:
+    """``mask`` with, in each path of ``keeps``, only its ``keeps[path]`` alive weights of
+    highest score left alive (ranked within the layer, ties to the lower flat index)."""
+    for path in sorted(keeps):
+        mask = keep_top(scores, mask, [path], keeps[path], method)
+    return mask
+
+
+def layer_keeps(params: Params, mask: Mask, prunable: list[str], keep: int) -> dict[str, int]:
+    """ERK's count per prunable layer for ``keep`` in total, at most the layer's alive."""
+    flat, alive = flatten(params), flatten(mask)
+    keeps = erk_keeps({p: tuple(np.shape(flat[p])) for p in prunable}, keep)
+    return {p: min(k, int(np.count_nonzero(alive[p]))) for p, k in keeps.items()}
+
+
 def _synflow_prune(
     network: Network,
     params: Params,
@@ -387,12 +407,23 @@ def _synflow_prune(
     keep: int,
     rounds: int,
     score_mode: str,
+    keeps: dict[str, int] | None = None,
 ) -> Mask:
-    """Iterative SynFlow: rescore on the current mask before each round's pruning."""
-    alive = sum(int(np.count_nonzero(flatten(mask)[p])) for p in prunable)
-    for target in synflow_schedule(alive, keep, rounds):
+    """Iterative SynFlow: rescore on the current mask before each round's pruning; with
+    ``keeps`` (per layer), each layer follows its own exponential schedule to its count."""
+    flat = flatten(mask)
+    if keeps is None:
+        alive = sum(int(np.count_nonzero(flat[p])) for p in prunable)
+        for target in synflow_schedule(alive, keep, rounds):
+            scores = synflow_scores(network, params, batch_stats, mask, prunable, score_mode)
+            mask = keep_top(scores, mask, prunable, target, "synflow")
+        return mask
+    schedules = {
+        p: synflow_schedule(int(np.count_nonzero(flat[p])), k, rounds) for p, k in keeps.items()
+    }
+    for r in range(rounds):
         scores = synflow_scores(network, params, batch_stats, mask, prunable, score_mode)
-        mask = keep_top(scores, mask, prunable, target, "synflow")
+        mask = keep_top_per_layer(scores, mask, {p: schedules[p][r] for p in keeps}, "synflow")
     return mask
 
 
@@ -409,6 +440,7 @@ def prune_at_init(
     synflow_rounds: int = 100,
     grasp_temperature: float = GRASP_TEMPERATURE,
     score_mode: str = "eval",
+    distribution: str = "uniform",
 ) -> Mask:
     """A new mask keeping exactly ``keep`` of the prunable weights alive in ``mask``.
 
@@ -416,21 +448,28 @@ def prune_at_init(
     paths, ties to the earlier path then the lower flat index. ``synflow`` prunes in
     ``synflow_rounds`` rounds, rescoring each time (see :func:`synflow_schedule`); ``grasp``
     divides the logits by ``grasp_temperature``; ``snip``, ``grasp`` and ``synflow`` run the
-    network in ``score_mode``. Non-prunable leaves are copied unchanged; ``mask``,
+    network in ``score_mode``. ``distribution="erk"``: each layer keeps its ERK count of
+    ``keep`` instead (:func:`layer_keeps`; the total then ``keep`` to within the rounding of
+    the layers), ranked within the layer. Non-prunable leaves are copied unchanged; ``mask``,
     ``params`` and ``batch_stats`` themselves are not modified.
     """
     _check_method(method)
     prunable = sorted(prunable)
     alive = sum(int(np.count_nonzero(flatten(mask)[p])) for p in prunable)
     _check_keep(keep, alive)
+    keeps = None
+    if check_distribution(distribution) == "erk":
+        keeps = layer_keeps(params, mask, prunable, keep)
     if method in ITERATED:
         return _synflow_prune(
-            network, params, batch_stats, mask, prunable, keep, synflow_rounds, score_mode
+            network, params, batch_stats, mask, prunable, keep, synflow_rounds, score_mode, keeps
         )
     scores = at_init_scores(
         method, network, params, batch_stats, mask, prunable, batches, key, grasp_temperature,
         score_mode,
     )
+    if keeps is not None:
+        return keep_top_per_layer(scores, mask, keeps, method)
     return keep_top(scores, mask, prunable, keep, method)
 
 
@@ -442,6 +481,8 @@ __all__ = [
     "grasp_scores",
     "is_train_mode",
     "keep_top",
+    "keep_top_per_layer",
+    "layer_keeps",
     "magnitude_init_scores",
     "prune_at_init",
     "random_scores",

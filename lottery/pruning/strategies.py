@@ -14,7 +14,8 @@ reads and what the driver, the deployment figures and the branches need to know 
 - ``gradual``: inside one training (level 1), by tfmot's polynomial schedule.
 - at initialisation: ``snip``, ``grasp``, ``synflow``, ``magnitude_init``, ``random``
   (Frankle et al. 2021): level L keeps as many weights as IMP's level L, chosen from the
-  scores at the rewind point, then trained once.
+  scores at the rewind point, then trained once; with ``pruning.distribution=erk``, each
+  layer its Erdős–Rényi-Kernel share of that count (:mod:`lottery.pruning.erk`).
 - ``nm``: N:M sparsity (2:4) along each kernel's input dimension, one shot at level 1.
 
 Every method except ``gradual`` removes exactly ``round(fraction * n)`` of the ``n`` weights

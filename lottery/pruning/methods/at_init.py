@@ -17,9 +17,10 @@ from lottery.pruning.base import (
     Timeline,
     WeightGroups,
     check_score_examples,
+    levels_that_prune,
     score_mode_of,
 )
-from lottery.pruning.magnitude import prune_count
+from lottery.pruning.erk import check_distribution
 from lottery.pruning.mask import Mask, count_alive, full_mask
 
 
@@ -33,6 +34,7 @@ class AtInitSettings:
     score_examples: int
     grasp_temperature: float = 200.0
     score_mode: str = "eval"
+    distribution: str = "uniform"  # per-layer density: uniform or erk (lottery.pruning.erk)
 
 
 def settings(cfg: PruningConfig, timeline: Timeline | None) -> AtInitSettings:
@@ -46,7 +48,7 @@ def settings(cfg: PruningConfig, timeline: Timeline | None) -> AtInitSettings:
         )
     return AtInitSettings(
         cfg.method, cfg.fraction, cfg.synflow_rounds, cfg.score_examples, cfg.grasp_temperature,
-        score_mode_of(cfg),
+        score_mode_of(cfg), check_distribution(cfg.distribution),
     )
 
 
@@ -57,14 +59,16 @@ def weight_groups(params: Any, prunable: list[str], s: AtInitSettings) -> Weight
 def _prune(inputs: PruneInputs, s: AtInitSettings, needs_batches: bool) -> Mask:
     from lottery.pruning.at_init import prune_at_init
 
-    alive = count_alive(inputs.mask, inputs.prunable)
-    keep = alive - prune_count(s.fraction, alive)
     params, batch_stats = inputs.start()
+    # IMP's count at this level, from the dense count (not from level L-1's mask, whose
+    # total ERK's per-layer rounding may have moved by a few weights).
+    keep = levels_that_prune(weight_groups(params, inputs.prunable, s), inputs.level)[1]
     batches = inputs.batches(s.score_examples) if needs_batches else []
     return prune_at_init(
         s.method, inputs.network, params, batch_stats, full_mask(params), inputs.prunable,
         batches, inputs.key, keep, synflow_rounds=s.synflow_rounds,
         grasp_temperature=s.grasp_temperature, score_mode=s.score_mode,
+        distribution=s.distribution,
     )
 
 
@@ -72,13 +76,15 @@ def at_init_strategy(
     name: str, keys: frozenset[str], needs_batches: bool = False, revision: str | None = None
 ) -> Strategy:
     """The registry entry of the at-initialisation method ``name`` (its scorer is
-    ``lottery.pruning.at_init.SCORERS[name]``), reading ``pruning.fraction`` and ``keys``."""
+    ``lottery.pruning.at_init.SCORERS[name]``), reading ``pruning.fraction``,
+    ``pruning.distribution`` and ``keys``."""
 
     def prune(inputs: PruneInputs, s: AtInitSettings) -> Mask:
         return _prune(inputs, s, needs_batches)
 
     return Strategy(
-        name, frozenset({"fraction"}) | keys, settings, prune, weight_groups=weight_groups,
+        name, frozenset({"fraction", "distribution"}) | keys, settings, prune,
+        weight_groups=weight_groups,
         scores_initial_weights=True, needs_batches=needs_batches,
         revision=None if revision is None else lambda cfg: revision,
     )
