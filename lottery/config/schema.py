@@ -152,6 +152,9 @@ class PruningConfig:
     # random and the at-initialisation methods: the per-layer density, uniform (one ranking
     # over all prunable layers) or erk (Evci et al. 2020's Erdős–Rényi-Kernel densities).
     distribution: str = "uniform"
+    # set: the share of each layer's alive weights dropped and regrown at each update,
+    # decayed by RigL's cosine schedule to 0 at ``end_step`` (Evci et al. 2020).
+    drop_fraction: float = 0.3
 
 
 @dataclass

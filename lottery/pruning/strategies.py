@@ -17,6 +17,8 @@ reads and what the driver, the deployment figures and the branches need to know 
   scores at the rewind point, then trained once; with ``pruning.distribution=erk``, each
   layer its Erdős–Rényi-Kernel share of that count (:mod:`lottery.pruning.erk`).
 - ``nm``: N:M sparsity (2:4) along each kernel's input dimension, one shot at level 1.
+- ``set``: dynamic sparse training (Mocanu et al. 2018) at a fixed sparsity inside one
+  training (level 1): drop the smallest alive weights, regrow as many at random.
 
 Every method except ``gradual`` removes exactly ``round(fraction * n)`` of the ``n`` weights
 (or units) still alive per level, so the methods meet at the same sparsities.
@@ -53,6 +55,7 @@ from lottery.pruning.methods import (
     structured,
     synflow,
 )
+from lottery.pruning.methods import set as sparse_evolutionary  # not the builtin set
 from lottery.pruning.own import own_strategy
 
 BUILT_IN: tuple[Strategy, ...] = (
@@ -66,6 +69,7 @@ BUILT_IN: tuple[Strategy, ...] = (
     magnitude_init.STRATEGY,
     random.STRATEGY,
     nm.STRATEGY,
+    sparse_evolutionary.STRATEGY,
 )
 STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in BUILT_IN}
 # Pruning at initialisation, by method: the ``pruning`` keys each reads besides the fraction.

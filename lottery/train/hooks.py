@@ -115,23 +115,46 @@ class Checkpoint:
 
 
 class UpdateMask:
-    """Replace the mask at the given steps with ``update(run) -> mask`` (gradual pruning).
+    """Replace the mask at the given steps with ``update(run) -> mask`` (gradual pruning,
+    dynamic sparse training).
 
     The new mask is applied to the weights at once, so a weight it prunes is exactly 0.0 from
     that step on; the optimizer state is kept (its entries for pruned weights never move the
-    weight again, since the train step masks gradients and updates).
+    weight again, since the train step masks gradients and updates), except for the weights
+    the new mask revives: their moments, left decaying since they were pruned, are zeroed,
+    so a regrown weight starts as a fresh one. A run resumed at one of the steps does not
+    update again (its checkpoint was saved after the update), except at the level's
+    ``first`` step (no checkpoint is saved there; None: the first of the steps).
     """
 
-    def __init__(self, at: Iterable[int], update: Callable[[RunState], Any]) -> None:
+    def __init__(
+        self, at: Iterable[int], update: Callable[[RunState], Any], first: int | None = None
+    ) -> None:
         self.at, self.update = sorted(set(at)), update
+        self.first = first if first is not None else (self.at[0] if self.at else 0)
 
     def steps(self, start: int, end: int) -> Iterable[int]:
-        return [s for s in self.at if start <= s < end]
+        return [s for s in self.at if start < s < end or s == start == self.first]
 
     def __call__(self, run: RunState, trainer: Trainer) -> None:
         from lottery.train.steps import masked
 
+        old = run.mask
         run.mask = jax.tree.map(jax.numpy.asarray, self.update(run))
         if trainer.placement is not None:  # data parallel: where the rest of the state is
             run.mask = jax.device_put(run.mask, trainer.placement)
-        run.state = run.state.replace(params=masked(run.state.params, run.mask))
+        run.state = run.state.replace(
+            params=masked(run.state.params, run.mask),
+            opt_state=without_revived_moments(trainer.tx, run.state.opt_state, old, run.mask),
+        )
+
+
+def without_revived_moments(tx: Any, opt_state: Any, old: Any, new: Any) -> Any:
+    """``opt_state`` with the entries of the weights ``new`` revives (pruned in ``old``) 0."""
+    import optax
+
+    fresh = jax.tree.map(lambda o, n: jax.numpy.logical_or(o, jax.numpy.logical_not(n)), old, new)
+    return optax.tree_utils.tree_map_params(
+        tx, lambda leaf, keep: jax.numpy.where(keep, leaf, jax.numpy.zeros_like(leaf)),
+        opt_state, fresh,
+    )
