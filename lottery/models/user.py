@@ -26,13 +26,8 @@ Dense and Conv kernels, by default).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import importlib
 import inspect
-import os
-import sys
-from collections.abc import Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -41,58 +36,14 @@ import jax.numpy as jnp
 
 from lottery.config import ConfigError
 from lottery.config.applicability import is_user_model
+from lottery.config.imports import import_user_module, one_line_reason, split_import_path
 
 __all__ = ["CalledWithoutTrain", "build_module", "check_network", "is_user_model", "resolve"]
 
-FIX_PATH = "run from the folder holding it or add that folder to PYTHONPATH"
-
-
-def _split(name: str) -> tuple[str, str]:
-    module_path, _, attribute = name.partition(":")
-    if not module_path or not attribute or ":" in attribute:
-        raise ConfigError(
-            f"model.name={name!r} is not an import path; write model.name=package.module:Name"
-        )
-    return module_path, attribute
-
-
-@contextlib.contextmanager
-def _importable_from_cwd() -> Iterator[None]:
-    """The current folder on ``sys.path`` (as ``python -m`` puts it) and no bytecode written,
-    for the time of the import only: the user's process and folder are left as they were."""
-    cwd, writes = os.getcwd(), sys.dont_write_bytecode
-    added = cwd not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
-    sys.dont_write_bytecode = True
-    importlib.invalidate_caches()  # a file written since the process started
-    try:
-        yield
-    finally:
-        sys.dont_write_bytecode = writes
-        if added:
-            sys.path.remove(cwd)
-
-
-def _import(name: str, module_path: str) -> Any:
-    try:
-        with _importable_from_cwd():
-            return importlib.import_module(module_path)
-    except ImportError as error:
-        raise ConfigError(
-            f"model.name={name!r}: module {module_path!r} does not import ({error}); {FIX_PATH}"
-        ) from None
-    except Exception as error:  # a syntax error or an exception raised by the module's code
-        raise ConfigError(
-            f"model.name={name!r}: importing {module_path!r} raised {_reason(error)}; fix the "
-            "module"
-        ) from None
-
-
 def resolve(name: str) -> Any:
     """The class or factory ``name`` (``package.module:Name``) imports to; one line if none."""
-    module_path, attribute = _split(name)
-    module = _import(name, module_path)
+    module_path, attribute = split_import_path("model.name", name, "package.module:Name")
+    module = import_user_module("model.name", name, module_path)
     target = getattr(module, attribute, None)
     if target is None:
         found = [n for n, v in vars(module).items() if _is_candidate(v) and not n.startswith("_")]
@@ -142,8 +93,8 @@ def build_module(name: str, kwargs: dict[str, Any], num_classes: int) -> nn.Modu
     except Exception as error:
         shown = {k: v for k, v in kwargs.items() if k != "num_classes"}
         raise ConfigError(
-            f"model.name={name!r}: {what} with model.kwargs={shown} raised {_reason(error)}; "
-            "give the keyword arguments it takes"
+            f"model.name={name!r}: {what} with model.kwargs={shown} raised "
+            f"{one_line_reason(error)}; give the keyword arguments it takes"
         ) from None
     if not isinstance(module, nn.Module):
         raise ConfigError(
@@ -202,7 +153,7 @@ def check_network(network: Any, params: Any, batch_stats: Any, num_classes: int,
         except Exception as error:
             raise ConfigError(
                 f"model.name={name!r} fails on a batch of shape {batch.shape} with "
-                f"train={train}: {_reason(error)}; fix its __call__(x, train)"
+                f"train={train}: {one_line_reason(error)}; fix its __call__(x, train)"
             ) from None
         if tuple(logits.shape) != (2, num_classes):
             raise ConfigError(
@@ -210,8 +161,3 @@ def check_network(network: Any, params: Any, batch_stats: Any, num_classes: int,
                 f"of shape {batch.shape}; it must return (batch, num_classes) = (2, "
                 f"{num_classes})"
             )
-
-
-def _reason(error: BaseException) -> str:
-    text = " ".join(str(error).split())[:200]
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -16,62 +16,23 @@ wrapped so that a mask of the wrong shape, or one that does not keep the count i
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import importlib
-import os
-import sys
-from collections.abc import Iterator
 from importlib.metadata import entry_points
 from typing import Any
 
 import numpy as np
 
 from lottery.config import ConfigError, PruningConfig, RunError
+from lottery.config.imports import import_user_module, split_import_path
 from lottery.pruning.base import PruneInputs, Strategy, levels_that_prune
 from lottery.pruning.mask import Mask, flatten
 
 ENTRY_POINTS = "lottery.methods"
-FIX_PATH = "run from the folder holding it or add that folder to PYTHONPATH"
-
-
-@contextlib.contextmanager
-def _importable_from_cwd() -> Iterator[None]:
-    """The current folder on ``sys.path`` and no bytecode written, for the import only."""
-    cwd, writes = os.getcwd(), sys.dont_write_bytecode
-    added = cwd not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
-    sys.dont_write_bytecode = True
-    importlib.invalidate_caches()
-    try:
-        yield
-    finally:
-        sys.dont_write_bytecode = writes
-        if added:
-            sys.path.remove(cwd)
-
-
 def _imported(method: str) -> Any:
-    module_path, _, attribute = method.partition(":")
-    if not module_path or not attribute or ":" in attribute:
-        raise ConfigError(
-            f"pruning.method={method!r} is not an import path; write "
-            "pruning.method=package.module:NAME"
-        )
-    try:
-        with _importable_from_cwd():
-            module = importlib.import_module(module_path)
-    except ImportError as error:
-        raise ConfigError(
-            f"pruning.method={method!r}: module {module_path!r} does not import ({error}); "
-            f"{FIX_PATH}"
-        ) from None
-    except Exception as error:  # a syntax error or an exception raised by the module's code
-        raise ConfigError(
-            f"pruning.method={method!r}: importing {module_path!r} raised "
-            f"{type(error).__name__}: {error}; fix the module"
-        ) from None
+    module_path, attribute = split_import_path(
+        "pruning.method", method, "package.module:NAME"
+    )
+    module = import_user_module("pruning.method", method, module_path)
     if not hasattr(module, attribute):
         raise ConfigError(
             f"pruning.method={method!r}: module {module_path!r} has no attribute "
