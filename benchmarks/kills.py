@@ -15,7 +15,6 @@ Cases: a run with levels and a branch (random_reinit), and ``train.replicas=2``.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import subprocess
@@ -23,9 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from common import REPO, parser, report
+from conftest import store_contents
 
 COMMON = [
     "dataset=digits", "model.hidden=[64,32]", "train.steps=300it", "train.batch_size=50",
@@ -75,24 +73,6 @@ def run(args: list[str], folder: Path, kill_at: int = 0) -> tuple[int, int]:
     writes = count.stat().st_size if count.exists() else 0
     count.unlink(missing_ok=True)
     return done.returncode, writes
-
-
-def store_contents(root: Path) -> dict[str, object]:
-    """Every file of a store that records results, by relative path (timings dropped)."""
-    contents: dict[str, object] = {}
-    for file in sorted(root.rglob("*")):
-        if not file.is_file() or file.name in {".lock", "sparsity_accuracy.png"}:
-            continue
-        relative = str(file.relative_to(root))
-        if file.suffix == ".npz":
-            contents[relative] = {k: v.tobytes() for k, v in np.load(file).items()}
-        elif file.name == "summary.json":
-            summary = json.loads(file.read_text())
-            summary.pop("timing")
-            contents[relative] = summary
-        else:
-            contents[relative] = file.read_bytes()
-    return contents
 
 
 def differences(a: dict[str, object], b: dict[str, object]) -> list[str]:

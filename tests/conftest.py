@@ -161,3 +161,25 @@ def fashion_mnist_dir() -> Path:
                 ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"], check=True, env=env
             )
     return FASHION_MNIST_DIR
+
+
+def store_contents(root: Path, ignore: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Every file of a store that records results, by relative path, for comparing two
+    stores bit for bit: arrays by their bytes, summaries without their timings; the lock,
+    the plot and the names in ``ignore`` left out."""
+    import numpy as np
+
+    contents: dict[str, Any] = {}
+    for file in sorted(Path(root).rglob("*")):
+        if not file.is_file() or file.name in {".lock", "sparsity_accuracy.png", *ignore}:
+            continue
+        relative = str(file.relative_to(root))
+        if file.suffix == ".npz":
+            contents[relative] = {k: v.tobytes() for k, v in np.load(file).items()}
+        elif file.name == "summary.json":
+            summary = json.loads(file.read_text())
+            summary.pop("timing")
+            contents[relative] = summary
+        else:
+            contents[relative] = file.read_bytes()
+    return contents

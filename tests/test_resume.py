@@ -5,7 +5,6 @@ chosen moment (no cleanup of any kind runs); the same command is then run again,
 store must equal, bit for bit, the store of a run that was never interrupted.
 """
 
-import json
 import subprocess
 import sys
 
@@ -16,6 +15,7 @@ from lottery.train import Trainer
 from lottery.train.checkpoint import Checkpointer
 
 from conftest import make_config, run_cli
+from conftest import store_contents as conftest_store_contents
 
 # Level 0 rewinds to step 50 and is checkpointed every 75 steps (of 300), so that most
 # checkpoints lie between two evaluations (every 50): a run resumed from one must evaluate at
@@ -88,21 +88,8 @@ runpy.run_module("lottery", run_name="__main__", alter_sys=True)
 
 
 def store_contents(root):
-    """Every file of a store that records results, by relative path (timings dropped)."""
-    contents = {}
-    for file in sorted(root.rglob("*")):
-        if not file.is_file() or file.name in {".lock", "sparsity_accuracy.png", "config.yaml"}:
-            continue
-        relative = str(file.relative_to(root))
-        if file.suffix == ".npz":
-            contents[relative] = {k: v.tobytes() for k, v in np.load(file).items()}
-        elif file.name == "summary.json":
-            summary = json.loads(file.read_text())
-            summary.pop("timing")
-            contents[relative] = summary
-        else:
-            contents[relative] = file.read_bytes()
-    return contents
+    """The store's result files (config.yaml aside: it records results_root)."""
+    return conftest_store_contents(root, frozenset({"config.yaml"}))
 
 
 @pytest.fixture(scope="session")
