@@ -155,3 +155,21 @@ def levels_that_prune(groups: WeightGroups, up_to: int) -> tuple[int, int]:
             return level, sum(alive)
         alive = [n - r for n, r in zip(alive, removed, strict=True)]
     return up_to, sum(alive)
+
+
+def check_one_training(cfg: PruningConfig, what: str) -> None:
+    """One line unless ``pruning.levels=1``, for a method whose mask changes inside one
+    training (``what`` says how, for the message)."""
+    if cfg.levels != 1:
+        raise ConfigError(
+            f"pruning.levels={cfg.levels} does not apply to pruning.method={cfg.method}, which "
+            f"{what} inside one training; set pruning.levels=1"
+        )
+
+
+def update_frequency(cfg: PruningConfig, timeline: Timeline) -> int:
+    """``pruning.frequency`` in iterations, at least one (else one line)."""
+    frequency = timeline.iterations(cfg.frequency, "pruning.frequency")
+    if frequency < 1:
+        raise ConfigError(f"pruning.frequency={cfg.frequency!r} must be at least one iteration")
+    return frequency

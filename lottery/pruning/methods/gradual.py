@@ -7,7 +7,13 @@ from collections.abc import Callable
 from typing import Any
 
 from lottery.config import ConfigError, PruningConfig
-from lottery.pruning.base import PruneInputs, Strategy, Timeline
+from lottery.pruning.base import (
+    PruneInputs,
+    Strategy,
+    Timeline,
+    check_one_training,
+    update_frequency,
+)
 from lottery.pruning.gradual import PolynomialDecay, gradual_mask
 from lottery.pruning.mask import Mask
 
@@ -28,18 +34,12 @@ def settings(cfg: PruningConfig, timeline: Timeline | None) -> PolynomialDecay |
         )
     if cfg.power < 1:
         raise ConfigError(f"pruning.power={cfg.power} must be at least 1 (tfmot's default is 3)")
-    if cfg.levels != 1:
-        raise ConfigError(
-            f"pruning.levels={cfg.levels} does not apply to pruning.method=gradual, which "
-            "prunes inside one training; set pruning.levels=1"
-        )
+    check_one_training(cfg, "prunes")
     if timeline is None:
         return None
     begin = timeline.iterations(cfg.begin_step, "pruning.begin_step")
     end = timeline.iterations(cfg.end_step, "pruning.end_step")
-    frequency = timeline.iterations(cfg.frequency, "pruning.frequency")
-    if frequency < 1:
-        raise ConfigError(f"pruning.frequency={cfg.frequency!r} must be at least one iteration")
+    frequency = update_frequency(cfg, timeline)
     if not begin < end < timeline.total_steps:
         raise ConfigError(
             f"pruning.begin_step={cfg.begin_step!r} ({begin} it) and pruning.end_step="

@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 
 from lottery.config import ConfigError, PruningConfig
-from lottery.pruning.base import PruneInputs, Strategy, Timeline
+from lottery.pruning.base import (
+    PruneInputs,
+    Strategy,
+    Timeline,
+    check_one_training,
+    update_frequency,
+)
 from lottery.pruning.erk import check_distribution, erk_keeps
 from lottery.pruning.magnitude import prune_count
 from lottery.pruning.mask import Mask, flatten, unflatten
@@ -55,25 +61,19 @@ class DynamicSparse:
         return [s for s in [start, *later] if s < end]
 
 
-def settings_of(cfg: PruningConfig, timeline: Timeline | None, method: str) -> DynamicSparse | None:
-    """``pruning``'s settings for a dynamic sparse ``method``, checked (one ConfigError line)."""
+def settings(cfg: PruningConfig, timeline: Timeline | None) -> DynamicSparse | None:
+    """``pruning``'s settings for dynamic sparse training, checked (one ConfigError line)."""
     if not 0.0 < cfg.final_sparsity < 1.0:
         raise ConfigError(f"pruning.final_sparsity={cfg.final_sparsity} must be in (0, 1)")
     if not 0.0 <= cfg.drop_fraction <= 1.0:
         raise ConfigError(f"pruning.drop_fraction={cfg.drop_fraction} must be in [0, 1]")
-    if cfg.levels != 1:
-        raise ConfigError(
-            f"pruning.levels={cfg.levels} does not apply to pruning.method={method}, which "
-            "changes its mask inside one training; set pruning.levels=1"
-        )
+    check_one_training(cfg, "changes its mask")
     distribution = check_distribution(cfg.distribution)
     if timeline is None:
         return None
     end = timeline.iterations(cfg.end_step, "pruning.end_step")
-    frequency = timeline.iterations(cfg.frequency, "pruning.frequency")
+    frequency = update_frequency(cfg, timeline)
     rewind = timeline.iterations(cfg.rewind_step, "pruning.rewind_step")
-    if frequency < 1:
-        raise ConfigError(f"pruning.frequency={cfg.frequency!r} must be at least one iteration")
     if not rewind < end < timeline.total_steps:
         raise ConfigError(
             f"pruning.rewind_step={cfg.rewind_step!r} ({rewind} it) and pruning.end_step="
@@ -82,9 +82,6 @@ def settings_of(cfg: PruningConfig, timeline: Timeline | None, method: str) -> D
         )
     return DynamicSparse(cfg.final_sparsity, distribution, cfg.drop_fraction, frequency, end)
 
-
-def settings(cfg: PruningConfig, timeline: Timeline | None) -> DynamicSparse | None:
-    return settings_of(cfg, timeline, "set")
 
 
 def prune(inputs: PruneInputs, s: DynamicSparse) -> Mask:
