@@ -157,7 +157,7 @@ def test_a_mask_update_hook_prunes_during_training(tmp_path, digits_overrides):
     run = trainer.start(0, plan.init_params, plan.init_batch_stats, full_mask(plan.init_params))
     calls = []
 
-    def halve_fc1(run):
+    def halve_fc1(run, trainer):
         calls.append(run.step)
         mask = {k: dict(v) for k, v in run.mask.items()}
         kernel = np.asarray(mask["fc1"]["kernel"]).copy()

@@ -7,6 +7,7 @@ import pytest
 
 from lottery import experiment
 from lottery.config import ConfigError
+from lottery.experiment.driver import training_inputs
 from lottery.pruning import count_alive, flatten, full_mask, magnitude_prune
 from lottery.pruning.gradual import PolynomialDecay, gradual_mask, keep_count
 from lottery.pruning.magnitude import criterion_scores
@@ -64,9 +65,9 @@ def test_gradual_masks_replay_tfmot_at_every_update_on_the_recorded_weights(tmp_
     )
     seen = []
 
-    def recording(run):
+    def recording(run, trainer):
         params, before = flatten(host_tree(run.state.params)), flatten(host_tree(run.mask))
-        mask = update(run.step, host_tree(run.state.params), host_tree(run.mask))
+        mask = update(training_inputs(run, trainer))
         seen.append((run.step, params, before, flatten(mask)))
         return mask
 

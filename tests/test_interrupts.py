@@ -60,7 +60,7 @@ def test_training_stops_at_the_stretch_after_a_swallowed_ctrl_c(
     trainer = experiment.Experiment(plan).trainer
     run = trainer.start(0, plan.init_params, plan.init_batch_stats, full_mask(plan.init_params))
 
-    def ctrl_c_at_step_50(run):
+    def ctrl_c_at_step_50(run, trainer):
         press_ctrl_c_where_it_is_swallowed()
         return run.mask
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import json
 import os
 import shutil
@@ -45,7 +46,7 @@ from lottery.experiment.plan import Plan, prepare
 from lottery.experiment.summary import environment, summarize
 from lottery.logging import RunLogger, console, make_loggers
 from lottery.pruning import apply_mask, count_alive, flatten, full_mask, prunable_paths
-from lottery.pruning.strategies import PruneInputs, mask_updates
+from lottery.pruning.strategies import PruneInputs, TrainingInputs, mask_updates
 from lottery.store import (
     MAIN_BRANCH,
     ExperimentStore,
@@ -325,10 +326,7 @@ class Experiment:
         if updates is not None:
             steps, update = updates
             hooks.append(
-                UpdateMask(
-                    steps,
-                    lambda run: update(run.step, host_tree(run.state.params), host_tree(run.mask)),
-                )
+                UpdateMask(steps, lambda run, trainer: update(training_inputs(run, trainer)))
             )
         return self._train_into(folder, level, start, hooks, plan.digest, prune_seconds)
 
@@ -691,6 +689,13 @@ def run(cfg: Config) -> tuple[ExperimentStore, list[dict[str, Any]]]:
         return run_replicas(plan)
     experiment = Experiment(plan, make_loggers(cfg, plan.digest))
     return experiment.store, experiment.run()
+
+
+def training_inputs(run: Any, trainer: Any) -> TrainingInputs:
+    """What a mask update at ``run.step`` may look at; the dense gradient computed once, and
+    only if the update asks for it."""
+    gradients = functools.cache(lambda: trainer.dense_gradients(run))
+    return TrainingInputs(run.step, host_tree(run.state.params), host_tree(run.mask), gradients)
 
 
 def scoring_batch(plan: Plan, level: int, count: int) -> tuple[Any, Any]:

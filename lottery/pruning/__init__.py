@@ -15,7 +15,7 @@ from lottery.pruning.at_init import (
     snip_scores,
     synflow_scores,
 )
-from lottery.pruning.base import PruneInputs, Timeline
+from lottery.pruning.base import PruneInputs, Timeline, TrainingInputs
 from lottery.pruning.magnitude import (
     criterion_scores,
     magnitude_prune,
@@ -42,6 +42,7 @@ __all__ = [
     "PruneInputs",
     "Strategy",
     "Timeline",
+    "TrainingInputs",
     "apply_mask",
     "at_init_scores",
     "count_alive",

@@ -40,6 +40,19 @@ class PruneInputs:
     batch_stats: Any = field(default_factory=dict)  # level L-1's BatchNorm statistics
 
 
+@dataclass
+class TrainingInputs:
+    """What a mask update inside a training may look at (``Strategy.training_updates``)."""
+
+    step: int  # the steps trained so far: the update comes before step ``step``'s batch
+    params: Any  # the weights now (numpy, pruned ones 0.0)
+    mask: Mask  # the mask now
+    # () -> the dense gradient of the training loss at ``params`` on the batch step ``step``
+    # trains on (augmented as it will be), for every weight, pruned ones too (RigL's
+    # regrowth score); computed only when called.
+    gradients: Callable[[], Any] = field(default=lambda: None)
+
+
 @dataclass(frozen=True)
 class Timeline:
     """What step strings mean in this run (known once the data is loaded)."""
@@ -70,7 +83,7 @@ class Strategy:
     check: Callable[[Any, list[str], Any], None] = check_nothing
     # Prunes inside the training (the level's mask changes as it trains): then
     # ``training_updates(settings, prunable, start, end)`` gives the steps in [start, end) at
-    # which the mask changes and ``update(step, params, mask) -> mask``.
+    # which the mask changes and ``update(TrainingInputs) -> mask``.
     during_training: bool = False
     training_updates: Callable[[Any, list[str], int, int], Any] | None = None
     # (params, prunable paths, settings) -> the weight groups whose counts each level

@@ -18,7 +18,8 @@ reads and what the driver, the deployment figures and the branches need to know 
   layer its Erdős–Rényi-Kernel share of that count (:mod:`lottery.pruning.erk`).
 - ``nm``: N:M sparsity (2:4) along each kernel's input dimension, one shot at level 1.
 - ``set``: dynamic sparse training (Mocanu et al. 2018) at a fixed sparsity inside one
-  training (level 1): drop the smallest alive weights, regrow as many at random.
+  training (level 1): drop the smallest alive weights, regrow as many at random;
+  ``rigl`` (Evci et al. 2020): the same, regrowing where the dense gradient is largest.
 
 Every method except ``gradual`` removes exactly ``round(fraction * n)`` of the ``n`` weights
 (or units) still alive per level, so the methods meet at the same sparsities.
@@ -39,6 +40,7 @@ from lottery.pruning.base import (
     PruneInputs,
     Strategy,
     Timeline,
+    TrainingInputs,
     WeightGroups,
     levels_that_prune,
 )
@@ -51,6 +53,7 @@ from lottery.pruning.methods import (
     nm,
     oneshot,
     random,
+    rigl,
     snip,
     structured,
     synflow,
@@ -70,6 +73,7 @@ BUILT_IN: tuple[Strategy, ...] = (
     random.STRATEGY,
     nm.STRATEGY,
     sparse_evolutionary.STRATEGY,
+    rigl.STRATEGY,
 )
 STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in BUILT_IN}
 # Pruning at initialisation, by method: the ``pruning`` keys each reads besides the fraction.
@@ -81,9 +85,9 @@ MagnitudeSettings = magnitude.MagnitudeSettings
 
 def mask_updates(
     strategy: Strategy, settings: Any, prunable: list[str], start: int, end: int
-) -> tuple[list[int], Callable[[int, Any, Mask], Mask]] | None:
+) -> tuple[list[int], Callable[[TrainingInputs], Mask]] | None:
     """For a strategy that prunes during training: the steps in ``[start, end)`` at which the
-    mask changes and ``update(step, params, mask) -> mask``; None for the others."""
+    mask changes and ``update(TrainingInputs) -> mask``; None for the others."""
     if strategy.training_updates is None:
         return None
     return strategy.training_updates(settings, prunable, start, end)
@@ -133,6 +137,7 @@ __all__ = [
     "PruneInputs",
     "Strategy",
     "Timeline",
+    "TrainingInputs",
     "WeightGroups",
     "find_strategy",
     "levels_that_prune",

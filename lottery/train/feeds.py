@@ -79,6 +79,11 @@ class DeviceFeed:
             done += n
         return state, sum(losses) / num_steps
 
+    def batch_at(self, step: int) -> tuple[jax.Array, jax.Array]:
+        """The training batch step ``step`` trains on (before its augmentation)."""
+        index = self.order[step]
+        return self.x[index], self.y[index]
+
     def eval_sums(self, compiled: Compiled, params: Any, batch_stats: Any) -> EvalSums:
         sums = {}
         for name, (x, y, weight, count) in self.eval_sets.items():
@@ -133,6 +138,10 @@ class StreamFeed:
             losses.append(loss)
         self._next_step = start + num_steps
         return state, jnp.mean(jnp.stack(losses))
+
+    def batch_at(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """The training batch step ``step`` trains on (read again from the stream)."""
+        return next(self.dataset.train_batches(self.batch_size, self.seed, step))
 
     def eval_sums(self, compiled: Compiled, params: Any, batch_stats: Any) -> EvalSums:
         sums = {}

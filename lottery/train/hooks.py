@@ -115,8 +115,8 @@ class Checkpoint:
 
 
 class UpdateMask:
-    """Replace the mask at the given steps with ``update(run) -> mask`` (gradual pruning,
-    dynamic sparse training).
+    """Replace the mask at the given steps with ``update(run, trainer) -> mask`` (gradual
+    pruning, dynamic sparse training).
 
     The new mask is applied to the weights at once, so a weight it prunes is exactly 0.0 from
     that step on; the optimizer state is kept (its entries for pruned weights never move the
@@ -128,7 +128,10 @@ class UpdateMask:
     """
 
     def __init__(
-        self, at: Iterable[int], update: Callable[[RunState], Any], first: int | None = None
+        self,
+        at: Iterable[int],
+        update: Callable[[RunState, Trainer], Any],
+        first: int | None = None,
     ) -> None:
         self.at, self.update = sorted(set(at)), update
         self.first = first if first is not None else (self.at[0] if self.at else 0)
@@ -140,7 +143,7 @@ class UpdateMask:
         from lottery.train.steps import masked
 
         old = run.mask
-        run.mask = jax.tree.map(jax.numpy.asarray, self.update(run))
+        run.mask = jax.tree.map(jax.numpy.asarray, self.update(run, trainer))
         if trainer.placement is not None:  # data parallel: where the rest of the state is
             run.mask = jax.device_put(run.mask, trainer.placement)
         run.state = run.state.replace(

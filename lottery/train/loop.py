@@ -35,6 +35,7 @@ from lottery.train.state import TrainState
 from lottery.train.steps import (
     Augment,
     fused_steps_limit,
+    make_dense_gradient,
     make_evaluate,
     make_replica_train_steps,
     make_streamed_train_steps,
@@ -142,6 +143,7 @@ class Trainer:
         self.tx = make_optimizer(optimizer)
         self.schedule = make_schedule(optimizer, steps_per_epoch, total_steps)
         evaluate = make_evaluate(network)
+        self._dense_gradient = make_dense_gradient(network, augment, precision)
         if isinstance(dataset, StreamingDataset):
             if batcher is not None:
                 raise ConfigError("train.replicas needs a dataset held on the device")
@@ -217,6 +219,15 @@ class Trainer:
             metrics[f"{name}/accuracy"] = float(correct) / count
         self.timing.eval += time.perf_counter() - start - (self.timing.compile - compile_before)
         return metrics
+
+    def dense_gradients(self, run: RunState) -> Any:
+        """The loss gradient of every weight, pruned ones included, at ``run``'s weights on
+        the batch its next step trains on, augmented as that step will augment it (numpy)."""
+        x, y = self.feed.batch_at(run.step)
+        grads = self._dense_gradient(
+            run.state.params, run.state.batch_stats, x, y, self.key, run.step
+        )
+        return host_tree(grads)
 
     def train(self, run: RunState, until: int, hooks: Sequence[Hook] = ()) -> RunState:
         """Train ``run`` to step ``until``, calling each hook at the steps it asks for.

@@ -57,6 +57,44 @@ def cast_floating(tree: Any, dtype: Any) -> Any:
     )
 
 
+def make_loss(network: Network, precision: str = "fp32") -> Callable[..., Any]:
+    """``loss(params, batch_stats, x, y) -> (mean cross-entropy, new batch_stats)`` of the
+    network in train mode, computed in ``precision`` (see :func:`make_step`)."""
+    compute = PRECISIONS[precision]
+
+    def loss_fn(params, batch_stats, x, y):
+        if compute is not None:
+            params, x = cast_floating(params, compute), x.astype(compute)
+            stats_in = cast_floating(batch_stats, compute)
+        else:
+            stats_in = batch_stats
+        logits, new_batch_stats = network.apply(params, stats_in, x, train=True)
+        loss = optax.softmax_cross_entropy_with_integer_labels(
+            logits.astype(jnp.float32), y
+        ).mean()
+        if compute is not None:
+            new_batch_stats = cast_floating(new_batch_stats, jnp.float32)
+        return loss, new_batch_stats
+
+    return loss_fn
+
+
+def make_dense_gradient(
+    network: Network, augment: Augment | None = None, precision: str = "fp32"
+) -> Callable[..., Any]:
+    """``gradient(params, batch_stats, x, y, key, step) -> grads``: the loss gradient of one
+    train step's batch, augmented as that step augments it, for every weight (pruned ones
+    included: nothing is masked), jit-compiled. RigL grows where it is largest."""
+    loss = make_loss(network, precision)
+
+    def gradient(params, batch_stats, x, y, key, step):
+        if augment is not None:
+            x = augment(jax.random.fold_in(key, step), x)
+        return jax.grad(lambda p: loss(p, batch_stats, x, y)[0])(params)
+
+    return jax.jit(gradient)
+
+
 def make_step(
     network: Network,
     tx: optax.GradientTransformation,
@@ -75,23 +113,7 @@ def make_step(
     precision with float32 master weights). The masks apply to the float32 weights as in
     float32 training, so a pruned weight is still exactly +0.0.
     """
-    compute = PRECISIONS[precision]
-
-    def loss_fn(params, batch_stats, x, y):
-        if compute is not None:
-            params, x = cast_floating(params, compute), x.astype(compute)
-            stats_in = cast_floating(batch_stats, compute)
-        else:
-            stats_in = batch_stats
-        logits, new_batch_stats = network.apply(params, stats_in, x, train=True)
-        loss = optax.softmax_cross_entropy_with_integer_labels(
-            logits.astype(jnp.float32), y
-        ).mean()
-        if compute is not None:
-            new_batch_stats = cast_floating(new_batch_stats, jnp.float32)
-        return loss, new_batch_stats
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    grad_fn = jax.value_and_grad(make_loss(network, precision), has_aux=True)
 
     def step(state: TrainState, mask, x, y, key):
         if augment is not None:

@@ -4,13 +4,13 @@ schedule (Zhu & Gupta 2017): the training updates the mask (see :func:`training_
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from lottery.config import ConfigError, PruningConfig
 from lottery.pruning.base import (
     PruneInputs,
     Strategy,
     Timeline,
+    TrainingInputs,
     check_one_training,
     update_frequency,
 )
@@ -67,9 +67,11 @@ def prune(inputs: PruneInputs, s: PolynomialDecay) -> Mask:
 
 def training_updates(
     schedule: PolynomialDecay, prunable: list[str], start: int, end: int
-) -> tuple[list[int], Callable[[int, Any, Mask], Mask]]:
-    def update(step: int, params: Any, mask: Mask) -> Mask:
-        return gradual_mask(params, mask, prunable, schedule.sparsity_after(step))
+) -> tuple[list[int], Callable[[TrainingInputs], Mask]]:
+    def update(inputs: TrainingInputs) -> Mask:
+        return gradual_mask(
+            inputs.params, inputs.mask, prunable, schedule.sparsity_after(inputs.step)
+        )
 
     return schedule.update_steps(start, end), update
 
