@@ -8,7 +8,15 @@ network, gradual pruning inside the training (tfmot's schedule from 20% to 70% o
 and the at-initialisation methods. The dense network is trained once and shared (the store's
 level 0). Prints test accuracy at the end of training and at the early-stopping iteration.
 
+A method is written ``NAME[+erk][@SPARSITY]``: ``+erk`` gives each layer its Erdős–Rényi-Kernel
+share (``pruning.distribution=erk``), ``@0.75`` another sparsity than IMP's. The dynamic
+sparse methods (``set``, ``rigl``) train at the fixed sparsity from the start, updating every
+100 iterations until 75% of training (RigL's ΔT and T_end) with drop fraction 0.3; ``nmN:M``
+is N:M sparsity (``nm2:4``: 50%), one shot from the dense network, at its own sparsity (the
+layers' 784, 300 and 100 inputs allow M = 2 or 4): compare it with ``oneshot@`` that sparsity.
+
     python benchmarks/families.py [--methods imp,oneshot,gradual,snip,synflow] [--seeds 0,1,2]
+    python benchmarks/families.py --methods set,rigl,rigl+erk,nm1:4,oneshot@0.75
 """
 
 from __future__ import annotations
@@ -37,15 +45,34 @@ def final_share(fraction: float, levels: int, total: int) -> int:
     return alive
 
 
-def overrides_for(method: str, sparsity: float, steps: int, levels: int) -> list[str]:
+def parse_method(spec: str, sparsity: float) -> tuple[str, list[str], float]:
+    """``NAME[+erk][@SPARSITY]`` -> (name, its distribution override, its sparsity)."""
+    spec, _, at = spec.partition("@")
+    name, _, distribution = spec.partition("+")
+    extra = [f"pruning.distribution={distribution}"] if distribution else []
+    return name, extra, float(at) if at else sparsity
+
+
+def overrides_for(spec: str, sparsity: float, steps: int, levels: int) -> list[str]:
+    method, extra, sparsity = parse_method(spec, sparsity)
     if method == "imp":
         return [f"pruning.levels={levels}"]
+    if method.startswith("nm"):
+        n, m = method[2:].split(":")
+        return ["pruning.method=nm", "pruning.levels=1", f"pruning.nm_n={n}", f"pruning.nm_m={m}"]
+    if method in ("set", "rigl"):
+        return [
+            f"pruning.method={method}", "pruning.levels=1", f"pruning.final_sparsity={sparsity}",
+            "pruning.frequency=100it", f"pruning.end_step={3 * steps // 4}it", *extra,
+        ]
     if method == "gradual":
         return [
             "pruning.method=gradual", "pruning.levels=1", f"pruning.final_sparsity={sparsity}",
             f"pruning.begin_step={steps // 5}it", f"pruning.end_step={7 * steps // 10}it",
         ]
-    return [f"pruning.method={method}", "pruning.levels=1", f"pruning.fraction={sparsity}"]
+    return [
+        f"pruning.method={method}", "pruning.levels=1", f"pruning.fraction={sparsity}", *extra
+    ]
 
 
 def main() -> None:

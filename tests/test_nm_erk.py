@@ -50,8 +50,10 @@ def test_nm_keeps_the_n_largest_of_every_group_of_m_inputs(shape, n, m):
 
 
 def test_nm_settings_and_layers_are_checked():
-    with pytest.raises(ConfigError, match=r"pruning.levels=10 does not apply"):
+    with pytest.raises(ConfigError, match=r"pruning.levels=10 does not fit"):
         settings(make_config(["pruning.method=nm"]).pruning, None)
+    with pytest.raises(ConfigError, match=r"pruning.levels=3 does not fit .* choose 1"):
+        settings(make_config(["pruning.method=nm", "pruning.levels=3"]).pruning, None)
     with pytest.raises(ConfigError, match=r"1 <= nm_n < nm_m"):
         settings(make_config(["pruning.method=nm", "pruning.levels=1", "pruning.nm_n=4"]).pruning,
                  None)
@@ -77,6 +79,26 @@ def test_nm_on_digits_end_to_end(tmp_path: Path):
         kernel = weights[f"params/{layer}/kernel"]
         np.testing.assert_array_equal(mask[f"mask/{layer}/kernel"], hand_nm(kernel, 2, 4))
         assert mask[f"mask/{layer}/bias"].all()
+
+
+
+def test_nm_gradually_over_levels(tmp_path: Path):
+    """2:4 in two levels: level 1 keeps 3 of every 4 by level 0's trained weights, level 2 2
+    of every 4 among those by level 1's trained weights (by hand; its pruned ones are 0.0)."""
+    done = run_cli(
+        [*DIGITS, "pruning.method=nm", "pruning.levels=2", "results_root=results"], cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    (replicate,) = (tmp_path / "results").rglob("replicate_0/level_1")
+    (dense,) = (tmp_path / "results").rglob("dense_*/replicate_0/level_0/params.npz")
+    first, second = (np.load(replicate.parent / f"level_{n}/mask.npz") for n in (1, 2))
+    trained_1 = np.load(replicate / "params.npz")
+    for layer in ("fc1", "fc2", "out"):
+        kernel = np.load(dense)[f"params/{layer}/kernel"]
+        mask_1 = first[f"mask/{layer}/kernel"]
+        np.testing.assert_array_equal(mask_1, hand_nm(kernel, 3, 4))
+        ranked = np.where(mask_1, trained_1[f"params/{layer}/kernel"], 0.0)  # pruned: last
+        np.testing.assert_array_equal(second[f"mask/{layer}/kernel"], hand_nm(ranked, 2, 4))
 
 
 # -- pruning.distribution=erk ---------------------------------------------------------------
