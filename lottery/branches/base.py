@@ -51,7 +51,8 @@ class BranchInputs:
 
 @dataclass(frozen=True)
 class Branch:
-    """A branch by name: its runs for a level, and a check of its arguments."""
+    """A branch by name: its runs for a level, a check of its arguments, and what it needs of
+    the pruning method (the checks read these, never a branch's name)."""
 
     name: str
     runs: Callable[[BranchInputs, Any], list[BranchRun]]
@@ -62,3 +63,13 @@ class Branch:
     check_network: Callable[[Any, Any, Any], None] = field(
         default=lambda args, cfg, batch_stats: None
     )
+    # A branch of your own: the dataclass of its arguments (a default for every field), set
+    # as ``branch.own.<name>.<key>``; None: it takes none. The built-in branches' arguments
+    # are ``branch.<name>`` of the schema instead.
+    arguments: type | None = None
+    # It compares trainings of one mask held fixed (instability's two copies): not for a
+    # method whose mask changes during training (``Strategy.during_training``).
+    needs_fixed_mask: bool = False
+    # It starts from the level's trained weights (lr_rewind, finetune): not for a method whose
+    # masks are chosen at initialisation (``Strategy.scores_initial_weights``).
+    from_trained_weights: bool = False

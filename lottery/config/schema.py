@@ -308,6 +308,9 @@ class BranchConfig:
     rewind_to: RewindToBranch = field(default_factory=RewindToBranch)
     instability: InstabilityBranch = field(default_factory=InstabilityBranch)
     small_dense: SmallDenseBranch = field(default_factory=SmallDenseBranch)
+    # A branch of your own (``branches=[package.module:NAME]`` or an entry point): its
+    # arguments by its name, ``+branch.own.<name>.<key>=...``, typed by its ``arguments``.
+    own: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -17,49 +17,22 @@ wrapped so that a mask of the wrong shape, or one that does not keep the count i
 from __future__ import annotations
 
 import dataclasses
-from importlib.metadata import entry_points
 from typing import Any
 
 import numpy as np
 
 from lottery.config import ConfigError, PruningConfig, RunError
-from lottery.config.imports import import_user_module, split_import_path
+from lottery.config.imports import find_user_object, require_instance
 from lottery.pruning.base import PruneInputs, Strategy, levels_that_prune
 from lottery.pruning.mask import Mask, flatten
 
 ENTRY_POINTS = "lottery.methods"
-def _imported(method: str) -> Any:
-    module_path, attribute = split_import_path(
-        "pruning.method", method, "package.module:NAME"
-    )
-    module = import_user_module("pruning.method", method, module_path)
-    if not hasattr(module, attribute):
-        raise ConfigError(
-            f"pruning.method={method!r}: module {module_path!r} has no attribute "
-            f"{attribute!r}; name its Strategy"
-        )
-    return getattr(module, attribute)
-
-
-def _entry_point(method: str) -> Any | None:
-    for point in entry_points(group=ENTRY_POINTS):
-        if point.name == method:
-            try:
-                return point.load()
-            except Exception as error:
-                raise ConfigError(
-                    f"pruning.method={method!r}: its entry point {point.value!r} does not load "
-                    f"({type(error).__name__}: {error}); fix or reinstall its package"
-                ) from None
-    return None
 
 
 def _checked(method: str, found: Any) -> Strategy:
-    if not isinstance(found, Strategy):
-        raise ConfigError(
-            f"pruning.method={method!r} is a {type(found).__name__}, not a "
-            "lottery.pruning.Strategy; name the module's Strategy entry"
-        )
+    require_instance(
+        "pruning.method", method, found, Strategy, "name the module's Strategy entry"
+    )
     fields = {item.name for item in dataclasses.fields(PruningConfig)}
     unknown = sorted(found.keys - fields)
     if unknown:
@@ -72,7 +45,9 @@ def _checked(method: str, found: Any) -> Strategy:
 
 def own_strategy(method: str) -> Strategy | None:
     """The user's strategy ``method`` names (an import path or an entry point), or None."""
-    found = _imported(method) if ":" in method else _entry_point(method)
+    found = find_user_object(
+        "pruning.method", method, ENTRY_POINTS, "Strategy", "package.module:NAME"
+    )
     return None if found is None else _checked(method, found)
 
 
