@@ -12,6 +12,7 @@ Ctrl-C) are the exceptions to "no new file": what was finished before them must 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -78,6 +79,15 @@ CASES = [
     case("set frequency 0", "pruning.method=set", "pruning.levels=1", "pruning.end_step=100it",
          "pruning.frequency=0it"),
     case("set key with magnitude", "pruning.drop_fraction=0.5"),
+    case("rigl over 10 levels", "pruning.method=rigl"),
+    case("rigl drop fraction above 1", "pruning.method=rigl", "pruning.levels=1",
+         "pruning.end_step=100it", "pruning.drop_fraction=1.5"),
+    case("rigl ends after training", "pruning.method=rigl", "pruning.levels=1"),
+    case("instability of rigl", "branches=[instability]", "pruning.method=rigl",
+         "pruning.levels=1", "pruning.end_step=100it"),
+    case("nm over more levels than M - N", "pruning.method=nm", "pruning.levels=3"),
+    case("pruning.own key for a built-in method", "+pruning.own.share=0.5"),
+    case("pruning.own not a set of keys", "++pruning.own=3"),
     case("instability of set", "branches=[instability]", "pruning.method=set",
          "pruning.levels=1", "pruning.end_step=100it"),
     case("nm over 10 levels", "pruning.method=nm"),
@@ -246,6 +256,16 @@ CASES = [
     case("own model: batchnorm_init without BatchNorm", "model.name=own_models:Plain",
          "model.batchnorm_init=uniform", setup="own_model"),
     case("zoo model with model.kwargs", "++model.kwargs={width:3}"),
+    # A branch of one's own (the README's recipe: setup="own_branch").
+    case("own branch not importable", "branches=[no_such_module:BRANCH]"),
+    case("own branch name missing", "branches=[math:nothing]"),
+    case("own branch not a Branch", "branches=[math:pi]"),
+    case("own branch not an import path", "branches=[mybranch:]"),
+    case("own branch arguments without the branch", "+branch.own.mybranch.seed=1"),
+    case("own branch unknown argument", "branches=[mybranch:BRANCH]",
+         "+branch.own.fan_in_shuffle.sed=1", setup="own_branch"),
+    case("own branch argument of the wrong type", "branches=[mybranch:BRANCH]",
+         "+branch.own.fan_in_shuffle.seed=1.5", setup="own_branch"),
     # Starting from a trained model, budgets and deployment.
     case("init.checkpoint missing", "init.checkpoint=/nonexistent/params.npz"),
     case("init.checkpoint of another shape", "init.checkpoint=wrong.npz", setup="npz_wrong"),
@@ -442,12 +462,21 @@ def write_own_npz(path: Path, kind: str) -> None:
     np.savez(path, **arrays)
 
 
+def readme_recipe(heading: str) -> str:
+    """The first python block of the README's section ``heading``."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index(heading):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
 def prepare(setup: str, folder: Path) -> str | None:
     """Make the folder's starting state; returns a cleanup command's mount point, if any."""
     if setup in ("idx_truncated", "idx_empty"):
         write_idx(folder / "idx", truncated=setup == "idx_truncated", empty=setup == "idx_empty")
     elif setup == "own_model":
         write_own_models(folder)
+    elif setup == "own_branch":
+        (folder / "mybranch.py").write_text(readme_recipe("### Your own branch"))
     elif setup.startswith("own_npz_"):
         write_own_npz(folder / "own.npz", setup.removeprefix("own_npz_"))
     elif setup.startswith("npz_"):  # weights of the default MLP (40-100-100-10)

@@ -46,10 +46,33 @@ BAD_METHODS = textwrap.dedent(
         return unflatten(flat)
 
 
+    def flattened_update(fraction, prunable, start, end):
+        # A mask update inside the training (at its 10th step) that flattens a kernel.
+
+        def update(inputs):
+            flat = {p: np.asarray(m) for p, m in flatten(inputs.mask).items()}
+            flat[prunable[0]] = flat[prunable[0]].reshape(-1)
+            return unflatten(flat)
+
+        return [start + 10], update
+
+
+    def own_settings(cfg, timeline):
+        return cfg.own.get("share", 0.2)  # a setting pruning has no key for
+
+
     KEYS = frozenset({"fraction"})
     SHAPE = Strategy("shape", KEYS, settings, flattened, weight_groups=weight_groups)
     COUNT = Strategy("count", KEYS, settings, one_too_many, weight_groups=weight_groups)
     UNKNOWN_KEY = Strategy("unknown", frozenset({"sharpness"}), settings, prune)
+    BAD_UPDATE = Strategy(
+        "bad_update", KEYS, settings, lambda inputs, fraction: inputs.mask,
+        during_training=True, training_updates=flattened_update,
+    )
+    OWN_KEY = Strategy(
+        "own_key", frozenset(), own_settings, prune, weight_groups=weight_groups,
+        own_keys=frozenset({"share"}),
+    )
     """
 )
 
@@ -161,6 +184,8 @@ def test_a_wrong_mask_is_one_line_and_writes_no_level(folder: Path, name: str, m
         ("mymethod:MISSING", "has no attribute 'MISSING'"),
         ("mymethod:settings", "is a function, not a lottery.pruning.Strategy"),
         ("badmethods:UNKNOWN_KEY", "declares keys sharpness, which pruning does not have"),
+        ("badmethods:OWN_KEY +pruning.own.sharp=1", "pruning.own.sharp does not apply"),
+        ("magnitude +pruning.own.share=1", "whose own keys are: none"),
         ("mymethod:", "is not an import path"),
         ("no_such_method", "unknown pruning.method 'no_such_method'"),
     ],
@@ -171,6 +196,36 @@ def test_a_bad_own_method_is_one_config_error(
     from lottery.pruning import strategy_for
 
     monkeypatch.chdir(folder)
-    cfg = make_config([*DIGITS, f"pruning.method={method}"])
+    method, *more = method.split()
+    cfg = make_config([*DIGITS, f"pruning.method={method}", *more])
     with pytest.raises(ConfigError, match=re.escape(message)):
         strategy_for(cfg.pruning)
+
+
+def test_own_method_reads_a_setting_of_its_own(folder: Path) -> None:
+    """``own_keys`` are set as ``pruning.own.<key>`` and enter the hash as any pruning key."""
+    done = run_cli(
+        [*DIGITS, "pruning.method=badmethods:OWN_KEY", "+pruning.own.share=0.5",
+         "pruning.levels=1", "results_root=own_key"],
+        cwd=folder,
+    )
+    assert done.returncode == 0, done.stderr
+    (level,) = (folder / "own_key").glob("*/*/replicate_0/level_1")
+    mask = _npz(level / "mask.npz")
+    kernels = [key for key in mask if key.endswith("kernel")]
+    kept = sum(int(mask[k].sum()) for k in kernels)
+    assert kept == sum(mask[k].size for k in kernels) // 2
+    hashed = json.loads((level.parents[1] / "hashed.json").read_text())
+    assert hashed["pruning.own.share"] == 0.5
+
+
+def test_own_mask_update_of_the_wrong_shape_is_one_line(folder: Path) -> None:
+    done = run_cli(
+        [*DIGITS, "pruning.method=badmethods:BAD_UPDATE", "pruning.levels=1",
+         "results_root=bad_update"],
+        cwd=folder,
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert re.search(r"returned a mask at step 10 whose \S+kernel has shape \(\d+,\)", lines[0])
+    assert not list((folder / "bad_update").rglob("level_1/summary.json"))

@@ -156,6 +156,9 @@ class PruningConfig:
     # decayed by RigL's cosine schedule to 0 at ``end_step`` (Evci et al. 2020).
     drop_fraction: float = 0.3
 
+    # The settings of a pruning method of one's own (its ``Strategy.own_keys``), by key:
+    # ``+pruning.own.sharpness=2``. In the hash as every pruning key; empty for the built-ins.
+    own: dict[str, Any] = field(default_factory=dict)
 
 @dataclass
 class TrainConfig:

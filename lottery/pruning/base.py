@@ -106,6 +106,10 @@ class Strategy:
     # stores held its results: it enters the experiment hash (``pruning.revision``), so
     # those stores are never read as the corrected method's. None: never corrected.
     revision: Callable[[Any], str | None] | None = None
+    # Settings of its own that ``pruning`` has no key for (a method of one's own): set as
+    # ``pruning.own.<key>``, read by ``settings`` from ``cfg.own``; any other key there is one
+    # ConfigError line.
+    own_keys: frozenset[str] = frozenset()
 
 
 # -- checks several methods share ---------------------------------------------------------

@@ -23,7 +23,7 @@ import numpy as np
 
 from lottery.config import ConfigError, PruningConfig, RunError
 from lottery.config.imports import find_user_object, require_instance
-from lottery.pruning.base import PruneInputs, Strategy, levels_that_prune
+from lottery.pruning.base import PruneInputs, Strategy, TrainingInputs, levels_that_prune
 from lottery.pruning.mask import Mask, flatten
 
 ENTRY_POINTS = "lottery.methods"
@@ -38,9 +38,14 @@ def _checked(method: str, found: Any) -> Strategy:
     if unknown:
         raise ConfigError(
             f"pruning.method={method!r} declares keys {', '.join(unknown)}, which pruning does "
-            "not have; declare only keys of pruning (python -m lottery --cfg job lists them)"
+            "not have; declare a setting of its own in own_keys (then set it as "
+            "+pruning.own.<key>=VALUE)"
         )
-    return dataclasses.replace(found, prune=_checking_masks(method, found))
+    return dataclasses.replace(
+        found,
+        prune=_checking_masks(method, found),
+        training_updates=_checking_updates(method, found),
+    )
 
 
 def own_strategy(method: str) -> Strategy | None:
@@ -65,27 +70,7 @@ def check_mask(
 ) -> None:
     """One RunError line if ``mask`` (level ``inputs.level``'s) is not shaped as the mask it
     was made from, or does not keep the count the strategy's ``weight_groups`` declare."""
-    try:
-        given = {p: np.asarray(m) for p, m in flatten(mask).items()}
-    except Exception as error:
-        raise RunError(
-            f"pruning.method={method!r} returned a {type(mask).__name__} at level "
-            f"{inputs.level}, not a mask shaped as its inputs' ({error})"
-        ) from None
-    before = {p: np.asarray(m) for p, m in flatten(inputs.mask).items()}
-    if sorted(given) != sorted(before):
-        missing = sorted(set(before) ^ set(given))[:3]
-        raise RunError(
-            f"pruning.method={method!r} returned a mask at level {inputs.level} whose leaves "
-            f"differ from the network's ({', '.join(missing)}); return one boolean array per "
-            "leaf of inputs.mask"
-        )
-    for path, value in given.items():
-        if value.shape != before[path].shape:
-            raise RunError(
-                f"pruning.method={method!r} returned a mask at level {inputs.level} whose "
-                f"{path} has shape {value.shape}, not the weight's {before[path].shape}"
-            )
+    given = check_shape(method, f"at level {inputs.level}", inputs.mask, mask)
     if strategy.weight_groups is None:
         return
     groups = strategy.weight_groups(inputs.params, inputs.prunable, settings)
@@ -96,3 +81,48 @@ def check_mask(
             f"pruning.method={method!r} kept {alive:,} prunable weights at level "
             f"{inputs.level}; its weight_groups declare {expected:,}; keep exactly that count"
         )
+
+
+def check_shape(method: str, where: str, before: Any, mask: Any) -> dict[str, np.ndarray]:
+    """``mask`` flattened, or one RunError line if it is not shaped as ``before`` (the mask
+    it was made from; ``where`` says when, for the message)."""
+    try:
+        given = {p: np.asarray(m) for p, m in flatten(mask).items()}
+    except Exception as error:
+        raise RunError(
+            f"pruning.method={method!r} returned a {type(mask).__name__} {where}, not a mask "
+            f"shaped as its inputs' ({error})"
+        ) from None
+    before = {p: np.asarray(m) for p, m in flatten(before).items()}
+    if sorted(given) != sorted(before):
+        missing = sorted(set(before) ^ set(given))[:3]
+        raise RunError(
+            f"pruning.method={method!r} returned a mask {where} whose leaves differ from the "
+            f"network's ({', '.join(missing)}); return one boolean array per leaf of "
+            "inputs.mask"
+        )
+    for path, value in given.items():
+        if value.shape != before[path].shape:
+            raise RunError(
+                f"pruning.method={method!r} returned a mask {where} whose {path} has shape "
+                f"{value.shape}, not the weight's {before[path].shape}"
+            )
+    return given
+
+
+def _checking_updates(method: str, strategy: Strategy) -> Any:
+    """``strategy.training_updates`` with each update's mask checked by :func:`check_shape`."""
+    if strategy.training_updates is None:
+        return None
+
+    def training_updates(settings: Any, prunable: list[str], start: int, end: int) -> Any:
+        steps, update = strategy.training_updates(settings, prunable, start, end)
+
+        def checked(inputs: TrainingInputs) -> Mask:
+            mask = update(inputs)
+            check_shape(method, f"at step {inputs.step}", inputs.mask, mask)
+            return mask
+
+        return steps, checked
+
+    return training_updates

@@ -115,14 +115,26 @@ def strategy_for(cfg: PruningConfig, timeline: Timeline | None = None) -> tuple[
     defaults = PruningConfig()
     for item in dataclasses.fields(cfg):
         key = item.name
-        if key in COMMON_KEYS or key in strategy.keys:
+        if key in COMMON_KEYS or key in strategy.keys or key == "own":
             continue
         if getattr(cfg, key) != getattr(defaults, key):
             raise ConfigError(
                 f"pruning.{key}={getattr(cfg, key)!r} does not apply to pruning.method="
                 f"{cfg.method!r}; remove it"
             )
+    check_own_keys(cfg, strategy)
     return strategy, strategy.settings(cfg, timeline)
+
+
+def check_own_keys(cfg: PruningConfig, strategy: Strategy) -> None:
+    """One ConfigError line for a key of ``pruning.own`` the method does not declare."""
+    unknown = sorted(set(cfg.own) - strategy.own_keys)
+    if unknown:
+        reads = ", ".join(sorted(strategy.own_keys)) or "none"
+        raise ConfigError(
+            f"pruning.own.{unknown[0]} does not apply to pruning.method={cfg.method!r}, whose "
+            f"own keys are: {reads}; remove it"
+        )
 
 
 __all__ = [
