@@ -14,19 +14,23 @@ must not); the command line (``python -m lottery``, ``lottery``) calls
 
 - if ``XLA_FLAGS`` does not already set ``xla_cpu_experimental_ynn_fusion_type`` (the
   user's choice wins: setting it to ``individual_convolution`` restores YNNPACK's), and
-- under the jaxlib versions it was measured with (an unknown XLA flag aborts the process).
+- if this XLA knows the flag (an unknown XLA flag aborts the process): a child process
+  tries it once per installation (:mod:`lottery.probes`); measured on jaxlib 0.10.2 and
+  0.12.1 (``benchmarks/conv_cpu.py``).
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from importlib import metadata
+
+from lottery import probes
 
 YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
 # Everything YNNPACK does by default except convolutions.
 EIGEN_CONVOLUTIONS = f"--{YNN_FLAG}=-individual_convolution"
-MEASURED_JAXLIB = ("0.10.",)
+# The child program that finds whether this XLA accepts the flag (run under it).
+FLAG_PROBE = "import jax.numpy as jnp; jnp.ones(2).sum().block_until_ready()"
 
 # XLA cannot write an executable holding oneDNN's custom call (lottery.models.onednn) to
 # JAX's persistent compilation cache (``JAX_COMPILATION_CACHE_DIR``): JAX then warns "Error
@@ -40,11 +44,7 @@ def prefer_eigen_convolutions() -> bool:
     flags = os.environ.get("XLA_FLAGS", "")
     if YNN_FLAG in flags:
         return EIGEN_CONVOLUTIONS in flags
-    try:
-        jaxlib_version = metadata.version("jaxlib")
-    except metadata.PackageNotFoundError:
-        return False
-    if not jaxlib_version.startswith(MEASURED_JAXLIB):
+    if not probes.passes("eigen_convolutions_flag", FLAG_PROBE, EIGEN_CONVOLUTIONS):
         return False
     os.environ["XLA_FLAGS"] = f"{flags} {EIGEN_CONVOLUTIONS}".strip()
     return True

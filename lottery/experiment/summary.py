@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lottery import probes
 from lottery.experiment.plan import Plan
 from lottery.pruning import sparsity_report
 from lottery.pruning.cost import cost_report
@@ -36,6 +37,12 @@ def environment() -> dict[str, Any]:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         # Speed only (lottery.huge_pages): malloc's huge pages, bit-identical results.
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        # The CPU speed-ups this installation was found to run (lottery.probes): False says
+        # the run went without one (an XLA that lacks it), None that it was not asked.
+        "cpu_speedups": {
+            name: probes.verdicts().get(name)
+            for name in ("eigen_convolutions_flag", "onednn_convolution")
+        },
     }
 
 

@@ -12,8 +12,9 @@ custom call only does forward propagation, and a kernel gradient posed as a forw
 convolution (a 32x32 "kernel") takes oneDNN seconds.
 
 The custom call's configuration is XLA's ``OneDnnConvolutionConfig`` in JSON, an internal
-format without a stability promise; :func:`usable` therefore allows it only under the
-jaxlib versions it was checked with, and ``tests/test_onednn.py`` compares it with XLA's
+format without a stability promise; :func:`usable` therefore allows it only where a child
+process has run it on this installation and found XLA's results (:data:`PROBE`, once per
+jaxlib release: :mod:`lottery.probes`), and ``tests/test_onednn.py`` compares it with XLA's
 convolution in every layout it is used in. Other platforms lower the same primitive to
 XLA's convolution.
 """
@@ -23,7 +24,6 @@ from __future__ import annotations
 import functools
 import json
 import platform
-from importlib import metadata
 
 import jax
 import jax.numpy as jnp
@@ -31,15 +31,28 @@ from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import batching, mlir
 
+from lottery import probes
+
 try:  # custom_call has no public equivalent; a JAX without it keeps XLA's convolution
     from jax._src.interpreters.mlir import custom_call
 except ImportError:
     custom_call = None
 
-# jaxlib versions whose __onednn$convolution reads the configuration built below: 0-based
-# spatial dimensions, paddings, strides and dilations as they are (older XLA stored them
-# offset by 1 or 2, and a wrong layout aborts the process inside oneDNN).
-CHECKED_JAXLIB = ("0.10.",)
+# Whether this XLA's __onednn$convolution reads the configuration built below (0-based
+# spatial dimensions, paddings, strides and dilations as they are: older XLA stored them
+# offset by 1 or 2, and a wrong layout aborts the process inside oneDNN): a child process
+# runs it with asymmetric padding and strides and compares it with XLA's convolution.
+PROBE = """
+import jax, numpy as np
+from lottery.models import onednn
+x = jax.random.normal(jax.random.key(0), (2, 9, 7, 3))
+w = jax.random.normal(jax.random.key(1), (3, 2, 3, 5))
+for strides, padding in [((1, 1), ((1, 1), (0, 1))), ((2, 1), ((0, 2), (1, 0)))]:
+    conv = jax.jit(lambda x, w: onednn._primitive.bind(x, w, strides=strides, padding=padding))
+    assert "__onednn$convolution" in conv.lower(x, w).as_text()
+    want = onednn.xla_convolution(x, w, strides=strides, padding=padding)
+    np.testing.assert_allclose(conv(x, w), want, rtol=1e-4, atol=1e-4)
+"""
 
 # XLA cannot write an executable holding the custom call to JAX's persistent compilation
 # cache: JAX warns once per program. The command line silences that warning in its own
@@ -54,8 +67,8 @@ Padding = tuple[tuple[int, int], tuple[int, int]]
 
 @functools.cache
 def _runtime_has_onednn() -> bool:
-    """Whether this process's jaxlib is one whose CPU runtime runs the custom call, on a
-    single CPU device.
+    """Whether this process's jaxlib runs the custom call (:data:`PROBE`), on a single CPU
+    device.
 
     XLA's SPMD partitioner knows nothing of the custom call: on a batch split over several
     CPU devices (``train.data_parallel`` with ``--xla_force_host_platform_device_count``) it
@@ -66,13 +79,13 @@ def _runtime_has_onednn() -> bool:
     if custom_call is None:
         return False
     try:
-        if not metadata.version("jaxlib").startswith(CHECKED_JAXLIB):
-            return False
         # A program for a GPU or TPU (the default backend) keeps XLA's convolutions and
         # their autodiff forms, as benchmarks/conv_gpu.py measured them.
-        return jax.default_backend() == "cpu" and len(jax.devices("cpu")) == 1
-    except (metadata.PackageNotFoundError, RuntimeError):  # RuntimeError: JAX_PLATFORMS=cuda
+        if jax.default_backend() != "cpu" or len(jax.devices("cpu")) != 1:
+            return False
+    except RuntimeError:  # JAX_PLATFORMS=cuda: no CPU backend to ask
         return False
+    return probes.passes("onednn_convolution", PROBE)
 
 
 def usable(x: jax.Array, w: jax.Array) -> bool:
