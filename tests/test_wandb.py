@@ -103,6 +103,33 @@ def offline_runs(root: Path) -> dict[str, OfflineRun]:
     return by_id
 
 
+def level_runs(root: Path) -> dict[str, OfflineRun]:
+    """The offline runs of levels and branches (not the summary runs), by run id."""
+    return {rid: run for rid, run in offline_runs(root).items()
+            if run.run.get("job_type") != "summary"}
+
+
+def curve_table(run: OfflineRun) -> list[dict[str, Any]]:
+    """The rows of the summary run's ``curve`` table, read from the run's files."""
+    path = run.summary["curve.path"]  # W&B's reader flattens the table's entry
+    table = json.loads((run.file.parent / "files" / path).read_text())
+    return [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+
+
+def aggregated_curve_csv(curve_csv: Path) -> list[dict[str, Any]]:
+    """curve.csv aggregated over replicates, by branch and level (pandas, independently)."""
+    import pandas as pd
+
+    frame = pd.read_csv(curve_csv)
+    grouped = frame.groupby(["branch", "level"]).agg(
+        weights_remaining_pct=("weights_remaining_pct", "mean"),
+        test_accuracy_mean=("test_accuracy", "mean"),
+        test_accuracy_std=("test_accuracy", lambda a: a.std() if len(a) > 1 else 0.0),
+        replicates=("test_accuracy", "size"),
+    ).reset_index()
+    return grouped.to_dict("records")
+
+
 def local_history(replicate_dir: Path) -> dict[int, list[dict[str, Any]]]:
     """Every finished level's metrics.jsonl records, by level."""
     return {
@@ -117,7 +144,7 @@ def local_history(replicate_dir: Path) -> dict[int, list[dict[str, Any]]]:
 def assert_each_level_sent_once(root: Path, digest: str, seed: int, levels: int) -> None:
     """One finished W&B run per level, whose history is the level's metrics.jsonl, and no
     other history anywhere in the offline files."""
-    runs = offline_runs(root)
+    runs = level_runs(root)
     expected = {f"{digest}-r{seed}-L{level}": level for level in range(levels + 1)}
     assert set(runs) == set(expected)
     local = local_history(root / "mnist1d_imp" / digest / f"replicate_{seed}")
@@ -148,7 +175,7 @@ def test_one_offline_run_per_level_with_its_metrics_config_and_summary(tmp_path,
     digest = store.path.name
     assert f"upload with `wandb sync {root / 'wandb'}`" in capsys.readouterr().out
 
-    runs = offline_runs(root)
+    runs = level_runs(root)
     assert sorted(runs) == [f"{digest}-r0-L{level}" for level in range(3)]
     stored = summaries(root)
     local = local_history(store.replicate(0).path)
@@ -158,9 +185,11 @@ def test_one_offline_run_per_level_with_its_metrics_config_and_summary(tmp_path,
         # Every record of metrics.jsonl, every value, in order, and nothing else.
         assert run.history == local[level]
         assert run.run["project"] == "lottery"
-        assert run.run["run_group"] == f"{cfg.name}/{digest}"
-        assert run.run["job_type"] == "replicate_0"
-        assert run.run["display_name"] == f"{cfg.name}-{digest}-r0-L{level}"
+        assert run.run["run_group"] == f"{cfg.name} #{digest}"  # no Hydra job: no overrides
+        assert run.run["job_type"] == "level"
+        assert run.run["tags"] == ["seed=0"]
+        pct = f"{summary['weights_remaining_pct']:.3g}"
+        assert run.run["display_name"] == f"{cfg.name}/magnitude/L{level} {pct}%"
         assert run.exit_code == 0
         assert run.config == {
             **json.loads(json.dumps(asdict(cfg))),
@@ -189,24 +218,54 @@ def test_one_offline_run_per_level_with_its_metrics_config_and_summary(tmp_path,
     assert "wandb sync" not in capsys.readouterr().out
     assert {f: f.read_bytes() for f in (root / "wandb").glob("offline-run-*/*.wandb")} == files
 
-    # One more level: one more run, for that level alone.
+    # One more level: one more run, for that level alone (and the summary run rewritten).
     experiment.run(make_config([*DIGITS, "logger=wandb", "pruning.levels=3"], root))
     new = set((root / "wandb").glob("offline-run-*/run-*.wandb")) - set(files)
-    [run] = [read_run(f) for f in new]
+    [run] = [read_run(f) for f in new if f"{digest}-curve" not in f.name]
     assert run.run_id == f"{digest}-r0-L3"
     assert run.history == local_history(store.replicate(0).path)[3]
+    [curve] = [read_run(f) for f in new if f"{digest}-curve" in f.name]
+    assert [row["level"] for row in curve_table(curve)] == [0, 1, 2, 3]
+
+
+def test_the_summary_run_holds_curve_csv_aggregated_and_its_chart(tmp_path):
+    overrides = [*DIGITS, "logger=wandb", "pruning.levels=1", "branches=[random_reinit]"]
+    for seed in (0, 1):
+        store, _ = experiment.run(make_config([*overrides, f"seed={seed}"], tmp_path))
+    runs = offline_runs(tmp_path)
+    summary = runs[f"{store.digest}-curve"]
+    assert summary.run["job_type"] == "summary" and summary.exit_code == 0
+    table = curve_table(summary)
+    expected = aggregated_curve_csv(store.path / "curve.csv")
+    assert len(expected) == 3  # imp L0, L1 and random_reinit L1, two replicates each
+    assert [(r["branch"], r["level"], r["replicates"]) for r in table] == [
+        (r["branch"], r["level"], r["replicates"]) for r in expected]
+    for got, want in zip(table, expected, strict=True):
+        for key in ("weights_remaining_pct", "test_accuracy_mean", "test_accuracy_std"):
+            assert got[key] == pytest.approx(want[key], abs=1e-12), key
+    # The chart: one line per branch, drawn from the same numbers.
+    chart = json.loads((summary.file.parent / "files" /
+                        summary.summary["sparsity_accuracy_table.path"]).read_text())
+    lines = {}
+    for row in chart["data"]:
+        point = dict(zip(chart["columns"], row, strict=True))
+        lines.setdefault(point["lineKey"], []).append(point["lineVal"])
+    assert lines == {"imp": [r["test_accuracy_mean"] for r in table if r["branch"] == "imp"],
+                     "random_reinit": [table[2]["test_accuracy_mean"]]}
+    assert summary.summary["test/accuracy"] == pytest.approx(table[1]["test_accuracy_mean"])
 
 
 # Runs ``python -m lottery ARGS`` after arranging a SIGKILL of itself right after level 1
 # evaluated step 100 (as in test_resume.py).
 KILLER = """
-import os, runpy, signal, sys
+import os, runpy, signal, sys, time
 sys.argv = ["lottery", *sys.argv[1:]]
 from lottery.train import hooks
 evaluate = hooks.Evaluate.__call__
 def killing_evaluate(self, run, trainer):
     evaluate(self, run, trainer)
     if trainer.stream == 1 and run.step == 100:
+        time.sleep(1)  # W&B's service writes what was logged live
         os.kill(os.getpid(), signal.SIGKILL)
 hooks.Evaluate.__call__ = killing_evaluate
 runpy.run_module("lottery", run_name="__main__", alter_sys=True)
@@ -223,8 +282,10 @@ def test_sigkill_in_level_1_then_rerun_sends_every_level_exactly_once(tmp_path):
     assert killed.returncode == -9, killed.stderr[-2000:]
     [partial] = tmp_path.rglob("level_1.partial")
     digest = partial.parent.parent.name
-    assert set(offline_runs(tmp_path)) == {f"{digest}-r0-L0"}  # level 0 only: it finished
-    [level_0] = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    # Level 1's run was open, live, when the kill came (offline, W&B's service buffers
+    # its file, so what it had been given is lost with it; the store has it).
+    assert list((tmp_path / "wandb").glob(f"offline-run-*-{digest}-r0-L1/run-*.wandb"))
+    [level_0] = (tmp_path / "wandb").glob(f"offline-run-*-{digest}-r0-L0/run-*.wandb")
     sent = level_0.read_bytes()
 
     again = run_cli(args, cwd=tmp_path)
@@ -242,7 +303,7 @@ def test_a_cut_off_level_is_sent_again_in_full_and_once(tmp_path, monkeypatch, c
 
     def failing_log(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 8:  # level 0 has 5 rows: the third row of level 1
+        if len(calls) == 8:  # level 0's 5 rows, the summary run's 1: level 1's second row
             raise RuntimeError("disk full\nsecond line of the error")
         return original(self, *args, **kwargs)
 
@@ -254,13 +315,13 @@ def test_a_cut_off_level_is_sent_again_in_full_and_once(tmp_path, monkeypatch, c
     out, err = capfd.readouterr()
     [warning] = err.splitlines()
     assert warning.startswith("warning: W&B logging stopped (RuntimeError: disk full)")
-    assert "1 offline run in" in out  # level 0's
-    cut = offline_runs(tmp_path)
+    assert "2 offline runs in" in out  # level 0's and the summary run after it
+    cut = level_runs(tmp_path)
     assert set(cut) == {f"{digest}-r2-L0", f"{digest}-r2-L1"}  # then W&B went quiet
     assert cut[f"{digest}-r2-L1"].exit_code == 1
-    assert len(cut[f"{digest}-r2-L1"].history) == 2
+    assert len(cut[f"{digest}-r2-L1"].history) == 1  # logged live, before the failure
     sent = sorted(p.stem for p in (tmp_path / "wandb" / SENT_DIR).rglob("*.json"))
-    assert sent == [f"{digest}-r2-L0"]
+    assert sent == [f"{digest}-curve", f"{digest}-r2-L0"]
 
     monkeypatch.setattr(wandb.Run, "log", original)
     experiment.run(cfg)
@@ -280,7 +341,7 @@ def test_wandb_environment_beats_the_config(tmp_path, monkeypatch, env_mode, cfg
     if env_mode == "disabled":
         assert not (tmp_path / "wandb").exists()
     else:
-        [run] = offline_runs(tmp_path).values()
+        [run] = level_runs(tmp_path).values()
         assert run.run["project"] == "from-env"
         assert run.history == local_history(store.replicate(0).path)[0]
 
@@ -289,7 +350,7 @@ def test_artifacts_hold_the_mask_and_weights_of_the_level(tmp_path):
     cfg = make_config([*DIGITS, "logger=wandb", "pruning.levels=0", "seed=3"], tmp_path)
     cfg.logger.artifacts = True  # read with getattr: not (yet) in LoggerConfig
     store, _ = experiment.run(cfg)
-    [run] = offline_runs(tmp_path).values()
+    [run] = level_runs(tmp_path).values()
     [artifact] = run.artifacts
     assert artifact["name"] == f"ticket-{run.run_id}" and artifact["type"] == "model"
     folder = store.replicate(3).level_path(0)
@@ -356,8 +417,9 @@ def test_each_branch_is_a_run_of_its_own(tmp_path):
     digest = store.path.name
     [folder] = store.replicate(0).level_path(1).glob("branch_random_reinit_*")
     branch_id = f"{digest}-r0-L1-{folder.name.removeprefix('branch_')}"
-    runs = offline_runs(root)
+    runs = level_runs(root)
     assert sorted(runs) == sorted([f"{digest}-r0-L0", f"{digest}-r0-L1", branch_id])
+    assert runs[branch_id].run["display_name"].endswith(" random_reinit")
     run = runs[branch_id]
     assert run.config["branch"] == "random_reinit" and run.config["level"] == 1
     lines = (folder / "metrics.jsonl").read_text().splitlines()

@@ -85,7 +85,7 @@ def train_level(
         folder.write_metrics(run.history)
         weights_pct = sparsity_report(start.mask, plan.prunable)["weights_remaining_pct"]
         for logger in loggers:
-            logger.begin_level(level, weights_pct)
+            logger.begin_level(level, weights_pct, folder.final)
         with LevelProgress(
             level, weights_pct, start.step, plan.total_steps, plan.cfg.progress, plan.prefix
         ) as bar:

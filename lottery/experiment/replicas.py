@@ -33,9 +33,11 @@ class LockedLogger:
     def __init__(self, logger: RunLogger, lock: threading.Lock) -> None:
         self.logger, self.lock = logger, lock
 
-    def begin_level(self, level: int, weights_remaining_pct: float) -> None:
+    def begin_level(
+        self, level: int, weights_remaining_pct: float, folder: Path | None = None
+    ) -> None:
         with self.lock:
-            self.logger.begin_level(level, weights_remaining_pct)
+            self.logger.begin_level(level, weights_remaining_pct, folder)
 
     def log_eval(self, level: int, record: dict[str, float]) -> None:
         with self.lock:

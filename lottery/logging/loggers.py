@@ -15,8 +15,11 @@ from lottery.config import Config, ConfigError
 class RunLogger(Protocol):
     """Receives what the store receives, as it happens."""
 
-    def begin_level(self, level: int, weights_remaining_pct: float) -> None:
-        """A level starts training with this % of its prunable weights alive."""
+    def begin_level(
+        self, level: int, weights_remaining_pct: float, folder: Path | None = None
+    ) -> None:
+        """A level (or branch) starts training with this % of its prunable weights alive;
+        ``folder`` is where it will be once finished (its ``.partial`` twin holds it now)."""
 
     def log_eval(self, level: int, record: dict[str, float]) -> None:
         """One evaluation of a level (``iteration``, ``train/loss``, ``test/accuracy``, ...)."""

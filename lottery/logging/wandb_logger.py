@@ -1,34 +1,34 @@
-"""Weights & Biases: one W&B run per finished level (and branch), copied from the store.
+"""Weights & Biases: one W&B run per level (and branch), logged live, completed from the store.
 
-``logger=wandb`` (``conf/logger/wandb.yaml``) copies the local store to W&B, offline by
+``logger=wandb`` (``conf/logger/wandb.yaml``) logs to W&B beside the local store, offline by
 default: W&B writes its run folders under ``logger.dir`` (default ``<results_root>/wandb``)
-and ``wandb sync <dir>`` uploads them later. The store is the record; W&B is a copy filled
-from it, and it can be filled again (see *Exactly once*).
+and ``wandb sync <dir>`` uploads them later. The store is the record; W&B is filled from it.
 
-* One run per finished level or branch, made in :meth:`WandbLogger.log_level` from the
-  level's folder: ``wandb.init``, the level's whole history from ``metrics.jsonl`` (one row per
-  evaluation: ``iteration``, ``train/loss``, ``val/loss``, ``val/accuracy``, ``test/loss``,
-  ``test/accuracy``; ``iteration`` is their step metric), its ``summary.json`` in the run
-  summary (``test_accuracy``, ``early_stop_*``, ``weights_remaining_pct``,
-  ``params_remaining``, ``layers``, ...; ``wall_seconds`` for ``timing.wall``; the fields
-  naming the level are in the config), ``finish``. ``begin_level`` and ``log_eval`` do
-  nothing: the console shows live progress.
-* Group ``<name>/<hash>``, job type ``replicate_<seed>``, name
-  ``<name>-<hash>-r<seed>-L<level>[-<branch>]``, config = the whole resolved config plus
-  ``hash``, ``level``, ``weights_remaining_pct``, ``branch`` and ``seed``: a W&B scatter or
-  line panel of ``test_accuracy`` against ``weights_remaining_pct``, grouped by ``hash``, is
-  the sparsity–accuracy curve, across replicates and sweeps. For that reason there is no
-  per-experiment summary run at the end (it would repeat these runs, and change every time a
-  level is added).
-* Run id ``<hash>-r<seed>-L<level>[-<branch>]`` (:func:`run_id`): the same on every run, so
-  a level never gets a second W&B run.
+* One run per level or branch, opened when it starts training (:meth:`WandbLogger.
+  begin_level`): the rows the store holds already (a resumed level), then each evaluation as
+  it happens (``iteration``, ``train/loss``, ``val/*``, ``test/*``; ``iteration`` is their
+  step metric), with W&B's system metrics and console capture. When the level is finished
+  (:meth:`log_level`) any row not logged yet, its ``summary.json`` in the run summary
+  (``wall_seconds`` for ``timing.wall``), ``finish``, and a marker.
+* Name ``<name>/<method>/L<level> <weights left>%`` (`` <branch>`` for a branch), group
+  ``<name>`` and the command-line overrides that change results (``<name> #<hash>``
+  outside a Hydra job), job type ``level``, tag ``seed=<seed>``, notes with the hash, config
+  = the resolved config plus ``hash``, ``level``, ``weights_remaining_pct``, ``branch``,
+  ``seed``; run id ``<hash>-r<seed>-L<level>[-<branch>]`` (:func:`run_id`).
+* A summary run per experiment, id ``<hash>-curve``, written again whole after each level
+  and at the end when the curve changed: a ``curve`` table (curve.csv aggregated over
+  replicates, :func:`~lottery.logging.wandb_curve.aggregate_curve`), a line series of it per
+  branch (``sparsity_accuracy``), and ``test/accuracy`` (the sparsest main-line level's mean).
+* Under ``wandb agent`` (``WANDB_SWEEP_ID`` and ``WANDB_RUN_ID`` set) the agent's run is the
+  summary run, with the sweep point in its config; the level runs are opened outside the
+  sweep (:func:`outside_sweep`), so each level still gets its own run.
 
-*Exactly once.* After a level's W&B run has finished, a marker
-``<W&B dir>/lottery-sent/[<entity>/]<project>/<run id>.json`` is written (atomically), and
-later runs skip that level; delete markers to send levels again. A level whose W&B run was cut
-off (SIGKILL, Ctrl-C, a W&B error: no marker) is sent again by the next run: offline, its
-cut-off folder is deleted and the level written again in full; online, the run is resumed
-and gets only the history rows the server lacks (see :meth:`WandbLogger._send`).
+*Exactly once.* A finished run's marker ``<W&B dir>/lottery-sent/[<entity>/]<project>/<run
+id>.json`` makes later runs skip it (delete markers to send again). A run cut off (SIGKILL,
+Ctrl-C, a W&B error: no marker) is written again: offline, its cut-off folder is deleted and
+the run written in full from the store (W&B's offline mode cannot resume, and its service
+buffers its file, so a kill loses what it held); online, the run is resumed and gets only the
+rows the server lacks (``starting_step``).
 
 *Precedence.* W&B's environment variables beat the config: ``WANDB_MODE`` beats
 ``logger.mode``, ``WANDB_PROJECT`` and ``WANDB_ENTITY`` beat ``logger.project`` and
@@ -55,13 +55,16 @@ import os
 import re
 import shutil
 import sys
-from dataclasses import asdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from lottery.atomic import atomic_write_text
 from lottery.config import Config
-from lottery.store import MAIN_BRANCH
+from lottery.logging.wandb_curve import curve_media, readable_group, sparsest_accuracy
+from lottery.store import MAIN_BRANCH, ExperimentStore
+from lottery.store.results import CURVE_COLUMNS
 
 # Seconds wandb.init may wait for W&B's server (online mode) before giving up; the
 # environment variable WANDB_INIT_TIMEOUT, when set, takes its place.
@@ -71,16 +74,14 @@ INIT_TIMEOUT = 10.0
 # run's config) and its timings (``timing.wall`` goes as ``wall_seconds``).
 NOT_IN_SUMMARY = ("experiment", "hash", "dense_hash", "replicate", "level", "branch", "timing")
 
-# W&B settings this logger sets unless their environment variable is set: quiet, and nothing
-# W&B would collect besides our metrics (no console capture, system metrics, git, code or
-# requirements snapshot).
+# W&B settings this logger sets unless their environment variable is set: quiet, and no git,
+# code or requirements snapshot. System metrics and console capture stay on, as W&B's
+# defaults (WANDB_CONSOLE=off, WANDB__DISABLE_STATS=true turn them off).
 QUIET_SETTINGS: dict[str, Any] = {
     "silent": True,
-    "console": "off",
     "disable_git": True,
     "save_code": False,
     "x_save_requirements": False,
-    "x_disable_stats": True,
 }
 
 SENT_DIR = "lottery-sent"
@@ -145,12 +146,73 @@ def _quiet_settings() -> dict[str, Any]:
     return chosen
 
 
-class WandbLogger:
-    """A :class:`~lottery.logging.loggers.RunLogger` that copies finished levels to W&B.
+@dataclass
+class AgentRun:
+    """The run a ``wandb agent`` started this process for (its environment variables)."""
 
-    Nothing W&B happens until a level is sent, so building the logger costs nothing, and a
-    run whose levels were all sent before does not start W&B at all. Every W&B call goes
-    through :meth:`_guard`: the first failure warns once and turns the logger off.
+    sweep_id: str
+    run_id: str
+    param_path: str | None
+
+    @classmethod
+    def from_environment(cls) -> AgentRun | None:
+        sweep_id, rid = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
+        if not sweep_id or not rid:
+            return None
+        return cls(sweep_id, rid, os.environ.get("WANDB_SWEEP_PARAM_PATH"))
+
+    def parameters(self) -> dict[str, Any]:
+        """The sweep point (``{"pruning.fraction": 0.5, "seed": 1}``), as the agent wrote it."""
+        if not self.param_path or not Path(self.param_path).is_file():
+            return {}
+        from wandb.sdk.lib import config_util
+
+        return dict(config_util.dict_from_config_file(self.param_path, must_exist=True) or {})
+
+
+@contextlib.contextmanager
+def outside_sweep() -> Iterator[None]:
+    """W&B, under an agent, gives every ``wandb.init`` of the process the agent's run id and
+    sweep (it ignores ``id=``), so every level would be written into one run. While this is
+    open, W&B's process settings hold no sweep, run id or sweep parameters, and a level's
+    ``wandb.init`` makes the level's own run; the agent's run is the summary run."""
+    import wandb
+
+    settings = wandb.setup().settings
+    keys = ("sweep_id", "run_id", "sweep_param_path")
+    saved = {key: getattr(settings, key) for key in keys}
+    try:
+        for key in keys:
+            setattr(settings, key, None)
+        yield
+    finally:
+        for key, value in saved.items():
+            setattr(settings, key, value)
+
+
+@dataclass
+class LiveRun:
+    """The W&B run of the level training now: rows are counted in the store's order, and
+    the first ``skip`` (those a resumed online run already holds) are not sent again."""
+
+    rid: str
+    run: Any
+    skip: int
+    seen: int = 0
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.seen >= self.skip:
+            self.run.log(record)
+        self.seen += 1
+
+
+class WandbLogger:
+    """A :class:`~lottery.logging.loggers.RunLogger` that logs each level to W&B as it
+    trains and completes it from the store when it is finished.
+
+    Building the logger costs nothing, and a run whose levels were all sent before does not
+    start W&B at all. Every W&B call goes through :meth:`_guard`: the first failure warns
+    once and turns the logger off.
     """
 
     def __init__(self, cfg: Config, digest: str) -> None:
@@ -162,13 +224,20 @@ class WandbLogger:
         self.root = wandb_root(cfg)
         self.dir = wandb_dir(cfg)
         self.artifacts = bool(getattr(cfg.logger, "artifacts", False))
-        self.run: Any = None
+        self.agent = AgentRun.from_environment()
+        self.group = readable_group(cfg, digest)
+        self.live: LiveRun | None = None
         self.failed = False
         self.offline_runs: list[str] = []  # sync folders written by this process
 
     @property
     def offline(self) -> bool:
         return self.mode in ("offline", "dryrun")
+
+    @property
+    def summary_id(self) -> str:
+        """The summary run's id: the agent's run under ``wandb agent``, else per experiment."""
+        return self.agent.run_id if self.agent else f"{self.digest}-curve"
 
     # -- exactly once --------------------------------------------------------------------
 
@@ -179,18 +248,25 @@ class WandbLogger:
             where = where / _safe_part(self.entity)
         return where / _safe_part(self.project or "uncategorized") / f"{rid}.json"
 
+    def _write_marker(self, rid: str, run: Any, **fields: Any) -> None:
+        marker = {"run_id": rid, "mode": self.mode, "project": self.project,
+                  "entity": self.entity, "sync_dir": run.settings.sync_dir, **fields}
+        atomic_write_text(self.marker(rid), json.dumps(marker, indent=2, sort_keys=True) + "\n")
+
     def _drop_cut_off_offline_runs(self, rid: str) -> None:
-        """Delete the offline run folders of ``rid`` left by a run that was cut off.
+        """Delete the offline run folders of ``rid`` left by an earlier, unfinished copy.
 
         W&B offline mode ignores ``resume``: ``wandb.init`` with an id that already has an
         offline folder opens a second folder (``offline-run-<time>-<id>``) beside it, and
-        ``wandb sync`` would upload both, so the level's history would reach W&B twice. The
-        store holds the whole level, so the cut-off copy is deleted and the level sent again
-        in full as a fresh run with the same id. (Online, the server keeps what it got: see
-        :meth:`_send`.)
+        ``wandb sync`` would upload both, so rows would reach W&B twice. The store holds the
+        whole level (and the whole curve), so the cut-off copy is deleted and the run written
+        again in full with the same id. (Online, the server keeps what it got: see
+        :meth:`_open`.)
         """
-        pattern = re.compile(rf"offline-run-\d{{8}}_\d{{6}}-{re.escape(rid)}")
-        for folder in self.dir.glob(f"offline-run-*-{rid}"):
+        if not self.offline:
+            return
+        pattern = re.compile(rf"offline-run-\d{{8}}_\d{{6}}-{re.escape(rid)}(-\d+)?")
+        for folder in self.dir.glob(f"offline-run-*-{rid}*"):
             if pattern.fullmatch(folder.name):
                 shutil.rmtree(folder, ignore_errors=True)
 
@@ -217,28 +293,16 @@ class WandbLogger:
         except Exception as error:  # W&B must never stop training
             self.failed = True
             self._warn(error)
-            run, self.run = self.run, None
-            if run is not None:
+            live, self.live = self.live, None
+            if live is not None:
                 with contextlib.suppress(Exception):
-                    run.finish(exit_code=1)
+                    live.run.finish(exit_code=1)
             return None
 
-    def _init(self, summary: dict[str, Any], rid: str, branch: str) -> Any:
+    def _init(self, rid: str, name: str, config: dict[str, Any], **extra: Any) -> Any:
+        """``wandb.init`` of run ``rid``, resumed online (offline ignores resume)."""
         import wandb
 
-        level, seed = int(summary["level"]), int(summary.get("replicate", self.cfg.seed))
-        digest = summary.get("hash") or self.digest
-        name = f"{self.cfg.name}-{digest}-r{seed}-L{level}"
-        if branch != MAIN_BRANCH:
-            name += f"-{branch}"
-        config = asdict(self.cfg)
-        config.update(
-            hash=digest,
-            level=level,
-            weights_remaining_pct=summary["weights_remaining_pct"],
-            branch=summary.get("branch") or MAIN_BRANCH,  # as in curve.csv and load_results
-            seed=seed,
-        )
         settings = _quiet_settings()
         if "silent" in settings:
             # W&B prints some lines (credentials found, ...) unless its *global* settings are
@@ -247,38 +311,71 @@ class WandbLogger:
         # Read here, not by W&B: W&B reads its environment once per process.
         settings["init_timeout"] = float(os.environ.get("WANDB_INIT_TIMEOUT", INIT_TIMEOUT))
         self.root.mkdir(parents=True, exist_ok=True)
-        return wandb.init(
+        self._drop_cut_off_offline_runs(rid)
+        run = wandb.init(
             project=self.project,
             entity=self.entity,
-            group=f"{self.cfg.name}/{digest}",
-            job_type=f"replicate_{seed}",
+            group=self.group,
             name=name,
             id=rid,
-            # Online, a run cut off earlier is resumed (see _send); offline ignores resume.
             resume=None if self.offline else "allow",
             config=config,
+            notes=f"experiment hash {self.digest}",
             dir=str(self.root),
             mode=self.mode,
             reinit="create_new",  # leaves any run of the caller's alone
-            settings=wandb.Settings(**settings),
+            settings=wandb.Settings(**settings, **extra.pop("settings", {})),
+            **extra,
         )
+        if run.id != rid:  # never record another run as this one's
+            run.finish(exit_code=1)
+            raise RuntimeError(f"W&B opened run {run.id!r} instead of {rid!r}")
+        return run
 
-    def _send(self, summary: dict[str, Any], folder: Path, rid: str, branch: str) -> None:
-        records = [
-            json.loads(line)
-            for line in (folder / "metrics.jsonl").read_text().splitlines()
-            if line.strip()
-        ]
-        self._drop_cut_off_offline_runs(rid)
-        run = self.run = self._init(summary, rid, branch)
+    def _level_names(self, level: int, pct: float, branch: str) -> tuple[str, str]:
+        """The run id and display name ``<name>/<method>/L<level> <weights left>%``."""
+        seed = self.cfg.seed
+        name = f"{self.cfg.name}/{self.cfg.pruning.method}/L{level} {pct:.3g}%"
+        if branch != MAIN_BRANCH:
+            name += f" {branch.rsplit('_', 1)[0]}"
+        return run_id(self.digest, seed, level, branch), name
+
+    def _open(self, level: int, pct: float, branch: str, branch_label: str) -> LiveRun:
+        """Start (or, online, resume) the W&B run of a level or branch."""
+        rid, name = self._level_names(level, pct, branch)
+        config = asdict(self.cfg)
+        config.update(hash=self.digest, level=level, weights_remaining_pct=pct,
+                      branch=branch_label, seed=self.cfg.seed)
+        with outside_sweep():
+            run = self._init(rid, name, config, job_type="level", tags=[f"seed={self.cfg.seed}"])
         run.define_metric("iteration")
         for prefix in ("train", "val", "test"):
             run.define_metric(f"{prefix}/*", step_metric="iteration")
         # Online, a resumed run already holds its first ``starting_step`` rows (one W&B step
-        # per record, in the store's order): send only the rest, so each row arrives once.
-        done = run.starting_step if run.resumed else 0
-        for record in records[done:]:
-            run.log(record)
+        # per record, in the store's order): those are not sent again.
+        return LiveRun(rid, run, run.starting_step if run.resumed else 0)
+
+    def _begin(self, level: int, pct: float, folder: Path) -> None:
+        branch = branch_of({}, folder)
+        label = MAIN_BRANCH if branch == MAIN_BRANCH else branch.rsplit("_", 1)[0]
+        live = self.live = self._open(level, pct, branch, label)
+        partial = folder.with_name(folder.name + ".partial") / "metrics.jsonl"
+        for record in _records(partial):  # what the store holds already (a resumed level)
+            live.log(record)
+
+    def _finish_level(self, summary: dict[str, Any], folder: Path, rid: str, branch: str) -> None:
+        """Complete the level's run from the store (every row not logged live, the summary,
+        the artifact), finish it and write its marker."""
+        records = _records(folder / "metrics.jsonl")
+        live, self.live = self.live, None
+        if live is None or live.rid != rid:
+            level, pct = int(summary["level"]), summary["weights_remaining_pct"]
+            label = summary.get("branch") or MAIN_BRANCH  # as in curve.csv and load_results
+            live = self._open(level, pct, branch, label)
+            self.live = live
+        for record in records[live.seen:]:
+            live.log(record)
+        run = live.run
         results = {
             k: v for k, v in summary.items() if k not in NOT_IN_SUMMARY and v is not None
         }
@@ -288,20 +385,11 @@ class WandbLogger:
         run.summary.update(results)
         if self.artifacts:
             self._log_artifact(run, folder, rid, summary)
-        sync_dir = run.settings.sync_dir
-        self.run = None
+        self.live = None
         run.finish()
-        marker = {
-            "run_id": rid,
-            "mode": self.mode,
-            "project": self.project,
-            "entity": self.entity,
-            "sync_dir": sync_dir,
-            "rows": len(records),
-        }
-        atomic_write_text(self.marker(rid), json.dumps(marker, indent=2, sort_keys=True) + "\n")
+        self._write_marker(rid, run, rows=len(records))
         if self.offline:
-            self.offline_runs.append(sync_dir)
+            self.offline_runs.append(run.settings.sync_dir)
 
     def _log_artifact(self, run: Any, folder: Path, rid: str, summary: dict[str, Any]) -> None:
         import wandb
@@ -317,32 +405,81 @@ class WandbLogger:
             artifact.add_file(str(folder / name), name=name)
         run.log_artifact(artifact)
 
+    # -- the summary run -----------------------------------------------------------------
+
+    def _curve_rows(self) -> list[dict[str, Any]]:
+        """curve.csv's rows as the store would write them now (every finished summary)."""
+        store = ExperimentStore(self.cfg.results_root, self.cfg.name, self.digest)
+        return [{c: s.get(c) for c in CURVE_COLUMNS} for s in store.summaries()]
+
+    def _send_curve(self, rows: list[dict[str, Any]]) -> None:
+        """Write the summary run again, whole, unless it already holds these rows."""
+        rid = self.summary_id
+        marker = self.marker(rid)
+        clean = json.loads(json.dumps(rows, default=str))
+        if marker.is_file() and json.loads(marker.read_text()).get("curve") == clean:
+            return
+        config = {**asdict(self.cfg), "hash": self.digest}
+        extra: dict[str, Any] = {"job_type": "summary"}
+        if self.agent:  # the agent's run: its sweep, and the sweep point in its config
+            config.update(self.agent.parameters())
+            extra["settings"] = {"sweep_id": self.agent.sweep_id}
+        run = self._init(rid, f"{self.cfg.name} curve", config, **extra)
+        run.log(curve_media(rows, f"{self.group}: test accuracy vs. weights remaining"))
+        accuracy = sparsest_accuracy(rows)
+        if accuracy is not None:
+            run.summary["test/accuracy"] = accuracy  # the sweep file's metric
+        run.finish()
+        self._write_marker(rid, run, curve=clean)
+        if self.offline:
+            self.offline_runs.append(run.settings.sync_dir)
+
     # -- the RunLogger interface -------------------------------------------------------
 
-    def begin_level(self, level: int, weights_remaining_pct: float) -> None:
-        """Nothing: a level goes to W&B when it is finished (the console shows progress)."""
+    def begin_level(self, level: int, weights_remaining_pct: float,
+                    folder: Path | None = None) -> None:
+        """Open the W&B run of the level (or branch) whose finished folder will be
+        ``folder`` and send what the store holds of it so far (a resumed level)."""
+        if self.failed or self.mode == "disabled" or folder is None:
+            return
+        rid, _ = self._level_names(level, weights_remaining_pct, branch_of({}, Path(folder)))
+        if self.marker(rid).is_file():
+            return  # sent in full before (a level redone after being set aside)
+        self._guard(self._begin, level, weights_remaining_pct, Path(folder))
 
     def log_eval(self, level: int, record: dict[str, float]) -> None:
-        """Nothing: the level's history goes to W&B from ``metrics.jsonl`` when finished."""
+        """One evaluation, to the level's run at once."""
+        if self.live is not None:
+            self._guard(self.live.log, record)
 
     def log_level(self, summary: dict[str, Any], folder: Path) -> None:
-        """Send a finished level (or branch) unless its W&B run was sent in full before."""
+        """Complete a finished level (or branch) unless its W&B run was sent in full before;
+        then refresh the summary run."""
         if self.failed or self.mode == "disabled":
             return
         folder = Path(folder)
         branch = branch_of(summary, folder)
-        seed = int(summary.get("replicate", self.cfg.seed))
-        rid = run_id(summary.get("hash") or self.digest, seed, int(summary["level"]), branch)
-        if self.marker(rid).is_file():
-            return
-        self._guard(self._send, summary, folder, rid, branch)
+        rid = run_id(self.digest, self.cfg.seed, int(summary["level"]), branch)
+        if not self.marker(rid).is_file():
+            self._guard(self._finish_level, summary, folder, rid, branch)
+        if not self.failed:
+            self._guard(self._send_curve, self._curve_rows())
 
     def finish(self, rows: list[dict[str, Any]]) -> None:
-        """Say how to upload the offline runs this process wrote, if any."""
+        """Refresh the summary run with the final curve; say how to upload offline runs."""
+        if not (self.failed or self.mode == "disabled"):
+            self._guard(self._send_curve, rows)
         if self.offline_runs:
-            n = len(self.offline_runs)
+            n = len(set(self.offline_runs))
             print(
                 f"W&B: {n} offline run{'s' if n > 1 else ''} in {self.dir}; "
                 f"upload with `wandb sync {self.dir}`",
                 flush=True,
             )
+
+
+def _records(file: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl ([] when there is none yet)."""
+    if not file.is_file():
+        return []
+    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
