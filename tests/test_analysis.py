@@ -301,3 +301,127 @@ def test_own_model_own_loop_notebook_trains_a_mask_by_hand_and_runs_lottery(tmp_
         ("0", "imp"), ("2", "imp"), ("2", "random_reinit")
     }, text
     assert len(list(results.glob("*/*/replicate_0/level_2/summary.json"))) == 1
+
+
+# -- the sparsity–accuracy figure: legends outside, names not hashes, controls from dense --
+
+
+@pytest.fixture(scope="session")
+def two_fractions(tmp_path_factory):
+    """A results root with one experiment at two pruning fractions, each with a control
+    (real, short runs; the dense level is trained once and shared)."""
+    root = tmp_path_factory.mktemp("two_fractions")
+    stores = {}
+    for fraction in ("0.2", "0.5"):
+        overrides = [*FAST, f"pruning.fraction={fraction}", "branches=[random_reinit]"]
+        stores[fraction], _ = imp.run(make_config(overrides, root))
+    return root, stores
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the plot functions save, as they were when saved."""
+    figures = []
+    original = plots_module._save_atomically
+
+    def keeping(fig, path, fmt):
+        figures.append(fig)
+        original(fig, path, fmt)
+
+    monkeypatch.setattr(plots_module, "_save_atomically", keeping)
+    return figures
+
+
+def legends_of(ax):
+    from matplotlib.legend import Legend
+
+    return [child for child in ax.get_children() if isinstance(child, Legend)]
+
+
+def assert_legends_outside_and_saved(fig, ax):
+    """Every legend lies beside the axes (no overlap with the data area) and inside the
+    area that is saved (``bbox_inches="tight"``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()  # the canvas of the figure, closed when saved
+    fig.draw(renderer)
+    axes = ax.get_window_extent(renderer)
+    saved = fig.get_tightbbox(renderer).transformed(fig.dpi_scale_trans)
+    legends = legends_of(ax)
+    assert legends
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        assert not box.overlaps(axes), (box, axes)
+        assert box.x0 >= axes.x1
+        assert saved.x0 <= box.x0 + 1 and box.x1 <= saved.x1 + 1, (box, saved)
+
+
+def entries(legend):
+    return [text.get_text() for text in legend.get_texts()]
+
+
+def control_starts_at_dense(ax, colors):
+    """Every line of a control's colour starts at the main line's dense point."""
+    [main_color, *control_colors] = colors
+    [dense_line] = [line for line in ax.lines if line.get_color() == main_color][:1]
+    for color in control_colors:
+        lines = [line for line in ax.lines if line.get_color() == color]
+        assert lines
+        for line in lines:
+            assert line.get_xdata()[0] == pytest.approx(100.0)
+            assert line.get_ydata()[0] == pytest.approx(dense_line.get_ydata()[0])
+
+
+def test_report_figure_names_series_by_overrides_with_one_entry_each(
+    two_fractions, tmp_path, drawn
+):
+    root, stores = two_fractions
+    digests = {fraction: store.path.name for fraction, store in stores.items()}
+    plot_accuracy_vs_weights(
+        load_results(root), tmp_path / "acc", metric=["test_accuracy", "early_stop_test_accuracy"]
+    )
+    fig = drawn[0]
+    [ax] = fig.axes
+    assert_legends_outside_and_saved(fig, ax)
+    series, key = legends_of(ax)
+    assert entries(series) == [
+        f"mnist1d_imp pruning.fraction={fraction} {branch} (n=1)"
+        for fraction in ("0.2", "0.5")
+        for branch in ("imp", "random_reinit")
+    ]
+    assert entries(key) == ["final", "at early stop (min. validation loss)"]
+    texts = [t.get_text() for t in ax.texts]
+    assert not any(d in label for d in digests.values() for label in entries(series))
+    [footnote] = [t for t in texts if t.startswith("hashes:")]
+    assert f"mnist1d_imp pruning.fraction=0.2 = {digests['0.2']}" in footnote
+    assert f"mnist1d_imp pruning.fraction=0.5 = {digests['0.5']}" in footnote
+    colors = [handle.get_color() for handle in series.legend_handles]
+    control_starts_at_dense(ax, colors[:2])
+    control_starts_at_dense(ax, colors[2:])
+
+
+def test_store_plot_is_the_same_figure(two_fractions, drawn):
+    _, stores = two_fractions
+    store = stores["0.5"]
+    path = store.path / "sparsity_accuracy.png"
+    plots_module.plot_sparsity_accuracy(store.write_curve(), path, "a title")
+    fig = drawn[0]
+    [ax] = fig.axes
+    assert_legends_outside_and_saved(fig, ax)
+    series, key = legends_of(ax)
+    assert entries(series) == ["mnist1d_imp imp (n=1)", "mnist1d_imp random_reinit (n=1)"]
+    assert len(entries(key)) == 2
+    [footnote] = [t.get_text() for t in ax.texts]
+    assert footnote.startswith(f"hash {store.path.name}: mnist1d_imp, ")
+    assert "pruning.fraction=0.5" in footnote
+    control_starts_at_dense(ax, [handle.get_color() for handle in series.legend_handles])
+
+
+def test_early_stopping_figure_has_its_legend_outside(two_fractions, tmp_path, drawn):
+    root, _ = two_fractions
+    plot_early_stopping(load_results(root), tmp_path / "es")
+    fig = drawn[0]
+    left, right = fig.axes
+    assert_legends_outside_and_saved(fig, right)
+    [series] = legends_of(right)
+    assert len(entries(series)) == 4 and not legends_of(left)

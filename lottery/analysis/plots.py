@@ -26,8 +26,21 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display is assumed
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import FuncFormatter
 
+from lottery.analysis.names import experiment_folder, series_names
+from lottery.analysis.sparsity_figure import (
+    BANDS,
+    Curve,
+    aggregate_rows,
+    by_label,
+    curves_from_stats,
+    draw_curves,
+    footnote,
+    join_controls_to_dense,
+    legends_outside,
+    sparsity_accuracy_figure,
+    weights_axis,
+)
 from lottery.atomic import atomic_write_bytes
 
 
@@ -36,63 +49,18 @@ def plot_sparsity_accuracy(
 ) -> Path:
     """Test accuracy against % weights remaining (mean ± std over replicates), saved as PNG.
 
-    The x axis runs from dense (100%) on the left to sparse on the right, log-scaled, as in
-    Frankle & Carbin (2019). Branches (controls) start from the dense level 0 they share
-    with the main line, and the legend moves to the right of the axes.
+    ``rows`` are one experiment's ``curve.csv`` rows; ``path`` is normally the store's
+    ``<root>/<name>/<hash>/sparsity_accuracy.png``, whose folder names the experiment and
+    holds the settings of the footnote. One series per branch, the final accuracy solid and
+    the accuracy at early stop dashed (see :mod:`lottery.analysis.sparsity_figure`).
     """
-    by_branch: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
-    for row in rows:
-        by_branch[str(row.get("branch") or "imp")][int(row["level"])].append(row)
-    dense = by_branch.get("imp", {}).get(0)
-    for branch, by_level in by_branch.items():
-        if branch != "imp" and dense and 0 not in by_level:
-            by_level[0] = dense
-    many = len(by_branch) > 1
-    fig, ax = plt.subplots(figsize=(9 if many else 6, 4), dpi=120)
-    ticks: set[float] = set()
-    ordered = sorted(by_branch.items(), key=lambda item: (item[0] != "imp", item[0]))
-    for index, (branch, by_level) in enumerate(ordered):
-        color = f"C{index % 10}"  # one colour per branch, one line style per metric
-        prefix = f"{branch}: " if many else ""
-        levels = sorted(by_level)
-        x = np.array(
-            [np.mean([float(r["weights_remaining_pct"]) for r in by_level[lv]]) for lv in levels]
-        )
-        ticks.update(x.tolist())
-        series = (
-            ("test_accuracy", "final", "-"),
-            ("early_stop_test_accuracy", "at early stop", "--"),
-        )
-        for key, label, style in series:
-            values = [
-                [float(r[key]) * 100 for r in by_level[lv] if r.get(key) not in (None, "")]
-                for lv in levels
-            ]
-            if not all(values):
-                continue
-            mean = np.array([np.mean(v) for v in values])
-            std = np.array([np.std(v) for v in values])
-            replicates = max(len(v) for v in values)
-            name = f"{prefix}test accuracy, {label} (n={replicates})"
-            ax.plot(x, mean, style, color=color, marker="o", label=name)
-            if replicates > 1 and (not many or key == "test_accuracy"):  # bands stay legible
-                ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)
-    ax.set_xscale("log")
-    ax.invert_xaxis()
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
-    x = np.array(sorted(ticks, reverse=True))
-    ax.set_xticks(x[:: max(1, len(x) // 8)])
-    ax.minorticks_off()
-    ax.set_xlabel("weights remaining (%)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    if many:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
-    else:
-        ax.legend()
-    fig.tight_layout()
     path = Path(path)
+    folder = path.parent
+    experiment = folder.parent.name if (folder / "hashed.json").is_file() else ""
+    metrics = ("test_accuracy", "early_stop_test_accuracy")
+    records = aggregate_rows(rows, experiment, folder.name, metrics)
+    curves = curves_from_stats(records, metrics, band="std")
+    fig = sparsity_accuracy_figure(curves, {(experiment, folder.name): folder}, metrics, title)
     _save_atomically(fig, path, "png")
     plt.close(fig)
     return path
@@ -100,14 +68,12 @@ def plot_sparsity_accuracy(
 
 # -- figures from the DataFrames of lottery.analysis.results ----------------------------------
 
-BANDS = ("std", "minmax", None)
-
-
 def _save_atomically(fig: Any, path: Path, fmt: str) -> None:
     """Render ``fig`` and write it through a temp file of its own (two runs drawing the same
-    plot at once never trip over each other's temp file)."""
+    plot at once never trip over each other's temp file). The saved area grows to hold the
+    legends and footnotes outside the axes."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format=fmt)
+    fig.savefig(buffer, format=fmt, bbox_inches="tight", pad_inches=0.1)
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -123,28 +89,6 @@ def save_figure(fig: Any, path: str | Path) -> tuple[Path, Path]:
         written.append(final)
     plt.close(fig)
     return written[0], written[1]
-
-
-def _series_label(key: tuple[Any, ...], branches: int, count: int) -> str:
-    experiment, digest, branch = key
-    label = f"{experiment} [{digest}]"
-    if branches > 1:
-        label += f" {branch}"
-    return f"{label} (n={count})"
-
-
-def _weights_axis(ax: Any, weights: Iterable[float]) -> None:
-    """Log x axis of % weights remaining, dense (100%) on the left, ticks at the levels."""
-    ticks = np.array(sorted({round(float(w), 6) for w in weights}, reverse=True))
-    ax.set_xscale("log")
-    if not ax.xaxis_inverted():
-        ax.invert_xaxis()
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
-    if len(ticks):
-        ax.set_xticks(ticks[:: max(1, int(np.ceil(len(ticks) / 8)))])
-    ax.minorticks_off()
-    ax.set_xlabel("weights remaining (%)")
-    ax.grid(True, which="both", alpha=0.3)
 
 
 def _band(ax: Any, x: Any, stats: Any, metric: str, band: str | None, scale: float, **kw) -> None:
@@ -166,6 +110,25 @@ def _series(df: Any) -> Iterable[tuple[tuple[Any, ...], Any]]:
     return df.groupby(list(SERIES), sort=True)
 
 
+def folders_of(df: Any) -> dict[tuple[str, str], Path | None]:
+    """(experiment, hash) -> its ``<root>/<name>/<hash>`` folder, found above the rows'
+    ``path`` (None for rows from W&B, whose series are then named by hash)."""
+    folders: dict[tuple[str, str], Path | None] = {}
+    for experiment, digest, path in df[["experiment", "hash", "path"]].itertuples(index=False):
+        key = (str(experiment), str(digest))
+        if folders.get(key) is None:
+            folders[key] = experiment_folder(path, str(digest)) if isinstance(path, str) else None
+    return folders
+
+
+def _curves(df: Any, metrics: Sequence[str], band: str | None) -> list[Curve]:
+    from lottery.analysis.results import aggregate
+
+    if band not in BANDS:
+        raise ValueError(f"band={band!r}; choose one of {BANDS}")
+    return curves_from_stats(aggregate(df).to_dict("records"), metrics, band)
+
+
 def plot_accuracy_vs_weights(
     df: Any,
     path: str | Path,
@@ -179,34 +142,13 @@ def plot_accuracy_vs_weights(
     ``df`` is :func:`~lottery.analysis.results.load_results`'s frame; lines are means over
     replicates with a band of ± one standard deviation (``band="std"``), the range
     (``"minmax"``, as Frankle & Carbin's error bars) or none (``None``). ``metric`` is one or
-    more of ``test_accuracy``, ``early_stop_test_accuracy``.
+    more of ``test_accuracy``, ``early_stop_test_accuracy`` (dashed, in a key of its own).
+    The figure is the store's plot's (:mod:`lottery.analysis.sparsity_figure`): series named
+    by experiment and the overrides that differ, hashes in a footnote, legends outside.
     """
-    from lottery.analysis.results import aggregate
-
     metrics = [metric] if isinstance(metric, str) else list(metric)
-    stats = aggregate(df)
-    if stats.empty:
-        raise ValueError("no results to plot")
-    branches = stats["branch"].nunique()
-    styles = ["-", "--", ":", "-."]
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
-    for index, (key, rows) in enumerate(_series(stats)):
-        rows = rows.sort_values("weights_remaining_pct", ascending=False)
-        color = f"C{index % 10}"
-        label = _series_label(key, branches, int(rows["count"].max()))
-        x = rows["weights_remaining_pct"].to_numpy(float)
-        for style, m in zip(styles * len(metrics), metrics, strict=False):
-            y = rows[f"{m}_mean"].to_numpy(float) * 100
-            name = label if len(metrics) == 1 else f"{label}, {m.replace('_', ' ')}"
-            ax.plot(x, y, style, color=color, marker="o", markersize=3, label=name)
-            _band(ax, x, rows, m, band, 100.0, color=color)
-    _weights_axis(ax, stats["weights_remaining_pct"])
-    ylabel = metrics[0].replace("_", " ") if len(metrics) == 1 else "accuracy"
-    ax.set_ylabel(f"{ylabel} (%)")
-    ax.set_title(title)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    return save_figure(fig, path)
+    curves = _curves(df, metrics, band)
+    return save_figure(sparsity_accuracy_figure(curves, folders_of(df), metrics, title), path)
 
 
 def plot_early_stopping(
@@ -216,34 +158,26 @@ def plot_early_stopping(
 
     The early-stopping iteration is that of minimum validation loss (Frankle & Carbin 2019,
     Fig. 4). Raises :class:`ValueError` when no level has one (``dataset.validation_size=0``).
+    Series, legend and footnote as in :func:`plot_accuracy_vs_weights`.
     """
-    from lottery.analysis.results import aggregate
-
     df = df[df["early_stop_iteration"].notna()]
-    stats = aggregate(df)
-    if stats.empty:
+    panels = (("early_stop_iteration", 1.0), ("early_stop_test_accuracy", 100.0))
+    curves = _curves(df, [metric for metric, _ in panels], band) if len(df) else []
+    if not curves:
         raise ValueError("no early-stopping iterations (runs without a validation set)")
-    branches = stats["branch"].nunique()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
-    for index, (key, rows) in enumerate(_series(stats)):
-        rows = rows.sort_values("weights_remaining_pct", ascending=False)
-        color = f"C{index % 10}"
-        label = _series_label(key, branches, int(rows["count"].max()))
-        x = rows["weights_remaining_pct"].to_numpy(float)
-        for ax, m, scale in (
-            (left, "early_stop_iteration", 1.0),
-            (right, "early_stop_test_accuracy", 100.0),
-        ):
-            y = rows[f"{m}_mean"].to_numpy(float) * scale
-            ax.plot(x, y, color=color, marker="o", markersize=3, label=label)
-            _band(ax, x, rows, m, band, scale, color=color)
-    for ax in (left, right):
-        _weights_axis(ax, stats["weights_remaining_pct"])
+    curves = join_controls_to_dense(curves)
+    labels, hashes = series_names([c.key for c in curves], folders_of(df))
+    curves = by_label(curves, labels)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    for ax, (metric, scale) in zip((left, right), panels, strict=True):
+        handles, _ = draw_curves(ax, curves, labels, [metric], scale)
+        weights_axis(ax, np.concatenate([c.weights for c in curves]))
     left.set_ylabel("early-stop iteration (min. validation loss)")
     right.set_ylabel("test accuracy at early stop (%)")
-    left.legend(fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
+    legends_outside(right, handles, [])
+    footnote(left, hashes)
     return save_figure(fig, path)
 
 
