@@ -477,3 +477,58 @@ def test_sigkill_of_the_command_leaves_no_wandb_service(tmp_path, sweep):
     under = _kill_when_wandb_runs(args, tmp_path)
     assert any(p.name() == "wandb-core" for p in under)
     assert _still_running(under, seconds=5) == []
+
+
+SWEEP_FILE = Path(__file__).parent.parent / "experiments" / "sweeps" / "imp_fraction_seed.yaml"
+
+
+def agent_command(tmp_path: Path, extra: list[str], python: list[str]) -> tuple[list[str], dict]:
+    """The sweep file's command and environment for the sweep point ``pruning.fraction=0.5
+    seed=1``, built as ``wandb agent`` builds them (wandb/wandb_agent.py: WANDB_SWEEP_ID,
+    WANDB_RUN_ID, WANDB_SWEEP_PARAM_PATH with the point, WANDB_DIR, WANDB_PROJECT), offline."""
+    import yaml
+    from wandb.sdk.launch.sweeps import utils as sweep_utils
+    from wandb.sdk.lib import config_util
+
+    sweep = yaml.safe_load(SWEEP_FILE.read_text())
+    command = {"run_id": "agentrun1",
+               "args": {"pruning.fraction": {"value": 0.5}, "seed": {"value": 1}}}
+    param_path = tmp_path / "wandb" / "sweep-sweep1" / "config-agentrun1.yaml"
+    config_util.save_config_file_from_dict(str(param_path), command["args"])
+    variables = sweep_utils.create_sweep_command_args(command)
+    variables["env"] = []  # /usr/bin/env: the same environment
+    argv = []
+    for part in sweep_utils.create_sweep_command(sweep["command"]):
+        if part.startswith("${"):
+            argv += variables.get(part[2:-1]) or []
+        else:
+            argv += python if part == "python" else [part]
+    env = {**os.environ, "WANDB_SWEEP_ID": "sweep1", "WANDB_RUN_ID": "agentrun1",
+           "WANDB_SWEEP_PARAM_PATH": str(param_path), "WANDB_DIR": str(tmp_path),
+           "WANDB_PROJECT": "lottery", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    return [*argv, *extra], env
+
+
+@pytest.mark.slow
+def test_under_wandb_agent_each_level_is_a_run_and_a_kill_leaves_each_complete_once(tmp_path):
+    extra = [*DIGITS, f"results_root={tmp_path}"]
+    argv, env = agent_command(tmp_path, extra, [sys.executable])
+    assert argv[1:5] == ["-m", "lottery", "logger=wandb", "logger.mode=online"]  # offline env
+    killer = [sys.executable, "-c", KILLER, *argv[3:]]  # the same, killed in level 1
+    killed = subprocess.run(killer, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    again = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    [replicate] = [p for p in tmp_path.glob("mnist1d_imp/*/replicate_1")
+                   if not p.parent.name.startswith("dense_")]
+    digest = replicate.parent.name
+    assert_each_level_sent_once(tmp_path, digest, 1, 2)
+    runs = offline_runs(tmp_path)
+    agent = runs["agentrun1"]  # the agent's run: the summary run of the sweep point
+    assert agent.run["job_type"] == "summary" and agent.run.get("sweep_id") == "sweep1"
+    assert agent.config["pruning.fraction"] == 0.5 and agent.config["seed"] == 1
+    assert [row["level"] for row in curve_table(agent)] == [0, 1, 2]
+    group = runs[f"{digest}-r1-L1"].run["run_group"]  # the overrides that change results
+    assert group.startswith("mnist1d_imp pruning.fraction=0.5 ") and "seed" not in group
