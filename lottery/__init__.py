@@ -74,4 +74,4 @@ def _composed(overrides: list[str]) -> DictConfig:
         raise ConfigError(message)
     register()
     with initialize_config_dir(str(cli.CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides)
+        return compose("config", overrides=cli.plain_experiment(overrides))

@@ -15,14 +15,16 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 
-def _run(cfg: DictConfig) -> None:
+def _run(cfg: DictConfig) -> float | None:
+    """One job: its objective, for a sweeper that optimises one (lottery.cli.objective)."""
     from lottery import cli, sweeps
 
     sweeps.end_with_the_command()
-    code = cli.run(cfg)
-    if code:
-        sys.exit(code)
+    result = cli.run_job(cfg)
+    if result.code:
+        sys.exit(result.code)
     sweeps.mark_job_finished()
+    return result.objective
 
 
 def main() -> None:
@@ -38,7 +40,7 @@ def main() -> None:
     from lottery.config import register
 
     register()
-    sys.argv[1:] = cli.multirun_flag_first(sys.argv[1:])
+    sys.argv[1:] = cli.plain_experiment(cli.multirun_flag_first(sys.argv[1:]))
     cli.exit_on_bad_overrides(sys.argv[1:])
     # An absolute path: the same folder for `python -m lottery` and the `lottery` script,
     # which Hydra would otherwise resolve differently (file-relative vs. package-relative).

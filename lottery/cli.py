@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import itertools
 import logging
 import math
+import os
+import re
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,7 +35,8 @@ def describe_compose_error(error: BaseException) -> str:
         head = _first_line(error).removeprefix("In 'config': ")
         listing = text.split("Available options", 1)[1].split("Config search path")[0]
         options = [line.strip() for line in listing.splitlines()[1:] if line.strip()]
-        return f"{head}; available: {', '.join(options)}"
+        hint = "; `pip install hydra-optuna-sweeper` for it" if "sweeper/optuna" in head else ""
+        return f"{head}; available: {', '.join(options)}{hint}"
     line = _first_line(error)
     cause = error.__cause__ or error.__context__
     if cause is not None and _first_line(cause) not in line:
@@ -47,6 +54,42 @@ def multirun_flag_first(argv: list[str]) -> list[str]:
     return flags[:1] + [arg for arg in argv if arg not in MULTIRUN_FLAGS]
 
 
+def plain_experiment(overrides: list[str]) -> list[str]:
+    """``+experiment=NAME`` (and ``++experiment=``) as ``experiment=NAME``.
+
+    ``conf/config.yaml`` lists ``experiment: null`` in its defaults, so that
+    ``experiment=NAME`` chooses a preset as in the lightning-hydra-template; Hydra then
+    refuses the ``+`` form ("Multiple values for experiment"), which this project has always
+    documented: both are accepted, and mean the same.
+    """
+    return [re.sub(r"^\+\+?experiment=", "experiment=", o) for o in overrides]
+
+
+def use_optuna_profile() -> None:
+    """``hydra/sweeper=optuna`` as this project runs it: the study *maximises* each trial's
+    :func:`objective`, trials one after the other (``n_jobs=1``: each informed by those
+    before it; ``hydra.sweeper.n_jobs=N`` with ``hydra/launcher=local`` runs N at once),
+    the study named after the experiment. Nothing where hydra-optuna-sweeper is not installed.
+
+    The plugin's ConfigStore entry is replaced, not shadowed by a file in ``conf/``: Hydra
+    refuses a config file named as a ConfigStore schema that has a defaults list.
+    """
+    try:
+        from hydra_plugins.hydra_optuna_sweeper import config as optuna
+    except ImportError:
+        return
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # its first call imports the plugins again, storing their own entry
+    profile = optuna.OptunaSweeperConf(
+        direction=optuna.Direction.maximize, n_jobs=1, study_name="${name}"
+    )
+    ConfigStore.instance().store(
+        group="hydra/sweeper", name="optuna", node=profile, provider="lottery"
+    )
+
+
 def check_overrides(argv: list[str]) -> str | None:
     """Compose the config as Hydra will; the one-line error if that fails, else None.
 
@@ -56,7 +99,8 @@ def check_overrides(argv: list[str]) -> str | None:
     job starts before every job's config is good (see :func:`check_sweep`). Runs with other
     Hydra flags (``--cfg``, ``--help``, ...) are left to Hydra as they are.
     """
-    overrides = [arg for arg in argv if arg not in MULTIRUN_FLAGS]
+    use_optuna_profile()
+    overrides = plain_experiment([arg for arg in argv if arg not in MULTIRUN_FLAGS])
     if any(arg.startswith("-") for arg in overrides):
         return None
     from hydra import initialize_config_dir
@@ -194,13 +238,21 @@ def _naming_point(message: str, named: list[str]) -> str:
 
 
 def _sweep_axes(overrides: list[str]) -> list[list[str]]:
-    """Per override, its values as single overrides (``k=a,b`` gives ``k=a`` and ``k=b``)."""
+    """Per override, its values as single overrides (``k=a,b`` gives ``k=a`` and ``k=b``;
+    a sweeper's ``k=interval(a,b)``, ``k=a`` and ``k=b``)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
 
     axes: list[list[str]] = []
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.get_key_element()
-        if override.is_sweep_override():
+        if isinstance(override.value(), IntervalSweep):  # a search space: its two ends
+            interval = override.value()
+            ends = (interval.start, interval.end)
+            if "int" in interval.tags:  # Optuna's integer interval: tag(int,interval(a,b))
+                ends = tuple(int(end) for end in ends)
+            axes.append([f"{key}={end}" for end in ends])
+        elif override.is_sweep_override():
             axes.append([f"{key}={value}" for value in override.sweep_string_iterator()])
         else:
             axes.append([override.input_line])
@@ -247,6 +299,21 @@ def cpu_devices_for_replicas(replicas: int) -> None:
 
 def run(cfg: DictConfig) -> int:
     """Run the experiment; print the table and draw the plot. Returns the exit code."""
+    return run_job(cfg).code
+
+
+@dataclasses.dataclass(frozen=True)
+class JobResult:
+    """What a run gives back: its exit code, and the number a hyperparameter sweeper
+    optimises (:func:`objective`; None where it cannot be had)."""
+
+    code: int
+    objective: float | None = None
+
+
+def run_job(cfg: DictConfig) -> JobResult:
+    """Run the experiment; record Hydra's config of this invocation beside its results
+    (:func:`write_hydra_record`), print the table and draw the plot."""
     # Imported here, not at the top: JAX, orbax and matplotlib take seconds to import, and a
     # bad override, `--help` or `--cfg` should answer without them.
     from lottery import experiment
@@ -260,10 +327,11 @@ def run(cfg: DictConfig) -> int:
             store, rows = experiment.run(config)
     except ConfigError as error:
         error_line(str(error))
-        return 2
+        return JobResult(2)
     except RunError as error:
         error_line(str(error))
-        return 130 if str(error).startswith("interrupted") else 1
+        return JobResult(130 if str(error).startswith("interrupted") else 1)
+    record = write_hydra_record(cfg, store.path)
     title = f"{config.name} [{store.path.name}]"
     plot = store.path / "sparsity_accuracy.png"
     try:
@@ -276,10 +344,91 @@ def run(cfg: DictConfig) -> int:
             "intact: free some space and run the same command (or python -m lottery.report) "
             "to draw the plot"
         )
-        return 1
+        return JobResult(1)
     console.print(summary_table(rows, title))
     console.print(f"curve: {store.curve_file}\nplot:  {plot}")
-    return 0
+    if record is not None:
+        console.print(f"hydra: {record}")
+    value = objective(store.summaries())
+    if value is None and optuna_sweep():
+        error_line(
+            f"hydra/sweeper=optuna maximises the validation accuracy, and {config.dataset.name} "
+            "holds no validation data out: set dataset.validation_size=N"
+        )
+        return JobResult(2)
+    return JobResult(0, value)
+
+
+HYDRA_RECORDS = ".hydra"  # in an experiment's folder: one folder per invocation
+
+
+def write_hydra_record(cfg: DictConfig, experiment: Path) -> Path | None:
+    """Hydra's own record of this invocation (``config.yaml``, ``hydra.yaml``,
+    ``overrides.yaml``, as Hydra writes them into ``.hydra/``) in
+    ``<experiment>/.hydra/<time>_<pid>[_job<N>]/``; None outside Hydra.
+
+    Hydra's own output folder is off (``hydra.output_subdir: null``): a run's results are
+    named by its config's hash, known only once the data is loaded. These files are not read
+    back: the experiment's hash and its resume are the same with or without them. Each
+    invocation writes a folder of its own (a new name if it exists), file by file atomically,
+    so that two runs at once never write one file.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from lottery.atomic import atomic_write_text
+
+    if not HydraConfig.initialized():
+        return None
+    hydra = HydraConfig.get()
+    name = f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}"
+    if hydra.mode == RunMode.MULTIRUN:
+        name += f"_job{hydra.job.num}"
+    folder = _new_folder(experiment / HYDRA_RECORDS, name)
+    atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    atomic_write_text(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra})))
+    atomic_write_text(folder / "overrides.yaml", OmegaConf.to_yaml(hydra.overrides.task))
+    return folder
+
+
+def _new_folder(parent: Path, name: str) -> Path:
+    """``parent/name``, made now (``name-2``, ``name-3``, ... if it exists)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for number in itertools.count(1):
+        folder = parent / (name if number == 1 else f"{name}-{number}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def objective(summaries: list[dict[str, Any]]) -> float | None:
+    """The number a hyperparameter sweep (``hydra/sweeper=optuna``) maximises: the final
+    validation accuracy of the sparsest level the run finished (the pruned network, not its
+    branches), the mean over replicates. Validation, never test accuracy, since it chooses.
+    None where a finished level has no validation accuracy (no validation split held out).
+    """
+    from lottery.store import MAIN_BRANCH
+
+    main = [s for s in summaries if s.get("branch", MAIN_BRANCH) == MAIN_BRANCH]
+    if not main:
+        return None
+    last = max(s["level"] for s in main)
+    values = [s.get("val_accuracy") for s in main if s["level"] == last]
+    if any(value is None for value in values):
+        return None
+    return float(sum(values) / len(values))
+
+
+def optuna_sweep() -> bool:
+    """Whether this job is a trial of the Optuna sweeper."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized() and "optuna" in str(
+        HydraConfig.get().sweeper.get("_target_", "")
+    ).lower()
 
 
 SLURM_LAUNCHERS = ("hydra/launcher=slurm", "hydra/launcher=submitit_slurm")

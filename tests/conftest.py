@@ -85,7 +85,7 @@ import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from lottery.cli import CONFIG_DIR  # noqa: E402
+from lottery.cli import CONFIG_DIR, plain_experiment  # noqa: E402
 from lottery.config import Config, register  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,7 +108,7 @@ def make_config(overrides: list[str], results_root: Path | None = None) -> Confi
     register()
     extra = [f"results_root={results_root}"] if results_root is not None else []
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, *extra])
+        cfg = compose("config", overrides=plain_experiment([*overrides, *extra]))
     return OmegaConf.to_object(cfg)
 
 
