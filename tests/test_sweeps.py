@@ -244,3 +244,32 @@ def test_sbatch_refusal_reads_submitits_own_error(tmp_path, monkeypatch):
         message = sbatch_refusal(raised.value)
         assert message == (None if expected is None else
                            f"sbatch refused the sweep's jobs {expected}")
+
+
+def test_the_slurm_jobs_are_named_lottery(slurm_controller, tmp_path):
+    """The job sbatch accepted is named ``lottery`` in squeue (submitit's default would be
+    the module, ``__main__``). This controller has no node daemon: the job stays pending,
+    and the sweep (which waits for it) is stopped once squeue lists it."""
+    import getpass
+    import subprocess
+    import sys
+    import time
+
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "lottery", "seed=1", "-m", "hydra/launcher=slurm",
+         "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
+         "hydra.launcher.mem_gb=0", f"results_root={tmp_path}/results"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    names: list[str] = []
+    try:
+        deadline = time.monotonic() + 90
+        while not names and sweep.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            listed = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True)
+            names = listed.stdout.split()
+    finally:
+        sweep.kill()
+        _, stderr = sweep.communicate()
+        subprocess.run(["scancel", "-u", getpass.getuser()], capture_output=True)
+    assert names == ["lottery"], stderr[-2000:]
