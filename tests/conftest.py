@@ -166,7 +166,8 @@ def fashion_mnist_dir() -> Path:
 def store_contents(root: Path, ignore: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Every file of a store that records results, by relative path, for comparing two
     stores bit for bit: arrays by their bytes, summaries without their timings; the lock,
-    the plot and the names in ``ignore`` left out."""
+    the plot, the invocations' Hydra records (``.hydra/``: one per command run, so a killed
+    and rerun store has more) and the names in ``ignore`` left out."""
     import numpy as np
 
     contents: dict[str, Any] = {}
@@ -174,6 +175,8 @@ def store_contents(root: Path, ignore: frozenset[str] = frozenset()) -> dict[str
         if not file.is_file() or file.name in {".lock", "sparsity_accuracy.png", *ignore}:
             continue
         relative = str(file.relative_to(root))
+        if ".hydra" in file.relative_to(root).parts:
+            continue
         if file.suffix == ".npz":
             contents[relative] = {k: v.tobytes() for k, v in np.load(file).items()}
         elif file.name == "summary.json":

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 import lottery
 from lottery.cli import CONFIG_DIR
@@ -24,16 +25,25 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 SMOKE = ["train.steps=300it", "pruning.levels=1", "progress=false"]
 
 
-def constraints() -> dict[str, str]:
-    """constraints.txt as {canonical name: exact version}."""
+def constraints(python: str, file: str = "constraints.txt") -> dict[str, str]:
+    """The pins of ``file`` (and the files it includes with ``-c``) whose markers hold on
+    Python ``python`` ("3.11", "3.12"), as {canonical name: exact version}."""
     pinned = {}
-    for line in (REPO / "constraints.txt").read_text().splitlines():
+    for line in (REPO / file).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
-        if line:
-            name, sep, version = line.partition("==")
-            assert sep and version, f"constraints.txt: not an exact pin: {line!r}"
-            pinned[canonicalize_name(name)] = version
+        if line.startswith("-c "):
+            pinned.update(constraints(python, line[3:].strip()))
+        elif line:
+            requirement = Requirement(line)
+            (spec,) = requirement.specifier
+            assert spec.operator == "==", f"{file}: not an exact pin: {line!r}"
+            marker = requirement.marker
+            if marker is None or marker.evaluate({"python_version": python}):
+                pinned[canonicalize_name(requirement.name)] = spec.version
     return pinned
+
+
+SETS = {"newest": "3.12", "oldest": "3.11"}  # the two sets CI tests, by their Python
 
 
 def configs(root: Path) -> set[str]:
@@ -50,20 +60,29 @@ def test_configs_live_inside_the_package():
         assert (REPO / "conf").resolve() == CONFIG_DIR
 
 
+@pytest.mark.parametrize("pins", SETS)
 @pytest.mark.parametrize("group", ["dependencies", "dev"])
-def test_dependencies_are_ranges_that_admit_the_tested_versions(group):
+def test_dependencies_are_ranges_that_admit_the_tested_versions(group, pins):
     project = PYPROJECT["project"]
     listed = project.get("optional-dependencies", {}).get(group, project["dependencies"])
-    pinned = constraints()
+    pinned = constraints(SETS[pins])
     assert "lottery" not in pinned
     for text in listed:
         requirement = Requirement(text)
         operators = {spec.operator for spec in requirement.specifier}
         assert operators == {">=", "<"}, f"{text}: want a '>=X,<Y' range"
         name = canonicalize_name(requirement.name)
-        assert name in pinned, f"{name} is not in constraints.txt"
+        assert name in pinned, f"{name} is not in the {pins} set of constraints.txt"
         assert requirement.specifier.contains(pinned[name], prereleases=True), (
-            f"constraints.txt pins {name}=={pinned[name]}, outside {text}")
+            f"constraints.txt pins {name}=={pinned[name]} for Python {SETS[pins]}, outside "
+            f"{text}")
+
+
+def test_the_newest_set_is_newer_than_the_oldest():
+    """The markers choose: JAX 0.11 and later exist only for Python 3.12 and later."""
+    newest, oldest = constraints("3.12"), constraints("3.11")
+    assert set(newest) >= {"jax", "jaxlib", "flax"} and oldest["jax"] == "0.10.2"
+    assert Version(newest["jax"]) > Version(oldest["jax"])
 
 
 def clean_env() -> dict[str, str]:

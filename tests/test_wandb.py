@@ -401,10 +401,11 @@ def test_an_unreachable_server_warns_once_and_training_finishes(tmp_path, monkey
     [(warned_at, warning)] = warnings
     assert warning.startswith("warning: W&B logging stopped (")
     assert "Traceback" not in output
-    # W&B is tried once, after level 0: its wait is the time from the start of level 0 to
-    # the warning, less level 0's training.
+    # W&B is tried once, when level 0 starts (its run is opened live): the wait is at most
+    # the time from the start to the warning (less nothing: the warning can come before
+    # level 0's training ends).
     [started_at] = [t for t, line in lines if line.startswith("results: ")]
-    waited = warned_at - started_at - stored[(1, 0)]["timing"]["wall"]
+    waited = warned_at - started_at
     assert waited < 9, waited  # the 3 s timeout, W&B's start, and slack; not 20 s
     assert not (tmp_path / "wandb" / SENT_DIR).exists()  # nothing was sent
 

@@ -308,6 +308,9 @@ class WandbLogger:
             # W&B prints some lines (credentials found, ...) unless its *global* settings are
             # silent: set them before the first run of the process (W&B's setup reads them).
             wandb.setup(wandb.Settings(silent=True))
+            # An earlier setup of this process (another run's) is only updated by that call,
+            # which leaves W&B's terminal logging as it was: set it too.
+            wandb.termsetup(wandb.Settings(silent=True), None)
         # Read here, not by W&B: W&B reads its environment once per process.
         settings["init_timeout"] = float(os.environ.get("WANDB_INIT_TIMEOUT", INIT_TIMEOUT))
         self.root.mkdir(parents=True, exist_ok=True)
