@@ -332,7 +332,7 @@ def run_job(cfg: DictConfig) -> JobResult:
         error_line(str(error))
         return JobResult(130 if str(error).startswith("interrupted") else 1)
     record = write_hydra_record(cfg, store.path)
-    title = f"{config.name} [{store.path.name}]"
+    title = config.name  # the hash and the settings are in the figure's footnote
     plot = store.path / "sparsity_accuracy.png"
     try:
         plot_sparsity_accuracy(rows, plot, title)
