@@ -290,6 +290,7 @@ CASES = [
     case("init.checkpoint all NaN, kept as level 0", *TWO_LEVELS, "init.checkpoint=nan.npz",
          "init.train_level_0=false", setup="npz_nan"),
     case("JAX_PLATFORMS=tpu without a TPU", *TWO_LEVELS, env={"JAX_PLATFORMS": "tpu"}),
+    case("an unknown store lock", env={"LOTTERY_LOCK": "nfs"}),
     case("negative gamma", *TWO_LEVELS, "optimizer=sgd", "optimizer.schedule=step",
          "optimizer.milestones=[100it]", "optimizer.gamma=-0.5"),
     case("negative weight decay", *TWO_LEVELS, "optimizer.weight_decay=-1"),
