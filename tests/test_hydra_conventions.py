@@ -148,9 +148,21 @@ def test_an_interval_of_a_search_is_checked_at_both_ends():
 # -- Slurm -----------------------------------------------------------------------------------
 
 
-def test_the_slurm_job_is_named_lottery():
+def test_the_slurm_job_is_named_lottery_and_the_experiment():
     launcher = composed(["hydra/launcher=slurm"], hydra=True).hydra.launcher
-    assert launcher.name == "lottery"
+    assert launcher.name == "lottery-mnist1d_imp"
+    launcher = composed(["experiment=resnet_imp", "hydra/launcher=slurm"], hydra=True)
+    assert launcher.hydra.launcher.name == "lottery-resnet_imp"
+
+
+def test_the_cpu_slurm_profile_asks_for_no_gpu():
+    """hydra/launcher=slurm_cpu: slurm's profile without the GPU a CPU node cannot give."""
+    slurm = composed(["hydra/launcher=slurm"], hydra=True).hydra.launcher
+    cpu = composed(["hydra/launcher=slurm_cpu"], hydra=True).hydra.launcher
+    assert (slurm.gpus_per_node, cpu.gpus_per_node) == (1, 0)
+    assert cpu.cpus_per_task == 2 and cpu.mem_gb == 8
+    same = {"name", "timeout_min", "max_num_timeout", "array_parallelism", "_target_"}
+    assert {k: cpu[k] for k in same} == {k: slurm[k] for k in same}
 
 
 # -- the step schedule against optax's own ---------------------------------------------------

@@ -247,7 +247,8 @@ def test_sbatch_refusal_reads_submitits_own_error(tmp_path, monkeypatch):
 
 
 def test_the_slurm_jobs_are_named_lottery(slurm_controller, tmp_path):
-    """The job sbatch accepted is named ``lottery`` in squeue (submitit's default would be
+    """The job sbatch accepted is named ``lottery-<experiment>`` in squeue, on the CPU
+    profile's request (submitit's default would be
     the module, ``__main__``). This controller has no node daemon: the job stays pending,
     and the sweep (which waits for it) is stopped once squeue lists it."""
     import getpass
@@ -256,9 +257,9 @@ def test_the_slurm_jobs_are_named_lottery(slurm_controller, tmp_path):
     import time
 
     sweep = subprocess.Popen(
-        [sys.executable, "-m", "lottery", "seed=1", "-m", "hydra/launcher=slurm",
-         "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
-         "hydra.launcher.mem_gb=0", f"results_root={tmp_path}/results"],
+        [sys.executable, "-m", "lottery", "seed=1", "-m", "hydra/launcher=slurm_cpu",
+         "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=0",
+         f"results_root={tmp_path}/results"],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     names: list[str] = []
@@ -272,4 +273,4 @@ def test_the_slurm_jobs_are_named_lottery(slurm_controller, tmp_path):
         sweep.kill()
         _, stderr = sweep.communicate()
         subprocess.run(["scancel", "-u", getpass.getuser()], capture_output=True)
-    assert names == ["lottery"], stderr[-2000:]
+    assert names == ["lottery-mnist1d_imp"], stderr[-2000:]
