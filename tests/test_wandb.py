@@ -431,24 +431,36 @@ def test_each_branch_is_a_run_of_its_own(tmp_path):
     assert run.history == [json.loads(line) for line in lines]
 
 
-def _kill_when_wandb_runs(args: list[str], cwd: Path) -> list[Any]:
+def _kill_when_wandb_runs(args: list[str], cwd: Path) -> tuple[list[Any], list[str]]:
     """Start ``python -m lottery ARGS``; once a W&B service (``wandb-core``) runs under it
-    and a level is training, SIGKILL the command; returns the processes that were under it."""
+    and a level is training, SIGKILL the command; returns the processes that were under it
+    and their names, read before the kill."""
     psutil = pytest.importorskip("psutil")
     process = subprocess.Popen([sys.executable, "-m", "lottery", *args], cwd=cwd,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     command = psutil.Process(process.pid)
     deadline = time.monotonic() + 300
     try:
-        while not ([p for p in command.children(recursive=True) if p.name() == "wandb-core"]
+        while not ([p for p in command.children(recursive=True) if name_of(p) == "wandb-core"]
                    and any(cwd.rglob("level_1.partial"))):
             assert process.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         under = command.children(recursive=True)
+        names = [name_of(p) for p in under]
     finally:
         process.kill()
         process.wait()
-    return under
+    return under, names
+
+
+def name_of(process: Any) -> str:
+    """The process's name, or "" if it ended meanwhile (children come and go while read)."""
+    import psutil
+
+    try:
+        return process.name()
+    except psutil.NoSuchProcess:
+        return ""
 
 
 def _still_running(processes: list[Any], seconds: float) -> list[str]:
@@ -465,7 +477,7 @@ def _still_running(processes: list[Any], seconds: float) -> list[str]:
         if not running or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    names = [f"{p.name()} {p.pid}" for p in running]
+    names = [f"{name_of(p)} {p.pid}" for p in running]
     for p in running:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
@@ -479,8 +491,8 @@ def test_sigkill_of_the_command_leaves_no_wandb_service(tmp_path, sweep):
     """A run's wandb-core ends with it; a local sweep's workers (each with its wandb-core)
     end with the command too, instead of training on."""
     args = [*DIGITS, "train.steps=3000it", "logger=wandb", f"results_root={tmp_path}", *sweep]
-    under = _kill_when_wandb_runs(args, tmp_path)
-    assert any(p.name() == "wandb-core" for p in under)
+    under, names = _kill_when_wandb_runs(args, tmp_path)
+    assert "wandb-core" in names
     assert _still_running(under, seconds=5) == []
 
 
