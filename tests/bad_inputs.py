@@ -12,7 +12,6 @@ Ctrl-C) are the exceptions to "no new file": what was finished before them must 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -23,6 +22,8 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from readme import readme_block
 
 QUICK = ["train.steps=200it", "progress=false"]  # the default MNIST-1D experiment, short
 # How issue 28 ran the inputs it found getting through.
@@ -466,13 +467,6 @@ def write_own_npz(path: Path, kind: str) -> None:
     np.savez(path, **arrays)
 
 
-def readme_recipe(heading: str) -> str:
-    """The first python block of the README's section ``heading``."""
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = text[text.index(heading):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
-
-
 def prepare(setup: str, folder: Path) -> str | None:
     """Make the folder's starting state; returns a cleanup command's mount point, if any."""
     if setup in ("idx_truncated", "idx_empty"):
@@ -480,7 +474,7 @@ def prepare(setup: str, folder: Path) -> str | None:
     elif setup == "own_model":
         write_own_models(folder)
     elif setup == "own_branch":
-        (folder / "mybranch.py").write_text(readme_recipe("### Your own branch"))
+        (folder / "mybranch.py").write_text(readme_block("Your own branch"))
     elif setup.startswith("own_npz_"):
         write_own_npz(folder / "own.npz", setup.removeprefix("own_npz_"))
     elif setup.startswith("npz_"):  # weights of the default MLP (40-100-100-10)

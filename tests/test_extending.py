@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,16 +21,9 @@ from lottery.data.generated import digits
 from lottery.pruning import flatten
 
 from conftest import run_cli
+from readme import readme_block
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 BRANCHES = ("imp", "random_reinit", "random_prune")
-
-
-def readme_block(section: str, language: str = "python") -> str:
-    """The first ``language`` code block of the README's ``### <section>``."""
-    text = README.read_text()
-    body = text[text.index(f"### {section}\n"):]
-    return re.search(rf"```{language}\n(.*?)```", body, re.S).group(1)
 
 
 def write_package(root: Path) -> None:

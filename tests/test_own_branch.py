@@ -17,11 +17,11 @@ import pytest
 from lottery.config import ConfigError
 
 from conftest import DIGITS, make_config, run_cli
+from readme import readme_block
 
 # One worker for the module: its folder (and the dense training its runs share) is made once.
 pytestmark = pytest.mark.xdist_group("own_branch")
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 OWN = ["branches=[mybranch:BRANCH,random_reinit]", "+branch.own.fan_in_shuffle.seed=3"]
 
 # A branch whose run's label cannot name a folder: one line when the branch runs.
@@ -43,18 +43,9 @@ BAD_BRANCHES = textwrap.dedent(
 )
 
 
-def readme_recipe() -> str:
-    """The first python block of the README's "Your own branch"."""
-    text = README.read_text()
-    section = text[text.index("### Your own branch"):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
-
-
 def readme_command() -> list[str]:
     """The overrides of the README's command, after ``python -m lottery``."""
-    text = README.read_text()
-    section = text[text.index("### Your own branch"):]
-    command = re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
+    command = readme_block("Your own branch", "bash").replace("\\\n", " ")
     return [word.strip("'") for word in command.split()[3:]]
 
 
@@ -62,7 +53,7 @@ def readme_command() -> list[str]:
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder outside the package holding the README's ``mybranch.py`` (and bad ones)."""
     path = tmp_path_factory.mktemp("own_branch")
-    (path / "mybranch.py").write_text(readme_recipe())
+    (path / "mybranch.py").write_text(readme_block("Your own branch"))
     (path / "badbranches.py").write_text(BAD_BRANCHES)
     return path
 
@@ -125,7 +116,7 @@ def test_own_branch_through_an_entry_point(
     site = tmp_path / "site"
     info = site / "mybranches-0.1.dist-info"
     info.mkdir(parents=True)
-    (site / "mybranch_pkg.py").write_text(readme_recipe())
+    (site / "mybranch_pkg.py").write_text(readme_block("Your own branch"))
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mybranches\nVersion: 0.1\n")
     points = "[lottery.branches]\nfan_in_shuffle = mybranch_pkg:BRANCH\n"
     (info / "entry_points.txt").write_text(points)

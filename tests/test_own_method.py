@@ -17,11 +17,11 @@ import pytest
 from lottery.config import ConfigError
 
 from conftest import DIGITS, make_config, run_cli
+from readme import readme_block
 
 # One worker for the module: its folder (and the dense training its runs share) is made once.
 pytestmark = pytest.mark.xdist_group("own_method")
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 
 # Methods that are wrong, one way each: a kernel's mask flattened, one weight too many pruned.
 BAD_METHODS = textwrap.dedent(
@@ -77,18 +77,11 @@ BAD_METHODS = textwrap.dedent(
 )
 
 
-def readme_recipe() -> str:
-    """The first python block of the README's "Your own pruning method"."""
-    text = README.read_text()
-    section = text[text.index("### Your own pruning method"):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder outside the package holding the README's ``mymethod.py`` (and bad ones)."""
     path = tmp_path_factory.mktemp("own_method")
-    (path / "mymethod.py").write_text(readme_recipe())
+    (path / "mymethod.py").write_text(readme_block("Your own pruning method"))
     (path / "badmethods.py").write_text(BAD_METHODS)
     return path
 
@@ -141,7 +134,7 @@ def test_own_method_through_an_entry_point(
     site = tmp_path / "site"
     info = site / "mymethods-0.1.dist-info"
     info.mkdir(parents=True)
-    (site / "mymethod_pkg.py").write_text(readme_recipe())
+    (site / "mymethod_pkg.py").write_text(readme_block("Your own pruning method"))
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mymethods\nVersion: 0.1\n")
     points = "[lottery.methods]\nlargest_first = mymethod_pkg:STRATEGY\n"
     (info / "entry_points.txt").write_text(points)
