@@ -311,6 +311,23 @@ class JobResult:
     objective: float | None = None
 
 
+def say_preempted(preempted: interrupts.Preempted) -> None:
+    """The one line of a run stopped by its scheduler (or a ``kill``): where, and what was
+    saved. Printed to stderr, where Slurm's job log and a terminal both show it."""
+    where = f" at {preempted.where}" if preempted.where else ""
+    saved = (
+        f"saved a checkpoint of step {preempted.step:,}"
+        if preempted.step is not None
+        else "every finished level is saved"
+    )
+    after = (
+        "the job resumes from it when Slurm runs it again"
+        if "SLURM_JOB_ID" in os.environ
+        else "run the same command to resume"
+    )
+    print(f"stopped by {preempted}{where}: {saved}; {after}", file=sys.stderr, flush=True)
+
+
 def run_job(cfg: DictConfig) -> JobResult:
     """Run the experiment; record Hydra's config of this invocation beside its results
     (:func:`write_hydra_record`), print the table and draw the plot."""
@@ -331,6 +348,9 @@ def run_job(cfg: DictConfig) -> JobResult:
     except RunError as error:
         error_line(str(error))
         return JobResult(130 if str(error).startswith("interrupted") else 1)
+    except interrupts.Preempted as preempted:
+        say_preempted(preempted)
+        interrupts.hand_back(preempted)  # submitit requeues the job; exits 128 + the signal
     record = write_hydra_record(cfg, store.path)
     title = config.name  # the hash and the settings are in the figure's footnote
     plot = store.path / "sparsity_accuracy.png"

@@ -67,3 +67,82 @@ def test_training_stops_at_the_stretch_after_a_swallowed_ctrl_c(
     with interrupts.caught(), pytest.raises(KeyboardInterrupt):
         trainer.train(run, 200, [UpdateMask([50, 100], ctrl_c_at_step_50)])
     assert run.step == 100  # the stretch from 50 to 100 ran, then it stopped
+
+
+# -- preemption: SIGTERM and submitit's SIGUSR2 --------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2])
+def test_a_preemption_signal_saves_the_step_reached_and_stops(
+    python_sigint_handler, tmp_path, digits_overrides, signum
+):
+    """The signal arrives inside a hook at step 50 (between checkpoints every 1000 steps);
+    the loop saves step 50 and raises Preempted there, and the handlers are restored after."""
+    from lottery.train import Checkpoint
+    from lottery.train.checkpoint import Checkpointer
+
+    plan = experiment.prepare(make_config(digits_overrides, tmp_path))
+    trainer = experiment.Experiment(plan).trainer
+    run = trainer.start(0, plan.init_params, plan.init_batch_stats, full_mask(plan.init_params))
+    checkpointer = Checkpointer(tmp_path / "checkpoints", keep=3)
+
+    def signal_at_step_50(run, trainer):
+        os.kill(os.getpid(), signum)
+        time.sleep(0.05)  # the handler runs: it only leaves the request
+        return run.mask
+
+    before = signal.getsignal(signum)
+    with interrupts.caught(), pytest.raises(interrupts.Preempted) as stopped:
+        hooks = [UpdateMask([50], signal_at_step_50), Checkpoint(checkpointer, every_steps=1000)]
+        trainer.train(run, 200, hooks)
+    assert (stopped.value.signum, stopped.value.step, run.step) == (signum, 50, 50)
+    assert checkpointer.manager.all_steps() == [50]
+    restored = checkpointer.restore_latest(run)
+    assert restored.step == 50
+    checkpointer.close()
+    assert signal.getsignal(signum) is before
+
+
+def test_a_preemption_signal_in_a_garbage_collector_callback_is_not_lost(python_sigint_handler):
+    """Where Python would swallow an exception the handler raises nothing anyway: it only
+    leaves the request, which the next check raises."""
+
+    class SendsSigtermWhenCollected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+
+    with interrupts.caught():
+        SendsSigtermWhenCollected()
+        assert interrupts.preemption_requested()
+        with pytest.raises(interrupts.Preempted):
+            interrupts.raise_if_preempted()
+        with pytest.raises(interrupts.Preempted):  # a second signal: at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+    assert not interrupts.preemption_requested()
+
+
+def test_hand_back_calls_the_replaced_handler_then_exits_with_the_signal():
+    """Under submitit, USR2's handler requeues the job and exits: hand_back calls it once
+    the run's state is saved; without one, the exit status is 128 + the signal."""
+    calls = []
+
+    def submitits_handler(signum, frame):
+        calls.append(signum)
+
+    previous = signal.signal(signal.SIGUSR2, submitits_handler)
+    try:
+        with interrupts.caught():
+            os.kill(os.getpid(), signal.SIGUSR2)
+            time.sleep(0.05)
+            assert calls == []  # only the request so far
+            with pytest.raises(interrupts.Preempted) as stopped:
+                interrupts.raise_if_preempted(step=7)
+        assert signal.getsignal(signal.SIGUSR2) is submitits_handler
+        with pytest.raises(SystemExit) as exited:
+            interrupts.hand_back(stopped.value)
+        assert calls == [signal.SIGUSR2]
+        assert exited.value.code == 128 + signal.SIGUSR2
+    finally:
+        signal.signal(signal.SIGUSR2, previous)

@@ -5,6 +5,7 @@ chosen moment (no cleanup of any kind runs); the same command is then run again,
 store must equal, bit for bit, the store of a run that was never interrupted.
 """
 
+import signal
 import subprocess
 import sys
 
@@ -81,6 +82,16 @@ elif moment == "publish":  # level 2 entirely written, before its folder is rena
             die()
         publish(self)
     results.PartialFolder.publish = killing_publish
+
+elif moment.startswith("SIG"):  # SIGNAL_LEVEL_STEP: the scheduler stopping the job there
+    name, level, step = moment.split("_")
+    from lottery.train import hooks
+    evaluate = hooks.Evaluate.__call__
+    def signalling_evaluate(self, run, trainer):
+        evaluate(self, run, trainer)
+        if trainer.stream == int(level) and run.step == int(step):
+            os.kill(os.getpid(), getattr(signal, name))
+    hooks.Evaluate.__call__ = signalling_evaluate
 
 import runpy
 runpy.run_module("lottery", run_name="__main__", alter_sys=True)
@@ -168,3 +179,34 @@ def jax_to_numpy(params):
     return {(layer, name): np.asarray(v) for layer, leaves in params.items()
             for name, v in leaves.items()}
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name, level", [("SIGTERM", 0), ("SIGUSR2", 1)])
+def test_a_stopped_job_saves_the_step_it_reached_and_resumes_from_it(
+    tmp_path, uninterrupted, signal_name, level
+):
+    """SIGTERM (Slurm requeueing or preempting the job) and SIGUSR2 (submitit's warning
+    before the time limit) at step 100, between the checkpoints of 75 and 150: the run saves
+    a checkpoint of step 100 at once, says so in one line and exits 128 + the signal; the
+    same command resumes from step 100 and ends in the uninterrupted store."""
+    args = [*RESUMABLE, f"results_root={tmp_path}"]
+    stopped = subprocess.run(
+        [sys.executable, "-c", KILLER, f"{signal_name}_{level}_100", *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    signum = getattr(signal, signal_name)
+    assert stopped.returncode == 128 + signum, stopped.stderr[-2000:]
+    line = (
+        f"stopped by {signal_name} at level {level} step 100: saved a checkpoint of step 100; "
+        "run the same command to resume"
+    )
+    assert line in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    partial = tmp_path.rglob(f"level_{level}.partial/checkpoints/*")
+    assert sorted(p.name for p in partial if p.name.isdigit()) == ["100", "75"]
+
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"level {level}: resuming from step 100" in again.stdout
+    assert store_contents(tmp_path) == uninterrupted

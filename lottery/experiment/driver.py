@@ -35,6 +35,7 @@ import jax
 import numpy as np
 from omegaconf import OmegaConf
 
+from lottery import interrupts
 from lottery.atomic import atomic_write_json
 from lottery.branches import BranchInputs, BranchRun, branch_args
 from lottery.config import Config, ConfigError, RunError
@@ -576,6 +577,10 @@ class Experiment:
         except (LevelDiverged, ConfigError):  # a bad input found only once writing began
             remove_unfinished(made_here)
             raise
+        except interrupts.Preempted as preempted:
+            step = f" step {preempted.step:,}" if preempted.step is not None else ""
+            preempted.where = f"level {self.level}{step}"
+            raise
         except KeyboardInterrupt:
             step = f" step {self.trainer.last_step:,}" if self._trainer is not None else ""
             raise RunError(
@@ -631,6 +636,7 @@ class Experiment:
                     self.store.write_curve()
                 if self.over_budget(level):
                     break
+                interrupts.raise_if_preempted()  # between levels: nothing unsaved
                 level += 1
             self.deploy(min(level, cfg.pruning.levels))
             rows = self.store.write_curve()

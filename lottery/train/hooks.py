@@ -96,6 +96,7 @@ class Checkpoint:
         self.boundaries = boundaries
         self.last_save = time.monotonic()
         self.saves = 0
+        self.saved_step: int | None = None
         self.seconds = 0.0  # spent saving
 
     def steps(self, start: int, end: int) -> Iterable[int]:
@@ -107,10 +108,18 @@ class Checkpoint:
         elapsed = time.monotonic() - self.last_save
         if self.every_seconds is not None and elapsed < self.every_seconds:
             return
+        self.save_now(run)
+
+    def save_now(self, run: RunState) -> None:
+        """Save ``run`` now, whatever the cadence (unless this step is saved already): the
+        loop calls it when the job is being stopped (:mod:`lottery.interrupts`)."""
+        if self.saved_step == run.step:
+            return
         begin = time.perf_counter()
         self.checkpointer.save(run)
         self.seconds += time.perf_counter() - begin
         self.saves += 1
+        self.saved_step = run.step
         self.last_save = time.monotonic()
 
 

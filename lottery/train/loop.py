@@ -261,7 +261,18 @@ class Trainer:
             for hook, steps in zip(hooks, wanted, strict=True):
                 if target in steps:
                     hook(run, self)
+            if target < until and interrupts.preemption_requested():
+                self.save_now(run, hooks)
+                interrupts.raise_if_preempted(run.step)
         return run
+
+    def save_now(self, run: RunState, hooks: Sequence[Hook]) -> None:
+        """Have the hooks that save the run (those with ``save_now``) save it at this step:
+        the job is being stopped, and the stretch just trained is all that is not saved."""
+        for hook in hooks:
+            save = getattr(hook, "save_now", None)
+            if save is not None:
+                save(run)
 
 
 def host_tree(tree: Any) -> Any:
