@@ -6,6 +6,7 @@ restarts the process (:mod:`lottery.huge_pages`) before it has spent time on imp
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,10 @@ def _run(cfg: DictConfig) -> float | None:
 
     sweeps.end_with_the_command()
     result = cli.run_job(cfg)
+    if result.code and os.environ.get("SUBMITIT_FOLDER"):
+        # A job of submitit's launchers: an exception, which Hydra keeps in the job's
+        # result for the submitter to report (an exit would leave no result to read).
+        raise cli.JobFailed(result.code)
     if result.code:
         sys.exit(result.code)
     sweeps.mark_job_finished()

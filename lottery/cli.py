@@ -302,6 +302,14 @@ def run(cfg: DictConfig) -> int:
     return run_job(cfg).code
 
 
+class JobFailed(Exception):
+    """A sweep job's run failed with exit ``code`` (its one line is in the job's log)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"the run failed with exit status {code}")
+        self.code = code
+
+
 @dataclasses.dataclass(frozen=True)
 class JobResult:
     """What a run gives back: its exit code, and the number a hyperparameter sweeper
@@ -333,7 +341,7 @@ def run_job(cfg: DictConfig) -> JobResult:
     (:func:`write_hydra_record`), print the table and draw the plot."""
     # Imported here, not at the top: JAX, orbax and matplotlib take seconds to import, and a
     # bad override, `--help` or `--cfg` should answer without them.
-    from lottery import experiment
+    from lottery import distributed, experiment
     from lottery.analysis import plot_sparsity_accuracy
 
     quiet_libraries()
@@ -341,6 +349,7 @@ def run_job(cfg: DictConfig) -> JobResult:
     cpu_devices_for_replicas(config.train.replicas)
     try:
         with interrupts.caught():
+            distributed.start()  # one process of several: before JAX computes anything
             store, rows = experiment.run(config)
     except ConfigError as error:
         error_line(str(error))
@@ -451,7 +460,11 @@ def optuna_sweep() -> bool:
     ).lower()
 
 
-SLURM_LAUNCHERS = ("hydra/launcher=slurm", "hydra/launcher=submitit_slurm")
+SLURM_LAUNCHERS = (
+    "hydra/launcher=slurm",
+    "hydra/launcher=slurm_cpu",
+    "hydra/launcher=submitit_slurm",
+)
 
 
 def slurm_launcher(argv: list[str]) -> bool:

@@ -29,8 +29,12 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from lottery.logging import error_line
+from lottery.slurm_jobs import SlurmJobsError
 
 FINISHED = ".finished"  # in a job's folder of a sweep: that job's run ended well
+
+# Launchers whose jobs run on their own (and keep their logs in the sweep folder).
+JOBS_OF_THEIR_OWN = ("submitit", "lottery_launchers")
 
 
 @dataclass
@@ -54,7 +58,8 @@ class SweepFolder(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         folder = Path(str(config.hydra.sweep.dir)).absolute()
         SWEEP.folder, SWEEP.made = folder, outermost_missing(folder)
-        SWEEP.removable = "submitit" not in str(config.hydra.launcher.get("_target_", ""))
+        launcher = str(config.hydra.launcher.get("_target_", ""))
+        SWEEP.removable = not any(name in launcher for name in JOBS_OF_THEIR_OWN)
 
 
 def outermost_missing(folder: Path) -> Path | None:
@@ -220,6 +225,10 @@ def sbatch_refusals_in_one_line(slurm: bool) -> Iterator[None]:
     try:
         with contextlib.redirect_stderr(stderr):  # type: ignore[type-var]
             yield
+    except SlurmJobsError as error:  # submitted, but not all ran: said in one line
+        stderr.release()
+        error_line(str(error))
+        raise SystemExit(error.code) from None
     except Exception as error:
         message = sbatch_refusal(error)
         if message is None:
