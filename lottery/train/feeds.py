@@ -112,8 +112,16 @@ class StreamFeed:
         eval_batch_size: int,
         train_steps: Any,
         evaluate: Any,
+        batch_sharding: jax.sharding.NamedSharding | None = None,
     ) -> None:
         self.dataset, self.batch_size, self.seed = dataset, batch_size, 0
+        # Data parallel: each host batch split over the devices (those of every process),
+        # behind the leading axis of one batch per step; the step's XLA program is then
+        # partitioned as the device-held feed's is (gradients and BatchNorm statistics
+        # reduced over the whole batch).
+        self.stacked_sharding = None if batch_sharding is None else jax.sharding.NamedSharding(
+            batch_sharding.mesh, jax.sharding.PartitionSpec(None, *batch_sharding.spec)
+        )
         self.eval_batch_size = eval_batch_size
         self.train_steps, self.evaluate = train_steps, evaluate
         self._batches: Iterator | None = None
@@ -133,11 +141,18 @@ class StreamFeed:
         losses = []
         for _ in range(num_steps):
             x, y = next(self._batches)
-            args = (state, mask, x[None], y[None], key)
+            args = (state, mask, *self._stacked(x, y), key)
             state, loss = compiled(("stream",), self.train_steps, *args)(*args)
             losses.append(loss)
         self._next_step = start + num_steps
         return state, jnp.mean(jnp.stack(losses))
+
+    def _stacked(self, x: np.ndarray, y: np.ndarray) -> tuple[Any, Any]:
+        """One host batch as a stack of one, split over the devices when data parallel
+        (every process reads the same whole batch and puts the slices its devices hold)."""
+        if self.stacked_sharding is None:
+            return x[None], y[None]
+        return jax.device_put((x[None], y[None]), self.stacked_sharding)
 
     def batch_at(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """The training batch step ``step`` trains on (read again from the stream)."""

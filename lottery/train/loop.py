@@ -144,6 +144,11 @@ class Trainer:
         self.schedule = make_schedule(optimizer, steps_per_epoch, total_steps)
         evaluate = make_evaluate(network)
         self._dense_gradient = make_dense_gradient(network, augment, precision)
+        sharding = batch_sharding(batch_size) if data_parallel else None
+        if sharding is not None:  # everything else replicated on the same devices
+            self.placement = jax.sharding.NamedSharding(
+                sharding.mesh, jax.sharding.PartitionSpec()
+            )
         if isinstance(dataset, StreamingDataset):
             if batcher is not None:
                 raise ConfigError("train.replicas needs a dataset held on the device")
@@ -152,14 +157,9 @@ class Trainer:
             )
             self.feed: DeviceFeed | StreamFeed = StreamFeed(
                 dataset, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                train_steps=steps, evaluate=evaluate,
+                train_steps=steps, evaluate=evaluate, batch_sharding=sharding,
             )
         else:
-            sharding = batch_sharding(batch_size) if data_parallel else None
-            if sharding is not None:  # everything else replicated on the same devices
-                self.placement = jax.sharding.NamedSharding(
-                    sharding.mesh, jax.sharding.PartitionSpec()
-                )
             steps = make_train_steps(
                 network, self.tx, self.schedule, augment, precision, sharding
             )
@@ -276,18 +276,22 @@ class Trainer:
 
 
 def host_tree(tree: Any) -> Any:
-    """A numpy copy of a pytree of arrays."""
+    """A numpy copy of a pytree of arrays (replicated ones too when they span several
+    processes: each process reads its own copy)."""
     return jax.tree.map(np.asarray, tree)
 
 
 def batch_sharding(batch_size: int) -> jax.sharding.NamedSharding:
-    """A batch axis over every local device (data parallelism); one ConfigError line if the
-    batch does not split evenly."""
-    devices = jax.local_devices()
+    """A batch axis over every device (data parallelism): the local ones, and those of the
+    other processes when this is one process of several (:mod:`lottery.distributed`); one
+    ConfigError line if the batch does not split evenly."""
+    devices = jax.devices()
+    processes = jax.process_count()
+    where = "local devices" if processes == 1 else f"devices of the {processes} processes"
     if batch_size % len(devices):
         raise ConfigError(
-            f"train.batch_size={batch_size} does not split over the {len(devices)} local "
-            f"devices of train.data_parallel=true; choose a multiple of {len(devices)}"
+            f"train.batch_size={batch_size} does not split over the {len(devices)} {where} "
+            f"of train.data_parallel=true; choose a multiple of {len(devices)}"
         )
     mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))

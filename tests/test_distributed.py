@@ -1,0 +1,163 @@
+"""One experiment over several processes (``lottery.distributed``): 2 processes on this host
+(2 CPU devices each, a coordinator on 127.0.0.1) train as one process with 4 devices does,
+to float rounding, for device-held and streamed data; and the settings that name the
+coordinator, checked in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lottery.config import ConfigError
+from lottery.distributed import coordinator_settings, under_srun
+
+from conftest import REPO
+
+# Trains a small VGG (BatchNorm, half its kernels pruned) 8 steps with train.data_parallel,
+# from device-held data and from a stream of host batches; writes the weights, BatchNorm
+# statistics, training loss and evaluation to the file named by argv[1]. A process of
+# several when the LOTTERY_* variables say so. (At lr 0.1 this network on random data is
+# chaotic; at 0.01 rounding differences stay at rounding.)
+SCRIPT = """
+import json, sys
+import lottery
+lottery.use_cpu_settings()
+from lottery import distributed
+distributed.start()
+import numpy as np, jax
+from lottery import models
+from lottery.config import ModelConfig, OptimizerConfig
+from lottery.data.dataset import Dataset, Split, StreamingDataset
+from lottery.pruning import full_mask, magnitude_prune, prunable_paths
+from lottery.train import Trainer
+from lottery.train.loop import host_tree
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(96, 32, 32, 3)).astype(np.float32)
+y = (np.arange(96) % 10).astype(np.int32)
+data = Dataset("toy", Split(x[:64], y[:64]), Split(x[64:80], y[64:80]), Split(x[80:], y[80:]), 10)
+
+def train_batches(batch_size, seed, first):
+    order = np.random.default_rng(seed).permutation(64)
+    for step in range(first, 10**9):
+        index = order[(np.arange(batch_size) + step * batch_size) % 64]
+        yield x[index], y[index]
+
+def eval_batches(split):
+    return lambda size: ((split.x[i:i + size], split.y[i:i + size])
+                         for i in range(0, len(split), size))
+
+stream = StreamingDataset("toy", 10, (32, 32, 3), 64, train_batches,
+                          {"val": eval_batches(data.validation), "test": eval_batches(data.test)})
+network = models.build(ModelConfig(name="vgg11", width=4), (32, 32, 3), 10)
+params, stats = jax.device_get(network.init(jax.random.key(0)))
+mask = magnitude_prune(params, full_mask(params), prunable_paths(params, ".*kernel"), "global",
+                       0.5, {})
+params = jax.tree.map(lambda p, m: np.where(m, p, 0.0), params, mask)
+out = {"processes": jax.process_count(), "devices": jax.device_count(),
+       "primary": distributed.is_primary()}
+for name, dataset in (("device", data), ("stream", stream)):
+    trainer = Trainer(network, dataset, OptimizerConfig(name="sgd", lr=0.01, momentum=0.9),
+                      batch_size=16, total_steps=8, steps_per_epoch=4, eval_batch_size=16,
+                      data_seed=0, data_parallel=True)
+    run = trainer.train(trainer.start(0, params, stats, mask), 8)
+    leaf = jax.tree.leaves(run.state.params)[0]
+    out[name] = {
+        "params": [a.tolist() for a in jax.tree.leaves(host_tree(run.state.params))],
+        "stats": [a.tolist() for a in jax.tree.leaves(host_tree(run.state.batch_stats))],
+        "loss": run.loss_sum, "eval": trainer.evaluate(run.state.params, run.state.batch_stats),
+        "state_devices": len(leaf.sharding.device_set),
+    }
+distributed.barrier("done")
+json.dump(out, open(sys.argv[1], "w"))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def environment(devices: int, **variables: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOTTERY_", "SLURM_"))}
+    return {**env, "JAX_PLATFORMS": "cpu", **variables,
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
+def processes(count: int, devices: int, folder: Path) -> list[dict]:
+    """Run SCRIPT as ``count`` processes of ``devices`` CPU devices each; their outputs."""
+    port = free_port()
+    started = []
+    for index in range(count):
+        settings = {} if count == 1 else {
+            "LOTTERY_COORDINATOR": f"127.0.0.1:{port}", "LOTTERY_NUM_PROCESSES": str(count),
+            "LOTTERY_PROCESS_ID": str(index)}
+        started.append(subprocess.Popen(
+            [sys.executable, "-c", SCRIPT, str(folder / f"{count}_{index}.json")], cwd=REPO,
+            env=environment(devices, **settings), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True))
+    for process in started:
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output[-3000:]
+    return [json.loads((folder / f"{count}_{i}.json").read_text()) for i in range(count)]
+
+
+def largest_difference(a: list, b: list) -> float:
+    return max(float(np.max(np.abs(np.array(u) - np.array(v)))) for u, v in zip(a, b, strict=True))
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_process_with_their_devices(tmp_path):
+    (one,) = processes(1, 4, tmp_path)
+    first, second = processes(2, 2, tmp_path)
+    assert (one["processes"], one["devices"]) == (1, 4)
+    assert (first["processes"], first["devices"]) == (2, 4)  # one mesh of both processes
+    assert (first["primary"], second["primary"]) == (True, False)
+    for feed in ("device", "stream"):
+        assert first[feed]["state_devices"] == 4  # the state replicated over both processes
+        assert first[feed] == second[feed]  # both processes hold the same run, bit for bit
+        # The same global batch split over 4 devices either way: equal to float rounding.
+        assert largest_difference(one[feed]["params"], first[feed]["params"]) < 1e-5
+        assert largest_difference(one[feed]["stats"], first[feed]["stats"]) < 1e-5
+        assert abs(one[feed]["loss"] - first[feed]["loss"]) < 1e-4
+        for metric, value in one[feed]["eval"].items():
+            assert abs(value - first[feed]["eval"][metric]) < 1e-5, metric
+
+
+COORDINATOR = {"LOTTERY_COORDINATOR": "127.0.0.1:1234", "LOTTERY_NUM_PROCESSES": "2",
+               "LOTTERY_PROCESS_ID": "1"}
+
+
+def test_the_coordinator_is_named_by_three_variables():
+    assert coordinator_settings({}) is None
+    assert coordinator_settings(COORDINATOR) == ("127.0.0.1:1234", 2, 1)
+
+
+@pytest.mark.parametrize(("changed", "message"), [
+    ({"LOTTERY_PROCESS_ID": None}, "LOTTERY_PROCESS_ID not set beside LOTTERY_COORDINATOR"),
+    ({"LOTTERY_COORDINATOR": "localhost"}, "LOTTERY_COORDINATOR='localhost' is not HOST:PORT"),
+    ({"LOTTERY_NUM_PROCESSES": "two"}, "LOTTERY_NUM_PROCESSES='two' is not a number"),
+    ({"LOTTERY_PROCESS_ID": "2"}, "LOTTERY_PROCESS_ID=2 with LOTTERY_NUM_PROCESSES=2"),
+])
+def test_a_bad_coordinator_setting_is_one_line(changed, message):
+    environ = {k: v for k, v in {**COORDINATOR, **changed}.items() if v is not None}
+    with pytest.raises(ConfigError) as error:
+        coordinator_settings(environ)
+    assert str(error.value).startswith(message)
+    assert "LOTTERY_COORDINATOR=HOST:PORT LOTTERY_NUM_PROCESSES=N LOTTERY_PROCESS_ID=I" in str(
+        error.value)
+
+
+def test_srun_with_several_tasks_is_several_processes():
+    assert under_srun({"SLURM_NTASKS": "2", "SLURM_STEP_ID": "0"})
+    assert not under_srun({"SLURM_NTASKS": "1", "SLURM_STEP_ID": "0"})
+    assert not under_srun({"SLURM_NTASKS": "2"})  # the batch script, not a step of srun
+    assert not under_srun({})
