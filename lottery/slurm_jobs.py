@@ -39,27 +39,33 @@ from lottery.logging import console
 POLL_SECONDS = float(os.environ.get("LOTTERY_SLURM_POLL", "2"))
 MISSING_GRACE_SECONDS = 30.0
 
-# Pending reasons no waiting cures, with the keys that change the request.
+# Pending reasons no waiting cures: what the request asks for, and the keys that change it.
 SIZE = "hydra.launcher.cpus_per_task, mem_gb or gpus_per_node"
 IMPOSSIBLE = {
-    "PartitionConfig": f"it asks for more than a node of the partition has: lower {SIZE}, "
+    "PartitionConfig": f"more than a node of the partition has: lower {SIZE}, "
     "or choose another partition (hydra.launcher.partition=NAME; `sinfo -N -l` lists nodes)",
-    "PartitionNodeLimit": f"it asks for more nodes than the partition allows: lower "
+    "PartitionNodeLimit": f"more nodes than the partition allows: lower "
     f"hydra.launcher.nodes, or {SIZE}",
-    "PartitionTimeLimit": "it asks for more time than the partition allows: lower "
+    "PartitionTimeLimit": "more time than the partition allows: lower "
     "hydra.launcher.timeout_min (`sinfo -s` shows each partition's limit)",
-    "BadConstraints": "no node has the features it asks for: change hydra.launcher.constraint",
-    "InvalidQOS": "its QOS is not one of yours: change hydra.launcher.qos",
-    "InvalidAccount": "its account is not one of yours: change hydra.launcher.account",
+    "BadConstraints": "features no node has: change hydra.launcher.constraint",
+    "InvalidQOS": "a QOS not one of yours: change hydra.launcher.qos",
+    "InvalidAccount": "an account not one of yours: change hydra.launcher.account",
 }
 
 
-class SlurmJobsError(Exception):
-    """The sweep's jobs cannot run or did not all succeed: said in one line, exit ``code``."""
+# The launcher keys a job's request is made of, said when no node can meet it.
+REQUEST_KEYS = ("nodes", "tasks_per_node", "cpus_per_task", "mem_gb", "gpus_per_node",
+                "timeout_min", "partition", "constraint")
 
-    def __init__(self, message: str, code: int) -> None:
+
+class SlurmJobsError(Exception):
+    """The sweep's jobs cannot run or did not all succeed: said in one line, exit ``code``;
+    ``nothing_ran``: every job was cancelled before it started (no log worth keeping)."""
+
+    def __init__(self, message: str, code: int, nothing_ran: bool = False) -> None:
         super().__init__(message)
-        self.code = code
+        self.code, self.nothing_ran = code, nothing_ran
 
 
 @dataclass
@@ -108,13 +114,17 @@ def launch(
         f"({', '.join(job.job_id for job in jobs)}); their logs: "
         f"{shown(sweep_dir / '.submitit')}/<job id>/"
     )
-    return wait_for([Watched(job, label) for job, label in zip(jobs, labels, strict=True)])
+    request = ", ".join(
+        f"{key}={params[key]}" for key in REQUEST_KEYS if params.get(key) is not None
+    )
+    watched = [Watched(job, label) for job, label in zip(jobs, labels, strict=True)]
+    return wait_for(watched, request)
 
 
 def job_labels(job_overrides: Sequence[Sequence[str]], numbers: Sequence[int]) -> list[str]:
     """Each job's number and the overrides that tell it from the sweep's other jobs."""
     lists = [filter_overrides(list(overrides)) for overrides in job_overrides]
-    shared = set.intersection(*(set(o) for o in lists)) if len(lists) > 1 else set()
+    shared = set.intersection(*(set(o) for o in lists)) if lists else set()
     return [
         " ".join([f"#{n}", *(o for o in overrides if o not in shared)])
         for n, overrides in zip(numbers, lists, strict=True)
@@ -145,8 +155,9 @@ def squeue_states() -> dict[str, tuple[str, str]] | None:
     return states
 
 
-def wait_for(watched: list[Watched]) -> list[JobReturn]:
-    """Wait until every job has ended, saying so of each; their results, in order.
+def wait_for(watched: list[Watched], request: str = "") -> list[JobReturn]:
+    """Wait until every job has ended, saying so of each; their results, in order
+    (``request``: what the jobs ask for, said when no node can meet it).
 
     Raises :class:`SlurmJobsError` when a job waits for what no node can give (the sweep's
     jobs are cancelled) and, once all have ended, when any did not succeed."""
@@ -160,11 +171,14 @@ def wait_for(watched: list[Watched]) -> list[JobReturn]:
                 state, reason = states.get(entry.job.job_id, ("", ""))
                 if state == "PENDING" and reason in IMPOSSIBLE:
                     cancel([w.job.job_id for w in waiting])
+                    ran = any(w.outcome is not None or states.get(w.job.job_id, ("",))[0]
+                              not in ("PENDING", "") for w in watched)
                     raise SlurmJobsError(
                         f"Slurm cannot run job {entry.job.job_id} ({entry.label}): it is "
-                        f"pending for {reason}: {IMPOSSIBLE[reason]}; cancelled the sweep's "
-                        "jobs",
+                        f"pending for {reason}, asking for {request or 'its request'}: "
+                        f"{IMPOSSIBLE[reason]}; cancelled the sweep's jobs",
                         code=2,
+                        nothing_ran=not ran,
                     )
                 if state:
                     entry.missing_since = None

@@ -227,6 +227,7 @@ def sbatch_refusals_in_one_line(slurm: bool) -> Iterator[None]:
             yield
     except SlurmJobsError as error:  # submitted, but not all ran: said in one line
         stderr.release()
+        SWEEP.removable = error.nothing_ran  # else the jobs' logs stay
         error_line(str(error))
         raise SystemExit(error.code) from None
     except Exception as error:

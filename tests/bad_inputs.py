@@ -320,6 +320,8 @@ CASES = [
     case("sbatch refuses a GPU", "-m", "seed=1,2", "hydra/launcher=slurm", setup="slurm"),
     case("sbatch refuses the partition", "-m", "seed=1,2", "hydra/launcher=slurm",
          "hydra.launcher.gpus_per_node=0", "hydra.launcher.partition=nope", setup="slurm"),
+    case("a job no node can run", "-m", "seed=1,2", "hydra/launcher=slurm_cpu",
+         "hydra.launcher.cpus_per_task=4096", setup="slurm"),
     # Where results go.
     case("results_root is a file", "results_root=a_file", setup="file"),
     case("results_root under /proc", "results_root=/proc/lottery_results"),
@@ -558,9 +560,9 @@ def run_case(item: Case) -> Outcome:
                 _, stderr = process.communicate(timeout=120)
                 code = process.returncode
             elif item.setup == "slurm":
-                from slurm import slurm_controller  # tests/slurm.py
+                from slurm import slurm_cluster  # tests/slurm.py
 
-                with slurm_controller() as conf:
+                with slurm_cluster() as conf:
                     if conf is None:
                         return Outcome(item, "skipped", "no Slurm (apt-get install slurm-wlm)")
                     done = subprocess.run(command, cwd=folder, text=True, capture_output=True,

@@ -190,16 +190,16 @@ def test_a_failed_sweep_leaves_a_folder_it_did_not_make(tmp_path):
     assert (folder / "notes.txt").read_text() == "mine" and (folder / "multirun.yaml").is_file()
 
 
-# -- Slurm refusing a request: a real controller of this machine alone ---------------------
+# -- Slurm refusing a request: a real cluster of this machine alone ------------------------
 
 
 @pytest.fixture
 def slurm_controller(monkeypatch):
-    """A Slurm controller of this machine alone (tests/slurm.py), no GPU; skipped where
-    Slurm is not installed (Debian: apt-get install slurm-wlm)."""
-    from slurm import slurm_controller
+    """A one-node Slurm cluster of this machine alone (tests/slurm.py), no GPU; skipped
+    where Slurm is not installed (Debian: apt-get install slurm-wlm)."""
+    from slurm import slurm_cluster
 
-    with slurm_controller() as conf:
+    with slurm_cluster() as conf:
         if conf is None:
             pytest.skip("Slurm is not installed (Debian: apt-get install slurm-wlm)")
         monkeypatch.setenv("SLURM_CONF", str(conf))
@@ -248,9 +248,8 @@ def test_sbatch_refusal_reads_submitits_own_error(tmp_path, monkeypatch):
 
 def test_the_slurm_jobs_are_named_lottery(slurm_controller, tmp_path):
     """The job sbatch accepted is named ``lottery-<experiment>`` in squeue, on the CPU
-    profile's request (submitit's default would be
-    the module, ``__main__``). This controller has no node daemon: the job stays pending,
-    and the sweep (which waits for it) is stopped once squeue lists it."""
+    profile's request (submitit's default would be the module, ``__main__``). The sweep
+    (which waits for its job) is stopped once squeue lists it."""
     import getpass
     import subprocess
     import sys
