@@ -329,7 +329,7 @@ def say_preempted(preempted: interrupts.Preempted) -> None:
         else "every finished level is saved"
     )
     after = (
-        "the job resumes from it when Slurm runs it again"
+        "the job resumes from it if Slurm requeues it, as does the same sweep run again"
         if "SLURM_JOB_ID" in os.environ
         else "run the same command to resume"
     )

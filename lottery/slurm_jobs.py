@@ -37,7 +37,7 @@ from lottery.logging import console
 # result before it counts as ended without one (a result file on a shared filesystem can
 # show up late).
 POLL_SECONDS = float(os.environ.get("LOTTERY_SLURM_POLL", "2"))
-MISSING_GRACE_SECONDS = 30.0
+MISSING_GRACE_SECONDS = float(os.environ.get("LOTTERY_SLURM_MISSING_GRACE", "30"))
 
 # Pending reasons no waiting cures: what the request asks for, and the keys that change it.
 SIZE = "hydra.launcher.cpus_per_task, mem_gb or gpus_per_node"

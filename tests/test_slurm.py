@@ -122,7 +122,8 @@ def test_a_job_stopped_mid_level_saves_at_once_and_resumes_to_the_uninterrupted_
     line = None
     while line is None and time.monotonic() - signalled < 30:
         line = re.search(r"^stopped by (SIG\w+) at level 1 step ([\d,]+): saved a checkpoint "
-                         r"of step \2; the job resumes from it when Slurm runs it again$",
+                         r"of step \2; the job resumes from it if Slurm requeues it, as does "
+                         r"the same sweep run again$",
                          err.read_text(), re.M)
         time.sleep(0.05)
     stopped_after = time.monotonic() - signalled
@@ -140,3 +141,37 @@ def test_a_job_stopped_mid_level_saves_at_once_and_resumes_to_the_uninterrupted_
     log = next(there.rglob(f".submitit/{job}/{job}_0_log.out")).read_text()
     assert f"level 1: resuming from step {line[2]}" in log
     assert store_contents(there / "results") == store_contents(here / "results")
+
+
+def test_a_failed_job_and_a_cancelled_one_are_each_one_line_and_the_sweep_one_more(
+    cluster, tmp_path, monkeypatch
+):
+    """A run that diverges says its own error line in the job's line; a job cancelled while
+    it runs (no result file: as if killed or out of memory) is reported once squeue no longer
+    lists it, instead of waited for forever; the sweep ends in one line, exit 1, and keeps
+    the jobs' logs."""
+    monkeypatch.setenv("LOTTERY_SLURM_MISSING_GRACE", "3")
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "lottery", *LONG, "optimizer.lr=2e-3,1e9", "-m", *ON_THIS_NODE,
+         f"results_root={tmp_path}/results"],
+        cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    running: list[str] = []
+    while len(running) != 1 or not list(tmp_path.rglob("level_1.partial/metrics.jsonl")):
+        assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()
+        time.sleep(0.1)
+        running = slurm("squeue", "-h", "-o", "%i").split()  # until the diverged one is gone
+    slurm("scancel", running[0])
+    _, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 1, err[-3000:]
+    lines = err.strip().splitlines()
+    assert re.fullmatch(r"job \S+ \(#1 optimizer.lr=1000000000.0\) failed: error: level 0 "
+                        r"diverged: the training loss became .*; log: multirun/\S+_log.err",
+                        lines[0]), lines
+    assert re.fullmatch(rf"job {running[0]} \(#0 optimizer.lr=0.002\) ended without a result: "
+                        r"stopped by SIGTERM at level 1 step [\d,]+: saved a checkpoint .*; "
+                        r"log: multirun/\S+_log.err", lines[1]), lines
+    assert lines[2].startswith("error: 2 of 2 Slurm jobs did not finish ("), lines
+    assert len(lines) == 3
+    assert len(list(tmp_path.rglob(".submitit/*/*_log.err"))) == 2
