@@ -42,8 +42,13 @@ def store_contents(root: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def cluster():
-    from slurm import slurm_cluster
+    """The one-node cluster for the module's tests. Its daemons run as this user: as root
+    here (the jobs run as the user who submits them)."""
+    from slurm import installed, slurm_cluster
 
+    if os.geteuid() != 0 and not installed():
+        pytest.skip("Slurm is not installed, and installing it needs root "
+                    "(Debian: apt-get install slurm-wlm)")
     with slurm_cluster() as conf:
         if conf is None:
             pytest.skip("Slurm is not installed (Debian: apt-get install slurm-wlm)")
