@@ -405,9 +405,9 @@ def write_hydra_record(cfg: DictConfig, experiment: Path) -> Path | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from lottery.atomic import atomic_write_text
+    from lottery.atomic import atomic_write_text, this_process_writes
 
-    if not HydraConfig.initialized():
+    if not HydraConfig.initialized() or not this_process_writes():  # one of several: process 0
         return None
     hydra = HydraConfig.get()
     name = f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}"

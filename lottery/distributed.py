@@ -14,6 +14,7 @@ batch over all of them. :func:`is_primary` (process 0) is the process that write
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 
@@ -78,6 +79,10 @@ def start(environ: Mapping[str, str] | None = None) -> bool:
     if jax.distributed.is_initialized():  # a caller in Python that started it itself
         return True
     address, processes, process_id = settings or (None, None, None)
+    # JAX says at INFO where it connects (Hydra prints INFO records): the console says what
+    # matters. (Gloo's own lines, "[Gloo] Rank 0 is connected to 1 peer ranks", come from
+    # C++ and cannot be silenced here.)
+    logging.getLogger("jax._src.distributed").setLevel(logging.WARNING)
     try:
         jax.distributed.initialize(
             address, processes, process_id,
@@ -92,7 +97,19 @@ def start(environ: Mapping[str, str] | None = None) -> bool:
             "start every process (each with its own process id) within "
             f"{START_TIMEOUT} s, or unset {COORDINATOR} to run in one process"
         ) from None
+    if jax.process_index() != 0:
+        only_the_first_process_writes()
     return True
+
+
+def only_the_first_process_writes() -> None:
+    """In a process other than the first: write no results (the store, W&B, plots) and print
+    nothing on the console; the first does both for all (the errors are still said)."""
+    from lottery.atomic import set_this_process_writes
+    from lottery.logging import console
+
+    set_this_process_writes(False)
+    console.quiet = True
 
 
 def is_primary() -> bool:
@@ -102,6 +119,19 @@ def is_primary() -> bool:
 
     jax = sys.modules.get("jax")
     return jax is None or not jax.distributed.is_initialized() or jax.process_index() == 0
+
+
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` is true in any process (a decision every process must take alike:
+    a checkpoint due by the clock, a stop asked by a signal); ``flag`` in one process."""
+    import jax
+
+    if jax.process_count() == 1:
+        return flag
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
 
 
 def barrier(name: str) -> None:

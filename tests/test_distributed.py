@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +163,95 @@ def test_srun_with_several_tasks_is_several_processes():
     assert not under_srun({"SLURM_NTASKS": "1", "SLURM_STEP_ID": "0"})
     assert not under_srun({"SLURM_NTASKS": "2"})  # the batch script, not a step of srun
     assert not under_srun({})
+
+
+# The default experiment shortened: MNIST-1D, 2 levels of 300 steps (and their branches).
+EXPERIMENT = ["pruning.levels=2", "train.steps=300it", "train.eval_every=100it",
+              "train.checkpoint_every=100it", "train.data_parallel=true", "progress=false"]
+
+
+def start_command(count: int, devices: int, root: Path, port: int) -> list[subprocess.Popen]:
+    """``python -m lottery`` as ``count`` processes of one experiment (``devices`` CPU
+    devices each), writing under ``root``."""
+    started = []
+    for index in range(count):
+        settings = {} if count == 1 else {
+            "LOTTERY_COORDINATOR": f"127.0.0.1:{port}", "LOTTERY_NUM_PROCESSES": str(count),
+            "LOTTERY_PROCESS_ID": str(index)}
+        started.append(subprocess.Popen(
+            [sys.executable, "-m", "lottery", *EXPERIMENT, f"results_root={root}"], cwd=REPO,
+            env=environment(devices, **settings), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    return started
+
+
+def run_command(count: int, devices: int, root: Path) -> list[str]:
+    """Run the command as ``count`` processes to the end; their stdouts."""
+    outputs = []
+    for process in start_command(count, devices, root, free_port()):
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-3000:]
+        outputs.append(out)
+    return outputs
+
+
+def store_contents(root: Path) -> dict[str, Path]:
+    """The files of a results root by their path in it (Hydra's records apart: named by
+    time and process id)."""
+    return {str(p.relative_to(root)): p for p in root.rglob("*")
+            if p.is_file() and ".hydra" not in p.parts}
+
+
+def assert_same_results(one: Path, other: Path, tolerance: float) -> None:
+    """The same files; every summary's accuracies and losses, and every weight, equal to
+    ``tolerance`` (0: bit for bit)."""
+    files, others = store_contents(one), store_contents(other)
+    assert sorted(files) == sorted(others)
+    summaries = [name for name in files if name.endswith("summary.json")]
+    assert len(summaries) == 7  # levels 0..2, and two branches of levels 1 and 2
+    for name in summaries:
+        a, b = (json.loads(p.read_text()) for p in (files[name], others[name]))
+        for key in ("test_accuracy", "val_accuracy", "test_loss", "early_stop_accuracy"):
+            if a.get(key) is not None:
+                assert abs(a[key] - b[key]) <= tolerance, (name, key)
+    for name in (name for name in files if name.endswith("params.npz")):
+        a, b = np.load(files[name]), np.load(others[name])
+        assert largest_difference([a[k] for k in a.files], [b[k] for k in a.files]) <= tolerance
+
+
+def checkpoint_of_level_1(root: Path) -> bool:
+    """Whether level 1 has a whole checkpoint (Orbax renames ``100.orbax-checkpoint-tmp``
+    to ``100`` when written)."""
+    folders = root.glob("*/*/replicate_0/level_1.partial/checkpoints/*")
+    return any(folder.name.isdigit() for folder in folders)
+
+
+@pytest.mark.slow
+def test_two_processes_run_the_experiment_as_one_and_resume_after_a_kill(tmp_path):
+    run_command(1, 4, tmp_path / "one")
+    # Kill process 1 of 2 in the middle of level 1: process 0 ends soon after (its
+    # collective with the dead peer fails), and the same command run again finishes.
+    root = tmp_path / "two"
+    primary, other = start_command(2, 2, root, free_port())
+    for _ in range(1200):
+        if checkpoint_of_level_1(root) or other.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert checkpoint_of_level_1(root) and other.poll() is None, "level 1 ended before the kill"
+    other.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    primary.communicate(timeout=120)
+    assert primary.returncode != 0
+    assert time.monotonic() - killed_at < 60  # not the collectives' 30-minute timeout
+    other.communicate()
+    assert not any(root.rglob("level_2*"))  # it stopped inside level 1
+    first, second = run_command(2, 2, root)
+    assert "level 1: resuming from step" in first
+    # The same results as one process whose devices split the same global batches: SGD's
+    # rounding over 300 steps (measured: 1e-5 in the weights, accuracies equal).
+    assert_same_results(tmp_path / "one", root, tolerance=1e-4)
+    # Process 0 alone says what it did (the others print only Gloo's own lines) and writes.
+    assert "level  2:" in first and "results:" in first
+    assert [line for line in second.splitlines() if not line.startswith("[Gloo]")] == []
+    hydra = list(root.rglob(".hydra/*"))
+    assert len(hydra) == 1 and len(list(hydra[0].iterdir())) == 3  # one record, process 0's

@@ -35,8 +35,8 @@ import jax
 import numpy as np
 from omegaconf import OmegaConf
 
-from lottery import interrupts
-from lottery.atomic import atomic_write_json
+from lottery import distributed, interrupts
+from lottery.atomic import atomic_write_json, this_process_writes
 from lottery.branches import BranchInputs, BranchRun, branch_args
 from lottery.config import Config, ConfigError, RunError
 from lottery.data import StreamingDataset
@@ -167,6 +167,7 @@ class Experiment:
     def _save_rewind_point(self, run: RunState) -> None:
         params, batch_stats = host_tree((run.state.params, run.state.batch_stats))
         self.dense.save_rewind_point(run.step, params, batch_stats)
+        distributed.barrier(f"rewind point {run.step}")  # written (by process 0) for all
 
     def dense_level(self) -> dict[str, Any] | None:
         """Train level 0 in the dense folder unless done; link it into this experiment.
@@ -232,7 +233,8 @@ class Experiment:
             except Exception:  # a truncated mask (killed mid-write): make it again
                 pass
         mask = make_mask()
-        folder.path.mkdir(parents=True, exist_ok=True)
+        if this_process_writes():
+            folder.path.mkdir(parents=True, exist_ok=True)
         folder.save_mask(mask)
         return mask
 
@@ -302,6 +304,7 @@ class Experiment:
         folder, mask, prune_seconds = self.prune(level)
         if folder.is_whole():  # killed between its last write and the rename
             folder.publish()
+            distributed.barrier(f"level {level} published")
             return self.replicate.summary(level)
         plan = self.plan
         if plan.strategy.during_training:
@@ -381,7 +384,8 @@ class Experiment:
         if branch is None:
             if plan.strategy.during_training:
                 folder.save_mask(mask)  # the mask the training ended with
-            sizes = save_ticket_files(folder.path, params, mask)
+            if this_process_writes():
+                sizes = save_ticket_files(folder.path, params, mask)
         label = branch.label if branch else MAIN_BRANCH
         summary = summarize(plan, level, start.step, mask, run.history, digest=digest, branch=label)
         if sizes is not None:
@@ -455,6 +459,7 @@ class Experiment:
             folder = self.replicate.partial_branch(level, run.label, digest)
             if folder.is_whole():  # killed between its last write and the rename
                 folder.publish()
+                distributed.barrier(f"level {level} {run.label} published")
             # A branch of the experiment's network is checked against its layout too.
             layout = self.replicate.layout if run.network is None else None
             if not folder_done(folder.final, layout):
@@ -536,7 +541,7 @@ class Experiment:
         """With ``deploy.*``: each finished level's deployment figures and the table, and
         the chosen level (the budget's, or the last finished) exported."""
         plan, deploy = self.plan, self.plan.cfg.deploy
-        if not (deploy.measure or deploy.export):
+        if not (deploy.measure or deploy.export) or not this_process_writes():
             return
         from lottery.experiment import deployment
 
@@ -603,13 +608,17 @@ class Experiment:
 
     def _run(self) -> list[dict[str, Any]]:
         cfg, plan = self.plan.cfg, self.plan
-        ensure_writable(Path(cfg.results_root))
+        if this_process_writes():
+            ensure_writable(Path(cfg.results_root))
         config_yaml = OmegaConf.to_yaml(OmegaConf.structured(self.recorded_cfg))
         self.store.write_config(config_yaml, plan.hashed, dense_values(plan.hashed))
         console.print(f"{plan.prefix}results: {self.store.path}")
         with locked(self.replicate.path):
             remove_stale_temp_files(self.replicate.path, older_than=60.0)
             remove_stale_temp_files(self.store.path)
+            # Every process decides what to do from the store as process 0 left it; and
+            # again after each step that process 0 writes (the barriers below).
+            distributed.barrier("store ready")
             level = 0
             while level <= cfg.pruning.levels:
                 self.level = level
@@ -626,14 +635,17 @@ class Experiment:
                 except BrokenLevel as broken:
                     store = self.dense if broken.level == 0 else self.replicate
                     set_aside(store.level_path(broken.level), "unreadable", str(broken)[:120])
+                    distributed.barrier(f"level {broken.level} set aside")
                     level = broken.level
                     continue
+                distributed.barrier(f"level {level} finished")
                 self._send_to_loggers(level)
                 if summary is not None:
                     print_finished(level, summary, prefix=plan.prefix)
                     self.store.write_curve()
                 if self.train_branches(level):
                     self.store.write_curve()
+                distributed.barrier(f"level {level} branches finished")
                 if self.over_budget(level):
                     break
                 interrupts.raise_if_preempted()  # between levels: nothing unsaved

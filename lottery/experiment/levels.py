@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lottery import distributed
 from lottery.experiment.plan import Plan
 from lottery.logging import LevelProgress, RunLogger, console
 from lottery.pruning import sparsity_report
@@ -47,11 +49,22 @@ def boundary_steps(plan: Plan, start: int, end: int) -> set[int]:
     return steps
 
 
+class AgreedCheckpoint(Checkpoint):
+    """A checkpoint on a time cadence that every process of the experiment saves at the
+    same step (a save is a collective of all of them): due when it is due by any one's
+    clock (:func:`lottery.distributed.any_process`)."""
+
+    def __call__(self, run: RunState, trainer: Trainer) -> None:
+        elapsed = time.monotonic() - self.last_save
+        if distributed.any_process(elapsed >= (self.every_seconds or 0.0)):
+            self.save_now(run)
+
+
 def checkpoint_hook(plan: Plan, checkpointer: Checkpointer) -> Checkpoint:
     """Checkpoints at the configured cadence (steps, or time at evaluations)."""
     if plan.checkpoint_steps:
         return Checkpoint(checkpointer, every_steps=plan.checkpoint_steps)
-    return Checkpoint(
+    return AgreedCheckpoint(
         checkpointer, every_seconds=plan.checkpoint_seconds, boundaries=plan.eval_every
     )
 

@@ -48,8 +48,16 @@ def check_backend() -> None:
 
 
 def check_data_parallel(cfg: Config) -> None:
-    """With ``train.data_parallel``: the batch splits evenly over the local devices (the
-    trainer's own check, made before anything is written)."""
+    """With ``train.data_parallel``: the batch splits evenly over the devices (the
+    trainer's own check, made before anything is written). One process of several
+    (:mod:`lottery.distributed`) trains only so: each step over all their devices."""
+    processes = jax.process_count()
+    if processes > 1 and not cfg.train.data_parallel:
+        raise ConfigError(
+            f"this command is one of {processes} processes of one experiment, which train it "
+            "together with train.data_parallel=true (each batch split over all their "
+            "devices); add train.data_parallel=true, or run one process"
+        )
     if cfg.train.data_parallel:
         batch_sharding(cfg.train.batch_size)
 

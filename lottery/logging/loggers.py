@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+from lottery.atomic import this_process_writes
 from lottery.config import Config, ConfigError
 
 
@@ -38,7 +39,8 @@ WANDB_MODES = ("offline", "online", "disabled")
 
 
 def make_loggers(cfg: Config, digest: str) -> list[RunLogger]:
-    """The loggers ``cfg.logger`` names, for the experiment with hash ``digest``."""
+    """The loggers ``cfg.logger`` names, for the experiment with hash ``digest`` (none in a
+    process that does not write: one experiment over several processes logs from the first)."""
     if cfg.logger.name == "none":
         return []
     if cfg.logger.name == "wandb":
@@ -46,6 +48,8 @@ def make_loggers(cfg: Config, digest: str) -> list[RunLogger]:
             raise ConfigError(
                 f"unknown logger.mode {cfg.logger.mode!r}; choose one of {', '.join(WANDB_MODES)}"
             )
+        if not this_process_writes():
+            return []
         from lottery.logging.wandb_logger import WandbLogger  # imports wandb only when used
 
         return [WandbLogger(cfg, digest)]

@@ -21,6 +21,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from lottery.atomic import this_process_writes
 from lottery.config import ConfigError
 from lottery.store.lease import lease
 from lottery.store.results import warn
@@ -58,7 +59,12 @@ def _move_aside_unless_file(path: Path) -> None:
 
 @contextlib.contextmanager
 def locked(folder: Path) -> Iterator[None]:
-    """Hold the lock of ``folder`` (created if needed) for the ``with`` block."""
+    """Hold the lock of ``folder`` (created if needed) for the ``with`` block; nothing in a
+    process that does not write (one experiment over several processes: process 0 holds
+    it for all of them)."""
+    if not this_process_writes():
+        yield
+        return
     chosen = backend()
     folder.mkdir(parents=True, exist_ok=True)
     if chosen != "lease":

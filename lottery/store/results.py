@@ -48,7 +48,12 @@ from typing import Any
 
 import numpy as np
 
-from lottery.atomic import atomic_write_json, atomic_write_npz, atomic_write_text
+from lottery.atomic import (
+    atomic_write_json,
+    atomic_write_npz,
+    atomic_write_text,
+    this_process_writes,
+)
 from lottery.pruning import flatten, unflatten
 
 CURVE_COLUMNS = (
@@ -211,6 +216,8 @@ def remove_stale_temp_files(folder: Path, older_than: float = 600.0) -> int:
     (``.<name>.<random>.tmp``), if older than ``older_than`` seconds (an atomic write takes
     far less, so a live writer's file is never taken). Returns how many."""
     removed, now = 0, time.time()
+    if not this_process_writes():
+        return removed
     for file in folder.rglob(".*.tmp"):
         try:
             if file.is_file() and now - file.stat().st_mtime > older_than:
@@ -266,6 +273,8 @@ class PartialFolder:
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one evaluation's metrics."""
+        if not this_process_writes():
+            return
         if self._metrics is None:
             self._metrics = open(self.path / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         self._metrics.write(json.dumps(record, sort_keys=True) + "\n")
@@ -291,6 +300,8 @@ class PartialFolder:
     def publish(self) -> None:
         """Rename a whole partial folder into place (its checkpoints are no longer needed)."""
         self.close()
+        if not this_process_writes():
+            return
         shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
         set_aside(self.final, "unfinished")
         self.path.rename(self.final)
@@ -304,7 +315,7 @@ class PartialFolder:
 def set_aside(folder: Path, why: str, detail: str = "") -> None:
     """Move an unusable file or folder out of the way (never delete results), with a warning
     line; ``why`` is one word that goes into the new name (``level_3.unreadable-1``)."""
-    if not folder.exists() and not folder.is_symlink():
+    if not this_process_writes() or (not folder.exists() and not folder.is_symlink()):
         return
     n = 1
     while (aside := folder.with_name(f"{folder.name}.{why}-{n}")).exists():
@@ -390,7 +401,9 @@ class ReplicateStore:
     def link_level(self, level: int, target: Path) -> None:
         """Make ``level_<level>`` a relative symbolic link to another store's level folder."""
         link = self.level_path(level)
-        if link.is_symlink() and link.resolve() == target.resolve():
+        if not this_process_writes() or (
+            link.is_symlink() and link.resolve() == target.resolve()
+        ):
             return
         set_aside(link, "replaced")
         link.parent.mkdir(parents=True, exist_ok=True)

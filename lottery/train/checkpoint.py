@@ -162,7 +162,8 @@ class Checkpointer:
         its arrays (uncompressed) and :data:`ROOM_FOR_METADATA`."""
         leaves = jax.tree.leaves((run.state, run.mask))
         needed = sum(int(getattr(leaf, "nbytes", 8)) for leaf in leaves) + ROOM_FOR_METADATA
-        if shutil.disk_usage(self.directory).free < needed:
+        existing = next(p for p in (self.directory, *self.directory.parents) if p.exists())
+        if shutil.disk_usage(existing).free < needed:  # (made by process 0 of several)
             raise OSError(errno.ENOSPC, "No space left on device", str(self.directory))
 
     def _end_failed_writes(self) -> None:

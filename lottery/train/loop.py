@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lottery import interrupts
+from lottery import distributed, interrupts
 from lottery.config import ConfigError, OptimizerConfig
 from lottery.data import Dataset, StreamingDataset
 from lottery.models import Network
@@ -261,7 +261,8 @@ class Trainer:
             for hook, steps in zip(hooks, wanted, strict=True):
                 if target in steps:
                     hook(run, self)
-            if target < until and interrupts.preemption_requested():
+            # One process of several: all save, or none (a save is a collective of all).
+            if target < until and distributed.any_process(interrupts.preemption_requested()):
                 self.save_now(run, hooks)
                 interrupts.raise_if_preempted(run.step)
         return run
