@@ -20,6 +20,8 @@ from test_compact import CIFAR, random_network
 
 from lottery.config import ConfigError
 from lottery.deploy import compact, export_onnx, onnx_session, to_onnx
+from lottery.deploy.onnx_export import onnx_latency
+from lottery.deploy.quantize import quantize
 from lottery.models import Network
 from lottery.pruning import apply_mask, flatten, full_mask, unflatten
 from lottery.pruning.structured import structured_prune
@@ -141,3 +143,35 @@ def test_an_unknown_primitive_is_one_line_naming_it_and_the_layer():
     message = str(caught.value)
     assert "\n" not in message
     assert "'sort'" in message and "Sorting" in message and "test_onnx_export.py" in message
+
+
+def test_int8_qdq_keeps_pruned_weights_zero_and_qwix_top1():
+    network, params, stats = random_network("lenet_300_100", (28, 28, 1))
+    params, mask = half_pruned(params)
+    quantized = quantize(network, params, stats, "int8")
+    model = to_onnx(network, params, stats, quantized=quantized)
+
+    # A "test set" of 512 random images: the file's top-1 is Qwix's int8 network's.
+    x = np.asarray(jax.random.normal(jax.random.key(4), (512, 28, 28, 1)), np.float32)
+    (got,) = onnx_session(model).run(None, {"input": x})
+    expected = np.asarray(quantized.forward(x))
+    assert_close(got, expected)
+    assert np.mean(got.argmax(-1) == expected.argmax(-1)) >= 0.995
+
+    # The kernels are int8 initializers, 0 wherever the weight was pruned.
+    initializers = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    for path, alive in flatten(mask).items():
+        if path.endswith("kernel"):
+            values = initializers[path]
+            assert values.dtype == np.int8
+            np.testing.assert_array_equal(values, quantized.int8[path])
+            assert np.all(values[~alive] == 0)
+    assert "DequantizeLinear" in [node.op_type for node in model.graph.node]
+
+
+def test_onnxruntime_latency_is_measured_single_threaded_and_on_all_threads():
+    network, params, stats = random_network("conv2", CIFAR, width=4)
+    model = to_onnx(network, params, stats)
+    for threads in (1, None):
+        seconds = onnx_latency(model, CIFAR, 8, threads, repeats=3)
+        assert 0 < seconds < 1

@@ -17,6 +17,11 @@ each of its equations is written as ONNX nodes with the ``onnx`` package's helpe
   followed at once by another to NCHW (conv after conv) is never written;
 - ``jit`` and ``custom_jvp_call`` (``nn.relu``) are inlined.
 
+With ``quantized`` (Qwix's int8 weights and scales, :mod:`.quantize`) the kernels are
+int8 initializers dequantized by ``DequantizeLinear`` (QDQ, weight-only; BatchNorm folds
+into the scales), 0 wherever a weight was pruned. :func:`onnx_latency` times a file in
+onnxruntime, single-threaded or on every core.
+
 Weights are initializers named by their parameter path (``conv1/kernel``, OIHW for a
 convolution), so they can be read back. A primitive without a translation (a layer of a
 model of one's own) is one line (:class:`~lottery.config.ConfigError`) naming it and the
@@ -26,6 +31,8 @@ layer. Run the file with ``onnxruntime.InferenceSession(path).run(None, {"input"
 from __future__ import annotations
 
 import dataclasses
+import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +48,11 @@ from onnx import helper
 
 from lottery.atomic import atomic_write_bytes
 from lottery.config import ConfigError
+from lottery.deploy.quantize import Quantized
 from lottery.models.network import BatchStats, Network, Params
-from lottery.pruning.mask import flatten
+from lottery.pruning.mask import flatten, unflatten
 
-# ONNX operator set written (onnxruntime 1.17 and later run it).
+# ONNX operator set written (onnxruntime 1.19, the oldest set's, and later run it).
 OPSET = 17
 INPUT, OUTPUT, BATCH = "input", "logits", "batch"
 # A constant result larger than its inputs (a broadcast) is computed here only up to this
@@ -86,6 +94,10 @@ class PendingConv:
     rank: int
     name: str  # the kernel's initializer name
     tensor: Tensor | None = None  # the written output, once materialized
+    # int8 (QDQ): the kernel's int8 values (OIHW) and float scale per output channel,
+    # dequantized in the graph; ``kernel`` is then their product, for reference.
+    qkernel: np.ndarray | None = None
+    qscale: np.ndarray | None = None
 
 
 Value = np.ndarray | Tensor | PendingConv
@@ -94,7 +106,8 @@ Value = np.ndarray | Tensor | PendingConv
 class _Graph:
     """The nodes and initializers of the ONNX graph being built."""
 
-    def __init__(self, names: dict[int, str]) -> None:
+    def __init__(self, names: dict[int, str], int8: dict[int, Any] | None = None) -> None:
+        self.int8 = int8 or {}  # id(dequantized kernel) -> (int8 values, scale per output)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.names = names  # id(constant array) -> parameter path
@@ -129,6 +142,14 @@ class _Graph:
 
     def one(self, op: str, inputs: Sequence[str], **attrs: Any) -> str:
         return self.node(op, inputs, **attrs)[0]
+
+    def dequantized(self, name: str, values: np.ndarray, scale: np.ndarray, axis: int) -> str:
+        """``values`` (int8) times ``scale`` along ``axis``, as a DequantizeLinear node whose
+        int8 initializer is named ``name`` (QDQ)."""
+        q = self.constant(values, name, key=values)
+        s = self.constant(scale.astype(np.float32), f"{name}_scale", key=scale)
+        zero = self.constant(np.zeros(scale.shape, np.int8), f"{name}_zero_point")
+        return self.one("DequantizeLinear", [q, s, zero], axis=axis)
 
     def batch_size(self) -> str:
         """The input's batch size, an int64 tensor of one element (computed once)."""
@@ -198,7 +219,10 @@ class _Translator:
     def materialize(self, pending: PendingConv) -> Tensor:
         g = self.graph
         if pending.tensor is None:
-            kernel = g.constant(pending.kernel, pending.name, key=pending.kernel)
+            if pending.qkernel is not None:
+                kernel = g.dequantized(pending.name, pending.qkernel, pending.qscale, 0)
+            else:
+                kernel = g.constant(pending.kernel, pending.name, key=pending.kernel)
             inputs = [pending.x, kernel]
             if np.any(pending.bias):
                 bias_name = pending.name.rsplit("/", 1)[0] + "/bias"
@@ -363,7 +387,7 @@ def _affine(op: str) -> Callable[..., Value]:
         if isinstance(a, PendingConv) and a.tensor is None and isinstance(b, np.ndarray):
             vector = _channel_vector(a, b)
             if vector is not None:
-                kernel, bias = a.kernel, a.bias
+                kernel, bias, qscale = a.kernel, a.bias, a.qscale
                 if op == "add":
                     bias = bias + vector
                 elif op == "sub":
@@ -371,8 +395,8 @@ def _affine(op: str) -> Callable[..., Value]:
                 else:
                     kernel = kernel * vector.reshape((-1,) + (1,) * (kernel.ndim - 1))
                     bias = bias * vector
-                return PendingConv(a.x, kernel, bias, a.attrs, a.out_spec, a.channel_axis,
-                                   a.rank, a.name)
+                    qscale = None if qscale is None else qscale * vector
+                return dataclasses.replace(a, kernel=kernel, bias=bias, qscale=qscale)
         names, perm = t.layout(inputs, eqn.outvars[0].aval.ndim)
         return Tensor(t.graph.one(onnx_op, names), perm)
 
@@ -402,7 +426,12 @@ def _conv(t: _Translator, eqn: Any, inputs: list[Value]) -> Value:
     }
     bias = np.zeros(kernel.shape[0], kernel.dtype)
     out_spec = tuple(int(i) for i in out)
-    return PendingConv(x_nc, kernel, bias, attrs, out_spec, out_spec[1], len(out), name)
+    pending = PendingConv(x_nc, kernel, bias, attrs, out_spec, out_spec[1], len(out), name)
+    if id(w) in g.int8:
+        values, scale = g.int8[id(w)]
+        pending.qkernel = np.ascontiguousarray(np.transpose(values, rhs))
+        pending.qscale = scale
+    return pending
 
 
 def _transpose(t: _Translator, eqn: Any, inputs: list[Value]) -> Value:
@@ -419,7 +448,12 @@ def _dot_general(t: _Translator, eqn: Any, inputs: list[Value]) -> Value:
         if rc[0] == 1:  # x @ w.T
             b = np.ascontiguousarray(b.T) if isinstance(b, np.ndarray) else Tensor(
                 g.one("Transpose", [t.name(b)], perm=[1, 0]))
-        out = g.one("MatMul", [t.name(a), t.name(b)])
+        if isinstance(b, np.ndarray) and id(b) in g.int8 and rc[0] == 0:
+            values, scale = g.int8[id(b)]
+            weight = g.dequantized(g.names.get(id(b), "dense/kernel"), values, scale, 1)
+        else:
+            weight = t.name(b)
+        out = g.one("MatMul", [t.name(a), weight])
     else:
         letters = iter("abcdefghijklmnopqrstuvwxyz")
         lhs = [next(letters) for _ in range(lhs_rank)]
@@ -642,19 +676,23 @@ def forward_to_onnx(
     forward: Callable[[Any], Any],
     input_shape: tuple[int, ...],
     names: dict[int, str] | None = None,
+    int8: dict[int, Any] | None = None,
 ) -> onnx.ModelProto:
     """The ONNX model computing ``forward(x)`` for float32 ``x`` of shape
     ``(batch, *input_shape)``, any batch size: input ``"input"``, output ``"logits"``.
 
-    ``names`` maps ``id()`` of arrays ``forward`` closes over to initializer names.
+    ``names`` maps ``id()`` of arrays ``forward`` closes over to initializer names;
+    ``int8`` maps the ``id()`` of a kernel it closes over to its ``(int8 values, scale per
+    output channel)``, to be written as those and a DequantizeLinear node (QDQ).
     """
     (batch,) = jax.export.symbolic_shape(BATCH)
     spec = jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32)
     closed = jax.make_jaxpr(forward)(spec)
-    names = names or {}
+    names, int8 = names or {}, int8 or {}
     consts = [np.asarray(c) for c in closed.consts]
-    graph = _Graph({id(a): names[id(c)] for a, c in zip(consts, closed.consts, strict=True)
-                    if id(c) in names})
+    pairs = list(zip(consts, closed.consts, strict=True))
+    graph = _Graph({id(a): names[id(c)] for a, c in pairs if id(c) in names},
+                   {id(a): int8[id(c)] for a, c in pairs if id(c) in int8})
     graph.kept.extend(consts)  # their ids stay theirs while the graph is built
     translator = _Translator(graph, batch)
     try:
@@ -688,10 +726,22 @@ def to_onnx(
     params: Params,
     batch_stats: BatchStats,
     forward: Callable[[Any], Any] | None = None,
+    quantized: Quantized | None = None,
 ) -> onnx.ModelProto:
     """The eval-mode forward pass of ``network`` as an ONNX model (see the module's
-    docstring); ``forward(x) -> logits`` replaces the plain forward pass."""
+    docstring); ``forward(x) -> logits`` replaces the plain forward pass.
+
+    ``quantized`` (:func:`lottery.deploy.quantize.quantize` of these params): its int8
+    kernels are written as int8 initializers (a pruned weight is 0 there) with their scales,
+    dequantized by DequantizeLinear nodes (QDQ, weights only; activations stay float32).
+    """
+    int8: dict[int, Any] = {}
+    if quantized is not None:
+        params, int8 = _dequantized(params, quantized)
     params, batch_stats = jax.device_put((params, batch_stats))
+    if int8:  # the same arrays, now on the device
+        flat = flatten(params)
+        int8 = {id(flat[path]): pair for path, pair in int8.items()}
     names = {id(leaf): path for path, leaf in flatten(params).items()}
     names.update({id(leaf): f"batch_stats/{path}" for path, leaf in flatten(batch_stats).items()})
     if forward is None:
@@ -702,7 +752,19 @@ def to_onnx(
         def forward(x: Any) -> Any:
             return plain.apply(params, batch_stats, x, train=False)[0]
 
-    return forward_to_onnx(forward, network.input_shape, names)
+    return forward_to_onnx(forward, network.input_shape, names, int8)
+
+
+def _dequantized(params: Params, quantized: Quantized) -> tuple[Params, dict[str, Any]]:
+    """``params`` with each int8 kernel of ``quantized`` replaced by int8 times its scale,
+    and ``{path: (int8 values, scale per output channel)}``."""
+    flat = dict(flatten(params))
+    int8 = {}
+    for path, values in quantized.int8.items():
+        scale = np.asarray(quantized.scales[path], np.float32).reshape(-1)
+        flat[path] = (values.astype(np.float32) * scale).astype(np.float32)
+        int8[path] = (values, scale)
+    return unflatten(flat), int8
 
 
 def export_onnx(
@@ -711,9 +773,10 @@ def export_onnx(
     batch_stats: BatchStats,
     path: str | Path,
     forward: Callable[[Any], Any] | None = None,
+    quantized: Quantized | None = None,
 ) -> int:
     """Write :func:`to_onnx` of ``network`` to ``path`` (``model.onnx``); its bytes."""
-    data = to_onnx(network, params, batch_stats, forward).SerializeToString()
+    data = to_onnx(network, params, batch_stats, forward, quantized).SerializeToString()
     atomic_write_bytes(path, data)
     return len(data)
 
@@ -731,3 +794,24 @@ def onnx_session(
     return onnxruntime.InferenceSession(
         source, options, providers=["CPUExecutionProvider"]
     )
+
+
+def onnx_latency(
+    model: onnx.ModelProto | str | Path,
+    input_shape: tuple[int, ...],
+    batch_size: int,
+    threads: int | None = None,
+    repeats: int = 20,
+) -> float:
+    """Median seconds of one onnxruntime run of ``model`` on zeros of shape
+    ``(batch_size, *input_shape)`` with ``threads`` threads (None: all cores; 1: single
+    threaded), after a warm-up run, as :func:`lottery.deploy.latency.forward_latency`."""
+    session = onnx_session(model, threads)
+    feed = {INPUT: np.zeros((batch_size, *input_shape), np.float32)}
+    session.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
