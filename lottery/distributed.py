@@ -83,6 +83,10 @@ def start(environ: Mapping[str, str] | None = None) -> bool:
     # matters. (Gloo's own lines, "[Gloo] Rank 0 is connected to 1 peer ranks", come from
     # C++ and cannot be silenced here.)
     logging.getLogger("jax._src.distributed").setLevel(logging.WARNING)
+    # A program read from JAX's persistent compilation cache (JAX_COMPILATION_CACHE_DIR)
+    # hung the processes' first collective (jax 0.12.1, CPU, gloo: every process waited in
+    # its first step after resuming): each process compiles its own.
+    jax.config.update("jax_enable_compilation_cache", False)
     try:
         jax.distributed.initialize(
             address, processes, process_id,
