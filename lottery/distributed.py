@@ -93,7 +93,7 @@ def start(environ: Mapping[str, str] | None = None) -> bool:
             initialization_timeout=START_TIMEOUT,
             heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT,
         )
-    except RuntimeError as error:
+    except (RuntimeError, ValueError) as error:  # no coordinator; Slurm's settings unread
         reason = " ".join(str(error).split())[:200]
         where = address or "the coordinator Slurm names"
         raise RunError(

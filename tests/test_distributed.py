@@ -265,3 +265,27 @@ def test_two_processes_run_the_experiment_as_one_and_resume_after_a_kill(tmp_pat
     assert [line for line in second.splitlines() if not line.startswith("[Gloo]")] == []
     hydra = list(root.rglob(".hydra/*"))
     assert len(hydra) == 1 and len(list(hydra[0].iterdir())) == 3  # one record, process 0's
+
+
+@pytest.mark.slow
+def test_several_processes_without_data_parallel_is_one_line(tmp_path):
+    """Each process would train the whole batch alone: refused before anything is written."""
+    port, root = free_port(), tmp_path / "results"
+    started = []
+    for index in range(2):
+        settings = {"LOTTERY_COORDINATOR": f"127.0.0.1:{port}", "LOTTERY_NUM_PROCESSES": "2",
+                    "LOTTERY_PROCESS_ID": str(index)}
+        started.append(subprocess.Popen(
+            [sys.executable, "-m", "lottery", "train.steps=100it", "progress=false",
+             f"results_root={root}"], cwd=REPO, env=environment(1, **settings),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for process in started:
+        _, err = process.communicate(timeout=120)
+        lines = [line for line in err.splitlines() if not line.startswith("[Gloo]")]
+        assert process.returncode == 2
+        assert lines == [
+            "error: this command is one of 2 processes of one experiment, which train it "
+            "together with train.data_parallel=true (each batch split over all their devices); "
+            "add train.data_parallel=true, or run one process"
+        ]
+    assert not root.exists()
