@@ -322,6 +322,16 @@ CASES = [
          "hydra.launcher.gpus_per_node=0", "hydra.launcher.partition=nope", setup="slurm"),
     case("a job no node can run", "-m", "seed=1,2", "hydra/launcher=slurm_cpu",
          "hydra.launcher.cpus_per_task=4096", setup="slurm"),
+    case("LOTTERY_NUM_PROCESSES without a coordinator", env={"LOTTERY_NUM_PROCESSES": "2"}),
+    case("LOTTERY_COORDINATOR without a port", env={
+        "LOTTERY_COORDINATOR": "localhost", "LOTTERY_NUM_PROCESSES": "2",
+        "LOTTERY_PROCESS_ID": "0"}),
+    case("LOTTERY_PROCESS_ID past the processes", env={
+        "LOTTERY_COORDINATOR": "127.0.0.1:1", "LOTTERY_NUM_PROCESSES": "2",
+        "LOTTERY_PROCESS_ID": "2"}),
+    case("LOTTERY_NUM_PROCESSES not a number", env={
+        "LOTTERY_COORDINATOR": "127.0.0.1:1", "LOTTERY_NUM_PROCESSES": "two",
+        "LOTTERY_PROCESS_ID": "0"}),
     # Where results go.
     case("results_root is a file", "results_root=a_file", setup="file"),
     case("results_root under /proc", "results_root=/proc/lottery_results"),

@@ -180,3 +180,27 @@ def test_a_failed_job_and_a_cancelled_one_are_each_one_line_and_the_sweep_one_mo
     assert lines[2].startswith("error: 2 of 2 Slurm jobs did not finish ("), lines
     assert len(lines) == 3
     assert len(list(tmp_path.rglob(".submitit/*/*_log.err"))) == 2
+
+
+def test_srun_with_two_tasks_is_one_experiment_over_two_processes(cluster, tmp_path):
+    """``srun -n 2 python -m lottery train.data_parallel=true ...`` under the real Slurm
+    (2 CPU devices per task): one experiment over both processes, JAX finding its
+    coordinator from Slurm, one store, equal to one process with 4 devices to float
+    rounding (test_distributed.py's comparison)."""
+    from test_distributed import EXPERIMENT, assert_same_results, environment
+
+    one = tmp_path / "one"
+    local = subprocess.run([sys.executable, "-m", "lottery", *EXPERIMENT,
+                            f"results_root={one}"], cwd=tmp_path, env=environment(4),
+                           capture_output=True, text=True, timeout=300)
+    assert local.returncode == 0, local.stderr[-3000:]
+    two = tmp_path / "two"
+    env = {**environment(2), "SLURM_CONF": str(cluster)}
+    done = subprocess.run(
+        ["srun", "-n", "2", "--cpus-per-task=1", "--mem=2G", sys.executable, "-m", "lottery",
+         *EXPERIMENT, f"results_root={two}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("results: ") == 1  # process 0 alone says it
+    assert_same_results(one, two)
