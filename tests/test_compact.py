@@ -55,6 +55,8 @@ CASES = [
     ("mnist1d_cnn", (40,), {"width": 6}),
     ("vgg11", CIFAR, {"width": 4}),
     ("resnet50", CIFAR, {"width": 4}),  # bottlenecks; the stem is a group of its own
+    # inverted residuals: expansion groups with their depthwise filters, residual streams
+    ("mobilenetv2_cifar", (8, 8, 3), {"width": 8}),
 ]
 
 

@@ -46,9 +46,11 @@ COUNTS = {
     "resnet34": (IMAGENET, 1000, 21_797_672),
     "resnet50": (IMAGENET, 1000, 25_557_032),
     "mnist1d_cnn": (MNIST1D, 10, 5_210),
+    "mobilenetv2": (IMAGENET, 1000, 3_504_872),  # torchvision's mobilenet_v2()
+    "mobilenetv2_cifar": (CIFAR, 10, 2_236_682),  # the same layers, 10 classes
 }
 
-WITH_BATCHNORM = {n for n in COUNTS if n.startswith(("resnet", "vgg"))}
+WITH_BATCHNORM = {n for n in COUNTS if n.startswith(("resnet", "vgg", "mobilenet"))}
 
 KEY = jax.random.key(0)
 
@@ -155,7 +157,7 @@ def test_output_layer_logits_and_batch_stats(name: str) -> None:
         assert count(batch_stats) == sum(
             math.prod(leaf.shape)
             for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-            if path[-2].key.startswith(("bn", "stem_bn", "shortcut_bn"))
+            if path[-2].key.startswith("bn") or path[-2].key.endswith("_bn")
         )
 
 

@@ -9,6 +9,12 @@ result is physically smaller and faster while computing the same logits in eval 
 
 Removing a unit is exact because a pruned unit outputs exactly 0: its kernel slice and bias
 are 0 (ReLU(0) = 0), and behind BatchNorm its scale and bias are 0 whatever the statistics.
+
+MobileNetV2's depthwise convolutions stay consistent with no rule of their own: a depthwise
+kernel (3, 3, 1, C) is a producer of its channels' group (the block's expansion, or the
+stream where the block has none), so cutting a unit out of the group cuts its filter out of
+the kernel along the last axis, and the rebuilt depthwise layer takes as many groups as the
+channels it is given.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from lottery.config import ConfigError
 from lottery.models.cnn1d import CNN1D
 from lottery.models.conv import ConvNet
 from lottery.models.mlp import MLP
+from lottery.models.mobilenet import MobileNetV2
 from lottery.models.network import BatchStats, Network, Params
 from lottery.models.resnet_cifar import CifarResNet
 from lottery.models.resnet_imagenet import ImageNetResNet
@@ -33,10 +40,11 @@ from lottery.models.vgg import VGG
 from lottery.pruning.mask import Mask, apply_mask, flatten, layer_of, unflatten
 from lottery.pruning.structured import SUPPORTED, UnitGroup, alive_in, unit_groups
 
-COMPACTABLE = (MLP, ConvNet, VGG, CNN1D, CifarResNet, ImageNetResNet)
+COMPACTABLE = (MLP, ConvNet, VGG, CNN1D, CifarResNet, ImageNetResNet, MobileNetV2)
 
 _NUMBERED = re.compile(r"(conv|fc)(\d+)/kernel")
 _BLOCK_CONV = re.compile(r"block(\d+)_(\d+)/conv(\d+)/kernel")
+_MOBILE_CONV = re.compile(r"block(\d+)_(\d+)/(expand|project)_conv/kernel")
 
 
 def _numbered(shapes: dict[str, tuple[int, ...]], prefix: str) -> tuple[int, ...]:
@@ -59,6 +67,18 @@ def _resnet_widths(shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
     return (shapes["stem_conv/kernel"][-1], *(width for _, width in convs))
 
 
+def _mobilenet_widths(shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+    """``stem_conv``'s channels, every block's expansion (where it has one) and projection,
+    then ``head_conv``'s: :class:`~lottery.models.mobilenet.MobileNetV2`'s ``widths``."""
+    convs = sorted(
+        (int(m.group(1)), int(m.group(2)), m.group(3) == "project", shape[-1])
+        for path, shape in shapes.items()
+        if (m := _MOBILE_CONV.fullmatch(path))
+    )
+    middle = (width for *_, width in convs)
+    return (shapes["stem_conv/kernel"][-1], *middle, shapes["head_conv/kernel"][-1])
+
+
 def _narrower(module: nn.Module, shapes: dict[str, tuple[int, ...]]) -> nn.Module:
     """``module`` rebuilt with the widths of the (sliced) parameter ``shapes``."""
     if isinstance(module, MLP):
@@ -69,6 +89,8 @@ def _narrower(module: nn.Module, shapes: dict[str, tuple[int, ...]]) -> nn.Modul
         return module.clone(widths=_numbered(shapes, "conv"))
     if isinstance(module, (CifarResNet, ImageNetResNet)):
         return module.clone(widths=_resnet_widths(shapes))
+    if isinstance(module, MobileNetV2):
+        return module.clone(widths=_mobilenet_widths(shapes))
     raise ConfigError(f"compaction supports {SUPPORTED}, not a {type(module).__name__}")
 
 

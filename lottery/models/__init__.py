@@ -6,6 +6,9 @@
 - ``vgg11/13/16/19``: CIFAR VGGs with BatchNorm, as OpenLTH's ``cifar_vgg_N`` (:mod:`.vgg`).
 - ``resnet18/34/50``: ImageNet ResNets, as torchvision's (:mod:`.resnet_imagenet`).
 - ``mnist1d_cnn``: the MNIST-1D convolutional baseline (:mod:`.cnn1d`).
+- ``mobilenetv2``, ``mobilenetv2_cifar``: MobileNetV2 for ImageNet, as torchvision's, and its
+  CIFAR variant (:mod:`.mobilenet`); ``model.width`` is the stem's channels before rounding
+  (32 = width multiplier 1.0, 16 = 0.5).
 
 ``model.name=package.module:Name`` (``model.kwargs={...}``): a model of your own, a Flax
 Linen module class or factory (:mod:`lottery.models.user`).
@@ -24,7 +27,7 @@ import jax
 from flax import traverse_util
 
 from lottery.config import ConfigError, ModelConfig
-from lottery.models import conv, resnet_cifar, resnet_imagenet, vgg
+from lottery.models import conv, mobilenet, resnet_cifar, resnet_imagenet, vgg
 from lottery.models.cnn1d import CNN1D
 from lottery.models.init import kernel_init, reinit_function
 from lottery.models.mlp import MLP
@@ -54,6 +57,15 @@ def _imagenet_resnet(depth: int) -> Builder:
     )
 
 
+def _mobilenet(data: str) -> Builder:
+    plan = mobilenet.CIFAR_PLAN if data == "cifar" else mobilenet.IMAGENET_PLAN
+    stride = mobilenet.STEM_STRIDE[data]
+    return lambda cfg, n: mobilenet.MobileNetV2(
+        n, plan, stride, (cfg.width or mobilenet.STEM_CHANNELS) / mobilenet.STEM_CHANNELS,
+        kernel_init(cfg.init),
+    )
+
+
 # name -> builder(cfg, num_classes)
 MODELS: dict[str, Builder] = {
     "mlp": lambda cfg, n: MLP(tuple(cfg.hidden), n, kernel_init(cfg.init)),
@@ -63,6 +75,8 @@ MODELS: dict[str, Builder] = {
     **{f"vgg{d}": _vgg(d) for d in (11, 13, 16, 19)},
     **{f"resnet{d}": _imagenet_resnet(d) for d in (18, 34, 50)},
     "mnist1d_cnn": lambda cfg, n: CNN1D(n, cfg.width or 25, kernel_init=kernel_init(cfg.init)),
+    "mobilenetv2": _mobilenet("imagenet"),
+    "mobilenetv2_cifar": _mobilenet("cifar"),
 }
 
 

@@ -22,7 +22,19 @@ The family is recognised from the parameter paths (no model name is needed):
 ``fc1, fc2, ..., out`` (``mlp``, ``lenet_300_100``); ``conv1, ..., fc1, ..., out``
 (``conv2/4/6``); ``conv1, bn1, ..., out`` (``vgg*``); ``conv1..3, out`` with 1-D kernels
 (``mnist1d_cnn``); ``stem_conv, stem_bn, block{stage}_{index}/..., out`` (the CIFAR ResNets
-``resnet20/32/56/110`` and the ImageNet ResNets ``resnet18/34/50``, bottlenecks included).
+``resnet20/32/56/110`` and the ImageNet ResNets ``resnet18/34/50``, bottlenecks included);
+``stem_conv, stem_bn, block{stage}_{index}/{expand,depthwise,project}_{conv,bn}, head_conv,
+head_bn, out`` (``mobilenetv2``, ``mobilenetv2_cifar``).
+
+MobileNetV2's inverted residuals: a block's expansion channels (the 1x1 ``expand_conv``'s
+outputs, which are the depthwise convolution's channels, which are the 1x1 ``project_conv``'s
+inputs) are one group per block, whose producers are ``expand_conv``, ``expand_bn``,
+``depthwise_conv`` (its output axis: one filter per channel) and ``depthwise_bn``; pruning a
+channel removes its depthwise filter too. A block without expansion (t = 1) filters its input
+stream depthwise, so its depthwise layers join the producers of the stream. A stage's first
+block opens a new stream (its ``project_conv`` and ``project_bn``), the stage's other blocks
+add theirs to it (the identity shortcut), so a stage's output channels are one group;
+``head_conv`` is a group of its own, read by ``out``.
 """
 
 from __future__ import annotations
@@ -40,7 +52,7 @@ from lottery.pruning.mask import Mask, flatten, unflatten
 
 SUPPORTED = (
     "mlp, lenet_300_100, conv2/4/6, vgg11/13/16/19, mnist1d_cnn, "
-    "resnet20/32/56/110 and resnet18/34/50"
+    "resnet20/32/56/110, resnet18/34/50 and mobilenetv2(_cifar)"
 )
 SCOPES = ("layerwise", "global")
 NORMS = ("l1", "l2")
@@ -179,6 +191,50 @@ def _resnet_groups(
     return drafts
 
 
+_MOBILE_BLOCK = ("expand_conv", "expand_bn", "depthwise_conv", "depthwise_bn", "project_conv",
+                 "project_bn")
+
+
+def _mobilenet_groups(
+    params_layers: dict[str, list[str]], shapes: dict[str, tuple[int, ...]]
+) -> list[_Draft]:
+    """MobileNetV2: one group per stage's stream, per block's expansion, and the head."""
+    layers = list(params_layers)
+    blocks = sorted(
+        ((int(m.group(1)), int(m.group(2))), name)
+        for name in layers
+        if (m := _BLOCK.fullmatch(name))
+    )
+    expected = {"stem_conv", "stem_bn", "head_conv", "head_bn", "out"}
+    if set(layers) != expected | {name for _, name in blocks}:
+        raise _unsupported(layers, "layers besides stem_*, block*_*, head_* and out")
+    stream = _Draft("stem", _producers(shapes, "stem_conv", "stem_bn"))
+    drafts = [stream]
+    for (stage, index), block in blocks:
+        inner = set(params_layers[block])
+        if not inner <= set(_MOBILE_BLOCK) or inner < set(_MOBILE_BLOCK[2:]):
+            raise _unsupported(layers, f"{block} is not an inverted residual block")
+        depthwise = _producers(shapes, f"{block}/depthwise_conv", f"{block}/depthwise_bn")
+        project = _consumer(shapes, f"{block}/project_conv")
+        if "expand_conv" in inner:
+            stream.consumers.append(_consumer(shapes, f"{block}/expand_conv"))
+            expansion = _producers(shapes, f"{block}/expand_conv", f"{block}/expand_bn")
+            drafts.append(_Draft(f"{block}/expand", expansion + depthwise, [project]))
+        else:  # t = 1: the depthwise filters are the stream's channels
+            stream.producers += depthwise
+            stream.consumers.append(project)
+        produced = _producers(shapes, f"{block}/project_conv", f"{block}/project_bn")
+        if index == 1:  # a stage's first block: no shortcut, a new stream
+            stream = _Draft(f"stage{stage}", produced)
+            drafts.append(stream)
+        else:
+            stream.producers += produced
+    stream.consumers.append(_consumer(shapes, "head_conv"))
+    drafts.append(_Draft("head", _producers(shapes, "head_conv", "head_bn"),
+                         [_consumer(shapes, "out")]))
+    return drafts
+
+
 def unit_groups(params: Any) -> list[UnitGroup]:
     """The unit groups of a network of one of the supported families, from its parameter
     paths (``params`` may be the parameters, a mask, or their shapes from ``jax.eval_shape``).
@@ -193,7 +249,9 @@ def unit_groups(params: Any) -> list[UnitGroup]:
         if len(parts) == 3 and parts[1] not in children[parts[0]]:
             children[parts[0]].append(parts[1])
     layers = list(children)
-    if "stem_conv" in children:
+    if "head_conv" in children:
+        drafts = _mobilenet_groups(children, shapes)
+    elif "stem_conv" in children:
         drafts = _resnet_groups(children, shapes)
     else:
         drafts = _chain_groups(shapes, layers)
