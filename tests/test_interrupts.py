@@ -146,3 +146,68 @@ def test_hand_back_calls_the_replaced_handler_then_exits_with_the_signal():
         assert exited.value.code == 128 + signal.SIGUSR2
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+def test_a_stretch_of_single_steps_stops_between_two_and_resumes_to_the_same_bits(
+    python_sigint_handler, tmp_path, monkeypatch
+):
+    """A convolutional network on the CPU calls one step at a time: the signal, arriving
+    before step 37 of a 60-step stretch, stops it there (not at its end) with a checkpoint
+    of step 37; a fresh trainer resumed from it ends the stretch with the uninterrupted
+    run's weights and training loss, bit for bit."""
+    import jax
+    import numpy as np
+
+    from lottery import models
+    from lottery.config import ModelConfig, OptimizerConfig
+    from lottery.data.dataset import Dataset, Split
+    from lottery.train import Checkpoint, Trainer
+    from lottery.train.checkpoint import Checkpointer
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 16, 16, 3)).astype(np.float32)
+    y = (np.arange(96) % 10).astype(np.int32)
+    data = Dataset("toy", Split(x[:64], y[:64]), Split(x[64:80], y[64:80]),
+                   Split(x[80:], y[80:]), 10)
+    network = models.build(ModelConfig(name="conv2", width=4), (16, 16, 3), 10)
+    params, stats = jax.device_get(network.init(jax.random.key(0)))
+
+    def trainer():
+        return Trainer(network, data, OptimizerConfig(name="adam", lr=1e-3), batch_size=16,
+                       total_steps=60, steps_per_epoch=4, eval_batch_size=16, data_seed=0)
+
+    reference = trainer()
+    assert reference.feed.one_step_per_call
+    uninterrupted = reference.train(reference.start(0, params, stats, full_mask(params)), 60)
+
+    asked = []
+    really_requested = interrupts.preemption_requested
+
+    def signal_before_step_37():
+        asked.append(len(asked))
+        if len(asked) == 38:  # asked before each step: the 38th is before step 37
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+        return really_requested()
+
+    monkeypatch.setattr(interrupts, "preemption_requested", signal_before_step_37)
+    stopped = trainer()
+    run = stopped.start(0, params, stats, full_mask(params))
+    checkpointer = Checkpointer(tmp_path / "checkpoints", keep=2)
+    with interrupts.caught(), pytest.raises(interrupts.Preempted) as raised:
+        stopped.train(run, 60, [Checkpoint(checkpointer, every_steps=1000)])
+    assert raised.value.step == 37 and checkpointer.manager.all_steps() == [37]
+    monkeypatch.setattr(interrupts, "preemption_requested", really_requested)
+
+    resumed = trainer()
+    template = resumed.start(0, params, stats, full_mask(params))
+    restored = checkpointer.restore_latest(template)
+    checkpointer.close()
+    unfinished = restored.unfinished
+    assert (restored.step, unfinished.start, len(unfinished.losses)) == (37, 0, 37)
+    finished = resumed.train(restored, 60)
+    assert finished.unfinished is None
+    assert finished.loss_sum == uninterrupted.loss_sum and finished.loss_steps == 60
+    for a, b in zip(jax.tree.leaves(jax.device_get(finished.state)),
+                    jax.tree.leaves(jax.device_get(uninterrupted.state)), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from lottery.train.loop import RunState
+from lottery.train.loop import RunState, UnfinishedStretch
 
 # Orbax logs every save and restore at INFO through absl; the console says what matters.
 logging.getLogger("absl").setLevel(logging.ERROR)
@@ -134,6 +134,10 @@ class Checkpointer:
             "loss_sum": run.loss_sum,
             "loss_steps": run.loss_steps,
         }
+        if run.unfinished is not None:  # stopped inside a stretch (preempted)
+            meta["unfinished"] = {
+                "start": run.unfinished.start, "losses": run.unfinished.losses
+            }
         args = ocp.args.Composite(
             state=ocp.args.StandardSave({"train": run.state, "mask": run.mask}),
             meta=ocp.args.JsonSave(meta),
@@ -206,6 +210,7 @@ class Checkpointer:
         state = restored["state"]
         if meta["step"] != step:
             raise ValueError(f"it says step {meta['step']}")
+        unfinished = meta.get("unfinished")
         return RunState(
             step,
             state["train"],
@@ -213,6 +218,9 @@ class Checkpointer:
             list(meta["history"]),
             float(meta["loss_sum"]),
             int(meta["loss_steps"]),
+            None if unfinished is None else UnfinishedStretch(
+                int(unfinished["start"]), [float(x) for x in unfinished["losses"]]
+            ),
         )
 
     def close(self) -> None:

@@ -7,7 +7,7 @@ trainer's ahead-of-time compile cache.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -64,20 +64,43 @@ class DeviceFeed:
             self.order = self.put(order)
             self._stream = (data_seed, stream)
 
+    @property
+    def one_step_per_call(self) -> bool:
+        """Whether each step is its own call (convolutional networks on the CPU), so that a
+        stretch can stop between two steps."""
+        return self.max_fused == 1
+
     def run(
-        self, compiled: Compiled, state: Any, mask: Any, key: jax.Array, start: int, num_steps: int
-    ) -> tuple[Any, jax.Array]:
+        self,
+        compiled: Compiled,
+        state: Any,
+        mask: Any,
+        key: jax.Array,
+        start: int,
+        num_steps: int,
+        stop: Callable[[], bool] | None = None,
+        earlier: Sequence[float] = (),
+    ) -> tuple[Any, jax.Array | None, list[float]]:
         """Steps ``start .. start + num_steps``, fused into calls of at most ``max_fused``
-        steps (one call when unlimited); returns the state and the mean loss."""
+        steps (one call when unlimited); returns the state and the mean loss over the stretch
+        (``earlier``: the losses of its steps trained before it was stopped).
+
+        With one step per call, ``stop`` is asked before each step; when it says so, the
+        loss is None and the third value is every step's loss so far (for
+        :class:`~lottery.train.loop.UnfinishedStretch`)."""
         chunk = min(num_steps, self.max_fused or num_steps)
-        losses, done = [], 0
+        # The uninterrupted stretch's sum, in its order: each call's loss times its steps.
+        losses: list[Any] = [jnp.float32(loss) for loss in earlier]
+        done = 0
         while done < num_steps:
+            if stop is not None and chunk == 1 and stop():
+                return state, None, [float(loss) for loss in jax.device_get(losses)]
             n = min(chunk, num_steps - done)
             args = (state, mask, self.x, self.y, self.order, key)
             state, loss = compiled(("train", n), self.train_steps, *args, num_steps=n)(*args)
             losses.append(loss * n)
             done += n
-        return state, sum(losses) / num_steps
+        return state, sum(losses) / (num_steps + len(earlier)), []
 
     def batch_at(self, step: int) -> tuple[jax.Array, jax.Array]:
         """The training batch step ``step`` trains on (before its augmentation)."""
@@ -133,19 +156,33 @@ class StreamFeed:
         if seed != self.seed:
             self.seed, self._next_step = seed, None
 
+    one_step_per_call = True  # a stretch can stop between two steps (see DeviceFeed.run)
+
     def run(
-        self, compiled: Compiled, state: Any, mask: Any, key: jax.Array, start: int, num_steps: int
-    ) -> tuple[Any, jax.Array]:
+        self,
+        compiled: Compiled,
+        state: Any,
+        mask: Any,
+        key: jax.Array,
+        start: int,
+        num_steps: int,
+        stop: Callable[[], bool] | None = None,
+        earlier: Sequence[float] = (),
+    ) -> tuple[Any, jax.Array | None, list[float]]:
+        """As :meth:`DeviceFeed.run`, one host batch per step."""
         if self._next_step != start:
             self._batches = self.dataset.train_batches(self.batch_size, self.seed, start)
-        losses = []
-        for _ in range(num_steps):
+        losses: list[Any] = [jnp.float32(loss) for loss in earlier]
+        for done in range(num_steps):
+            if stop is not None and stop():
+                self._next_step = start + done
+                return state, None, [float(loss) for loss in jax.device_get(losses)]
             x, y = next(self._batches)
             args = (state, mask, *self._stacked(x, y), key)
             state, loss = compiled(("stream",), self.train_steps, *args)(*args)
             losses.append(loss)
         self._next_step = start + num_steps
-        return state, jnp.mean(jnp.stack(losses))
+        return state, jnp.mean(jnp.stack(losses)), []
 
     def _stacked(self, x: np.ndarray, y: np.ndarray) -> tuple[Any, Any]:
         """One host batch as a stack of one, split over the devices when data parallel

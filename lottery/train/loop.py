@@ -61,6 +61,16 @@ class Timing:
 
 
 @dataclass
+class UnfinishedStretch:
+    """The steps of a stretch trained before it was stopped: where it began, and each step's
+    loss. A run resumed from it trains the stretch's other steps and combines their losses
+    with these as the uninterrupted stretch would, so it computes the same bits."""
+
+    start: int
+    losses: list[float]
+
+
+@dataclass
 class RunState:
     """What a training run carries from hook to hook; a checkpoint saves all of it."""
 
@@ -71,6 +81,8 @@ class RunState:
     # Training loss summed over the steps since the last evaluation, and their number.
     loss_sum: float = 0.0
     loss_steps: int = 0
+    # A stretch stopped before its end (the job preempted between two of its steps).
+    unfinished: UnfinishedStretch | None = None
 
     def take_train_loss(self) -> float | None:
         """The mean training loss since the last call (None if no step ran), and reset it."""
@@ -240,14 +252,17 @@ class Trainer:
         ]
         for target in sorted(set().union(*wanted, {until})):
             if target > run.step:
-                num_steps = target - run.step
+                begin_step = run.step if run.unfinished is None else run.unfinished.start
+                num_steps = target - begin_step  # the whole stretch, resumed or not
                 compile_before, begin = self.timing.compile, time.perf_counter()
                 if self.batcher is not None:
                     run.state, loss = self.batcher.run(self, run.state, run.mask, num_steps)
                 else:
-                    run.state, loss = self.feed.run(
-                        self._compiled_fn, run.state, run.mask, self.key, run.step, num_steps
-                    )
+                    run.state, loss = self._run_stretch(run, target)
+                if loss is None:  # stopped between two steps: saved there, and raised
+                    self.save_now(run, hooks)
+                    interrupts.raise_if_preempted(run.step)
+                run.unfinished = None
                 loss = float(loss)  # the one host sync of a stretch
                 if not math.isfinite(loss) or loss > DIVERGED_LOSS:
                     raise DivergedError(run.step, target, loss)
@@ -266,6 +281,28 @@ class Trainer:
                 self.save_now(run, hooks)
                 interrupts.raise_if_preempted(run.step)
         return run
+
+    def _run_stretch(self, run: RunState, target: int) -> tuple[Any, Any]:
+        """Train ``run`` to ``target``: its state and the stretch's mean loss, or (its state,
+        None) with ``run.step`` and ``run.unfinished`` set where it stopped between two
+        steps, the job being preempted (:mod:`lottery.interrupts`).
+
+        Only a feed that calls one step at a time can stop between steps (streamed data,
+        convolutional networks on the CPU: the long steps), and only in one process (several
+        would have to agree at every step); a fused stretch stops at its end."""
+        unfinished = run.unfinished
+        stoppable = getattr(self.feed, "one_step_per_call", False) and jax.process_count() == 1
+        state, loss, losses = self.feed.run(
+            self._compiled_fn, run.state, run.mask, self.key, run.step, target - run.step,
+            stop=interrupts.preemption_requested if stoppable else None,
+            earlier=[] if unfinished is None else unfinished.losses,
+        )
+        if loss is None:
+            start = run.step if unfinished is None else unfinished.start
+            run.step = start + len(losses)
+            run.unfinished = UnfinishedStretch(start, losses)
+            self.last_step = run.step
+        return state, loss
 
     def save_now(self, run: RunState, hooks: Sequence[Hook]) -> None:
         """Have the hooks that save the run (those with ``save_now``) save it at this step:

@@ -158,7 +158,7 @@ class ReplicaBatcher:
             return [
                 s.trainer.feed.run(
                     s.trainer._compiled_fn, s.state, s.mask, s.trainer.key, 0, s.num_steps
-                )
+                )[:2]
                 for s in group
             ]
         count = len(group)
