@@ -322,6 +322,8 @@ CASES = [
          "hydra.launcher.gpus_per_node=0", "hydra.launcher.partition=nope", setup="slurm"),
     case("a job no node can run", "-m", "seed=1,2", "hydra/launcher=slurm_cpu",
          "hydra.launcher.cpus_per_task=4096", setup="slurm"),
+    case("so many steps their batch order cannot fit", "dataset=digits",
+         "train.steps=100000000it"),
     case("LOTTERY_NUM_PROCESSES without a coordinator", env={"LOTTERY_NUM_PROCESSES": "2"}),
     case("LOTTERY_COORDINATOR without a port", env={
         "LOTTERY_COORDINATOR": "localhost", "LOTTERY_NUM_PROCESSES": "2",

@@ -96,6 +96,26 @@ def check_replicas(cfg: Config, network: Any) -> None:
         )
 
 
+def check_batch_order(cfg: Config, total_steps: int, num_train: int) -> None:
+    """A dataset held on the device trains from a batch order of the whole level (which
+    example each step takes: ``total_steps x batch_size`` int32, made on the host and kept on
+    the device, :func:`lottery.data.batch_order`): one line when it cannot fit, instead of
+    numpy's MemoryError (``train.steps=100000000it`` on digits asked for 37 GiB)."""
+    batch = cfg.train.batch_size
+    epochs = -(-total_steps // max(1, num_train // batch))
+    needed = 2 * epochs * (num_train // batch) * batch * 4  # made on the host, then copied
+    available, where = device_memory(jax.local_devices()[0])
+    host = host_available_memory()
+    room = min(x for x in (available, host) if x is not None) if (available or host) else None
+    if room is not None and needed > room / 2:
+        raise ConfigError(
+            f"train.steps={cfg.train.steps} ({total_steps:,} steps of train.batch_size="
+            f"{batch}) needs a batch order of {_gb(needed / 2)} (the example index of every "
+            f"step of a level, made on the host and held on the device), more than half of "
+            f"the {_gb(room)} free ({where}); train fewer steps"
+        )
+
+
 def device_memory(device: jax.Device) -> tuple[float | None, str]:
     """The memory a device can give (GPUs, TPUs), or the host's available memory for a CPU
     device; None where it cannot be told."""

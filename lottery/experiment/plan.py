@@ -19,6 +19,7 @@ from lottery.config import Config, ConfigError, Step, parse_cadence, to_iteratio
 from lottery.config.applicability import check_applicable, check_compactable
 from lottery.experiment.limits import (
     check_backend,
+    check_batch_order,
     check_data_parallel,
     check_levels,
     check_replicas,
@@ -112,6 +113,8 @@ def prepare(cfg: Config) -> Plan:
             f"the end of training (train.steps={cfg.train.steps!r} = {total} iterations); "
             f"choose a rewind step below {total}"
         )
+    if not isinstance(dataset, data.StreamingDataset):
+        check_batch_order(cfg, total, dataset.num_train)
     if cfg.train.replicas > 1 and isinstance(dataset, data.StreamingDataset):
         raise ConfigError(
             f"train.replicas={cfg.train.replicas} needs a dataset held on the device, and "
