@@ -7,6 +7,10 @@ layers' kernel input slices) are cut out, and a module of the same family is bui
 narrower widths (``hidden`` of the MLP, ``widths`` of the convolutional families), so the
 result is physically smaller and faster while computing the same logits in eval mode.
 
+A residual block with an identity shortcut that the mask prunes whole (every leaf False,
+``pruning.method=blocks``) outputs its input, and is left out of the rebuilt module
+(``removed``), so the compacted network is shallower as well as narrower.
+
 Removing a unit is exact because a pruned unit outputs exactly 0: its kernel slice and bias
 are 0 (ReLU(0) = 0), and behind BatchNorm its scale and bias are 0 whatever the statistics.
 
@@ -38,7 +42,13 @@ from lottery.models.resnet_cifar import CifarResNet
 from lottery.models.resnet_imagenet import ImageNetResNet
 from lottery.models.vgg import VGG
 from lottery.pruning.mask import Mask, apply_mask, flatten, layer_of, unflatten
-from lottery.pruning.structured import SUPPORTED, UnitGroup, alive_in, unit_groups
+from lottery.pruning.structured import (
+    SUPPORTED,
+    UnitGroup,
+    alive_in,
+    removed_blocks,
+    unit_groups,
+)
 
 COMPACTABLE = (MLP, ConvNet, VGG, CNN1D, CifarResNet, ImageNetResNet, MobileNetV2)
 
@@ -152,7 +162,11 @@ def compact(
     flat_mask = {path: np.asarray(m, dtype=bool) for path, m in flatten(mask).items()}
     flat_params = {p: np.asarray(w) for p, w in flatten(apply_mask(params, mask)).items()}
     flat_stats = {p: np.asarray(s) for p, s in flatten(batch_stats).items()}
-    for group in unit_groups(params):
+    removed = _whole_blocks_removed(network.module, params, mask)
+    for flat in (flat_mask, flat_params, flat_stats):
+        for path in [p for p in flat if p.split("/", 1)[0] in removed]:
+            del flat[path]
+    for group in unit_groups(unflatten(flat_mask)):
         kept = kept_units(group, flat_mask)
         for path, axis in group.producers + group.consumers:
             flat_params[path] = _take(flat_params[path], axis, group.size, kept)
@@ -161,11 +175,26 @@ def compact(
             if layer_of(path) in normalised:  # BatchNorm mean and var of a producer
                 flat_stats[path] = _take(flat_stats[path], 0, group.size, kept)
     shapes = {path: array.shape for path, array in flat_params.items()}
-    smaller = dataclasses.replace(network, module=_narrower(network.module, shapes))
+    module = _narrower(network.module, shapes)
+    if removed:
+        module = module.clone(removed=(*module.removed, *removed))
+    smaller = dataclasses.replace(network, module=module)
     new_params = jax.tree.map(jnp.asarray, unflatten(flat_params))
     new_stats = jax.tree.map(jnp.asarray, unflatten(flat_stats)) if flat_stats else {}
     _check_shapes(smaller, new_params, new_stats)
     return smaller, new_params, new_stats
+
+
+def _whole_blocks_removed(module: nn.Module, params: Params, mask: Mask) -> list[str]:
+    """The identity-shortcut blocks ``mask`` prunes whole (``pruning.method=blocks``): left
+    out of the compacted module, which is then shallower. Only the residual families have
+    them."""
+    if not isinstance(module, (CifarResNet, ImageNetResNet, MobileNetV2)):
+        return []
+    try:
+        return removed_blocks(params, mask)
+    except ConfigError:  # a network without identity blocks has none to leave out
+        return []
 
 
 def _check_shapes(network: Network, params: Params, batch_stats: BatchStats) -> None:

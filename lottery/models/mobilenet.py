@@ -32,6 +32,7 @@ Widths scale with ``width_multiplier`` rounded by :func:`make_divisible` (``head
 convolution's channels explicitly (the stem, then each block's expansion where it has one
 and its projection, then ``head_conv``), for a structured-pruned network compacted by
 :mod:`lottery.deploy`; a depthwise convolution has as many channels as its input.
+``removed`` leaves blocks out (whole blocks pruned by ``pruning.method=blocks``).
 """
 
 from __future__ import annotations
@@ -150,29 +151,38 @@ class MobileNetV2(nn.Module):
     width_multiplier: float = 1.0
     kernel_init: Callable = nn.initializers.lecun_normal()
     widths: Sequence[int] | None = None
+    # Blocks left out (identity-shortcut blocks removed whole by pruning.method=blocks).
+    removed: Sequence[str] = ()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        expands = [t != 1 for t, _, n, _ in self.plan for _ in range(n)]
-        stem, block_widths, head = _split_widths(self.widths, expands)
+        blocks = [
+            (f"block{stage + 1}_{index + 1}", t != 1)
+            for stage, (t, _, n, _) in enumerate(self.plan)
+            for index in range(n)
+            if f"block{stage + 1}_{index + 1}" not in self.removed
+        ]
+        stem, kept_widths, head = _split_widths(self.widths, [e for _, e in blocks])
+        block_widths = dict(zip([name for name, _ in blocks], kept_widths, strict=True))
         multiplier = self.width_multiplier
         stem = stem or make_divisible(STEM_CHANNELS * multiplier)
         x = conv(stem, 3, self.stem_stride, self.kernel_init, "stem_conv")(x)
         x = relu6(batch_norm(use_running_average=not train, name="stem_bn")(x))
-        position = 0
         for stage, (t, c, n, s) in enumerate(self.plan):
             for index in range(n):
+                name = f"block{stage + 1}_{index + 1}"
+                if name in self.removed:  # an identity block: its output was its input
+                    continue
                 block = InvertedResidual(
                     t,
                     make_divisible(c * multiplier),
                     s if index == 0 else 1,
                     residual=index > 0,
                     kernel_init=self.kernel_init,
-                    widths=block_widths[position],
-                    name=f"block{stage + 1}_{index + 1}",
+                    widths=block_widths[name],
+                    name=name,
                 )
                 x = block(x, train)
-                position += 1
         head = head or make_divisible(HEAD_CHANNELS * max(1.0, multiplier))
         x = conv(head, 1, 1, self.kernel_init, "head_conv")(x)
         x = relu6(batch_norm(use_running_average=not train, name="head_bn")(x))

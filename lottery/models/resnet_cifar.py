@@ -9,6 +9,7 @@ Convolutions followed by BatchNorm have no bias. ResNet-20 (W = 16): 272,474 par
 ``widths`` (optional) gives every convolution's channels explicitly, for a structured-pruned
 network compacted by :mod:`lottery.deploy`; which blocks have a projection shortcut still
 follows the nominal design, so the parameter names stay those of the full network.
+``removed`` leaves blocks out (whole blocks pruned by ``pruning.method=blocks``).
 """
 
 from __future__ import annotations
@@ -113,13 +114,18 @@ class CifarResNet(nn.Module):
     width: int = BASE_WIDTH
     kernel_init: Callable = nn.initializers.lecun_normal()
     widths: Sequence[int] | None = None
+    # Blocks left out (identity-shortcut blocks removed whole by pruning.method=blocks).
+    removed: Sequence[str] = ()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if self.depth < 8 or (self.depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1, not {self.depth}")
         blocks = (self.depth - 2) // 6
-        stem, widths = block_widths(self.widths, self.width, [2] * 3 * blocks)
+        names = [f"block{s + 1}_{i + 1}" for s in range(3) for i in range(blocks)]
+        kept = [name for name in names if name not in self.removed]
+        stem, kept_widths = block_widths(self.widths, self.width, [2] * len(kept))
+        widths = dict(zip(kept, kept_widths, strict=True))
         x = conv(stem, 3, 1, self.kernel_init, "stem_conv")(x)
         x = materialize(nn.relu(batch_norm(use_running_average=not train, name="stem_bn")(x)))
         channels = self.width  # nominal, which decides the projection shortcuts
@@ -127,13 +133,16 @@ class CifarResNet(nn.Module):
             for index in range(blocks):
                 stride = 2 if stage > 0 and index == 0 else 1
                 features = self.width * 2**stage
+                name = f"block{stage + 1}_{index + 1}"
+                if name in self.removed:  # an identity block: its output was its input
+                    continue
                 block = BasicBlock(
                     features,
                     stride,
                     self.kernel_init,
-                    widths=widths[stage * blocks + index],
+                    widths=widths[name],
                     projection=stride != 1 or channels != features,
-                    name=f"block{stage + 1}_{index + 1}",
+                    name=name,
                 )
                 x = block(x, train)
                 channels = features

@@ -75,29 +75,37 @@ class ImageNetResNet(nn.Module):
     width: int = BASE_WIDTH
     kernel_init: Callable = nn.initializers.lecun_normal()
     widths: Sequence[int] | None = None
+    # Blocks left out (identity-shortcut blocks removed whole by pruning.method=blocks).
+    removed: Sequence[str] = ()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         convs, expansion = (3, 4) if self.bottleneck else (2, 1)
-        stem, widths = block_widths(self.widths, self.width, [convs] * sum(self.stages))
+        names = [f"block{s + 1}_{i + 1}" for s, n in enumerate(self.stages) for i in range(n)]
+        kept = [name for name in names if name not in self.removed]
+        stem, kept_widths = block_widths(self.widths, self.width, [convs] * len(kept))
+        widths = dict(zip(kept, kept_widths, strict=True))
         x = conv(stem, 7, 2, self.kernel_init, "stem_conv")(x)
         x = nn.relu(batch_norm(use_running_average=not train, name="stem_bn")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         block_type = Bottleneck if self.bottleneck else BasicBlock
-        channels, position = self.width, 0  # nominal channels decide the projections
+        channels = self.width  # nominal channels decide the projections
         for stage, blocks in enumerate(self.stages):
             for index in range(blocks):
                 stride = 2 if stage > 0 and index == 0 else 1
                 features = self.width * 2**stage
+                name = f"block{stage + 1}_{index + 1}"
+                if name in self.removed:  # an identity block: its output was its input
+                    continue
                 block = block_type(
                     features,
                     stride,
                     self.kernel_init,
-                    widths=widths[position],
+                    widths=widths[name],
                     projection=stride != 1 or channels != features * expansion,
-                    name=f"block{stage + 1}_{index + 1}",
+                    name=name,
                 )
                 x = block(x, train)
-                channels, position = features * expansion, position + 1
+                channels = features * expansion
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="out")(x)

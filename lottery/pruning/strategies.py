@@ -11,6 +11,8 @@ reads and what the driver, the deployment figures and the branches need to know 
   criteria; ``oneshot``: the same counts, but always ranked by the dense network's trained
   weights, so level L is level 0 pruned in one shot to level L's sparsity.
 - ``structured``: whole neurons and channels by the norm of their weights.
+- ``blocks``: whole residual blocks with an identity shortcut, by their last BatchNorm
+  scale's L1 norm (ResNets, MobileNetV2); the compacted network is shallower.
 - ``gradual``: inside one training (level 1), by tfmot's polynomial schedule.
 - at initialisation: ``snip``, ``grasp``, ``synflow``, ``magnitude_init``, ``random``
   (Frankle et al. 2021): level L keeps as many weights as IMP's level L, chosen from the
@@ -46,6 +48,7 @@ from lottery.pruning.base import (
 )
 from lottery.pruning.mask import Mask
 from lottery.pruning.methods import (
+    blocks,
     gradual,
     grasp,
     magnitude,
@@ -65,6 +68,7 @@ BUILT_IN: tuple[Strategy, ...] = (
     magnitude.STRATEGY,
     oneshot.STRATEGY,
     structured.STRATEGY,
+    blocks.STRATEGY,
     gradual.STRATEGY,
     snip.STRATEGY,
     grasp.STRATEGY,

@@ -60,6 +60,7 @@ NORMS = ("l1", "l2")
 _CHAIN = re.compile(r"(conv|fc|bn)(\d+)|out")
 _BLOCK = re.compile(r"block(\d+)_(\d+)")
 _CONV = re.compile(r"conv(\d+)")
+_BN = re.compile(r"bn(\d+)")
 
 
 @dataclass(frozen=True)
@@ -411,4 +412,85 @@ def structured_prune(
     new = {path: m.copy() for path, m in old.items()}
     for group, units in zip(groups, chosen, strict=True):
         _kill(group, new, units)
+    return unflatten(new)
+
+
+# --- whole blocks -----------------------------------------------------------------------------
+
+BLOCK_FAMILIES = "resnet20/32/56/110, resnet18/34/50 and mobilenetv2(_cifar)"
+
+
+def removable_blocks(params: Any) -> dict[str, str]:
+    """The residual blocks whose removal keeps every shape (identity shortcut), each with its
+    last BatchNorm layer, in network order: ``{"block1_2": "block1_2/bn2", ...}``.
+
+    A ResNet block without ``shortcut_conv`` (its output is ``relu(bn(...) + x)`` with ``x``
+    itself the output of a ReLU, so with that BatchNorm's scale and bias 0 the block passes
+    ``x`` through exactly); a MobileNetV2 block after a stage's first (``y + x``, linear).
+    Raises ConfigError (one line) for a network of another family, or one without any.
+    """
+    children: dict[str, set[str]] = {}
+    for path in flatten(params):
+        parts = path.split("/")
+        children.setdefault(parts[0], set())
+        if len(parts) == 3:
+            children[parts[0]].add(parts[1])
+    found = []
+    for name, layers in children.items():
+        match = _BLOCK.fullmatch(name)
+        if match is None or "shortcut_conv" in layers:
+            continue
+        stage, index = int(match.group(1)), int(match.group(2))
+        if "project_bn" in layers:  # MobileNetV2: a stage's first block has no shortcut
+            if index > 1:
+                found.append(((stage, index), name, f"{name}/project_bn"))
+            continue
+        norms = sorted(int(m.group(1)) for layer in layers if (m := _BN.fullmatch(layer)))
+        if norms:
+            found.append(((stage, index), name, f"{name}/bn{norms[-1]}"))
+    if not found or "stem_conv" not in children:
+        raise ConfigError(
+            f"pruning.method=blocks removes residual blocks with an identity shortcut, of "
+            f"{BLOCK_FAMILIES}; this network has none (layers {', '.join(list(children)[:6])})"
+        )
+    return {name: bn for _, name, bn in sorted(found)}
+
+
+def removed_blocks(params: Any, mask: Mask) -> list[str]:
+    """The removable blocks (see :func:`removable_blocks`) that ``mask`` prunes whole."""
+    flat = flatten(mask)
+    return [
+        block
+        for block in removable_blocks(params)
+        if not any(np.any(m) for path, m in flat.items() if path.startswith(f"{block}/"))
+    ]
+
+
+def block_scores(params: Any, mask: Mask) -> dict[str, float]:
+    """Each removable block's score: the L1 norm of its last BatchNorm's scale (masked
+    entries count as 0). That scale multiplies everything the block adds to its shortcut,
+    so a small one means a block close to the identity (the criterion of network slimming,
+    Liu et al. 2017, taken per block)."""
+    flat_params, flat_mask = flatten(params), flatten(mask)
+    scores = {}
+    for block, bn in removable_blocks(params).items():
+        scale = np.where(flat_mask[f"{bn}/scale"], np.asarray(flat_params[f"{bn}/scale"]), 0.0)
+        scores[block] = float(np.abs(scale.astype(np.float64)).sum())
+    return scores
+
+
+def block_prune(params: Any, mask: Mask, fraction: float) -> Mask:
+    """The next mask: ``round(fraction * alive)`` of the alive removable blocks, those of
+    lowest :func:`block_scores` (ties: the earlier block), pruned whole (every leaf False).
+    A pruned block then outputs its input, and compaction leaves it out of the module."""
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"pruning.fraction={fraction} must be in [0, 1) for blocks")
+    gone = set(removed_blocks(params, mask))
+    scores = {b: s for b, s in block_scores(params, mask).items() if b not in gone}
+    order = sorted(scores, key=lambda block: scores[block])  # stable: network order on ties
+    chosen = order[: prune_count(fraction, len(order))]
+    new = {path: np.asarray(m, dtype=bool).copy() for path, m in flatten(mask).items()}
+    for path in new:
+        if path.split("/", 1)[0] in chosen:
+            new[path][...] = False
     return unflatten(new)
