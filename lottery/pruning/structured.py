@@ -451,7 +451,8 @@ def removable_blocks(params: Any) -> dict[str, str]:
     if not found or "stem_conv" not in children:
         raise ConfigError(
             f"pruning.method=blocks removes residual blocks with an identity shortcut, of "
-            f"{BLOCK_FAMILIES}; this network has none (layers {', '.join(list(children)[:6])})"
+            f"{BLOCK_FAMILIES}; this network has none (layers {', '.join(list(children)[:6])});"
+            " choose one of those models (e.g. model=resnet20) or another pruning.method"
         )
     return {name: bn for _, name, bn in sorted(found)}
 
