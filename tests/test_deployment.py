@@ -44,12 +44,13 @@ def source(tmp_path_factory) -> Path:
 
 def budget_overrides(source: Path) -> list[str]:
     """The prune_finetune preset (level 0 as loaded, fine-tuning from the previous level, int8,
-    measured and exported), small, on the digits model, to a budget of 5 points."""
+    measured and exported: jax.export and ONNX), small, on the digits model, to a budget of
+    5 points."""
     return [
         "+experiment=prune_finetune", "dataset=digits", "model.hidden=[64,32]",
         "train.batch_size=50", "train.eval_every=50it", "train.steps=100it", "progress=false",
         f"init.checkpoint={source}", "pruning.max_accuracy_drop=5", "pruning.fraction=0.6",
-        "pruning.levels=5",
+        "pruning.levels=5", "deploy.export=all",
     ]
 
 
@@ -241,6 +242,32 @@ def test_the_exported_model_runs_with_only_jax_jaxlib_and_flatbuffers(budget_run
     assert out.returncode == 0, out.stderr[-2000:]
     expected = quantize(ticket.network, ticket.params, ticket.batch_stats).forward(x)
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_onnx_export_runs_in_onnxruntime_with_the_int8_logits(budget_run):
+    """deploy.export=all writes model.onnx beside model.jax_export: onnxruntime gives the int8
+    network's logits, and the pruned weights are 0 among its int8 initializers."""
+    import onnx
+    from onnx import numpy_helper
+
+    from lottery.deploy.onnx_export import onnx_session
+
+    verdict = json.loads((budget_run / "budget.json").read_text())
+    folder = budget_run / f"level_{verdict['chosen_level']}"
+    ticket = load(folder)
+    x = np.random.default_rng(0).normal(size=(5, *ticket.summary["input_shape"]))
+    session = onnx_session(folder / "model.onnx")
+    [name] = [i.name for i in session.get_inputs()]
+    [logits] = session.run(None, {name: x.astype(np.float32)})
+    expected = quantize(ticket.network, ticket.params, ticket.batch_stats).forward(x)
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    model = onnx.load(folder / "model.onnx")
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    kernel = next(v for k, v in weights.items() if k.startswith("fc1/kernel"))
+    assert kernel.dtype == np.int8
+    pruned = ~np.asarray(ticket.mask["fc1"]["kernel"])
+    assert np.all(kernel.T[pruned] == 0) if kernel.shape != pruned.shape else np.all(
+        kernel[pruned] == 0)
 
 
 def pruned_level(budget_run: Path) -> Path:

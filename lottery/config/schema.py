@@ -215,8 +215,10 @@ class DeployConfig:
     # none, int8 (int8 weights per output channel, Qwix), or int8_dynamic (int8 weights and
     # activations quantized on the fly).
     quantize: str = "none"
-    # Write the chosen level (the accuracy budget's, or the last) as a jax.export artifact.
-    export: bool = False
+    # Write the chosen level (the accuracy budget's, or the last): none; jax_export (or
+    # true: a jax.export artifact, model.jax_export); onnx (model.onnx, for onnxruntime and
+    # the runtimes that read ONNX); all (both).
+    export: str = "none"
 
 
 @dataclass

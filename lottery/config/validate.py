@@ -107,14 +107,32 @@ def validate(cfg: Config) -> None:
         Step.parse(milestone, "optimizer.milestones")
 
 
+# deploy.export's values: the formats each writes (true and false: a bool of old configs).
+EXPORT_FORMATS = {
+    "none": (), "false": (), "jax_export": ("jax_export",), "true": ("jax_export",),
+    "onnx": ("onnx",), "all": ("jax_export", "onnx"),
+}
+
+
+def export_formats(deploy: DeployConfig) -> tuple[str, ...]:
+    """The formats ``deploy.export`` asks for (jax_export, onnx), in that order."""
+    return EXPORT_FORMATS.get(str(deploy.export).lower(), ())
+
+
 def check_deploy(deploy: DeployConfig) -> None:
-    """A known quantization, and one that something reads (the figures or the artifact)."""
+    """A known quantization and export, and a quantization something reads (the figures or
+    the artifact)."""
+    if str(deploy.export).lower() not in EXPORT_FORMATS:
+        raise ConfigError(
+            f"deploy.export={deploy.export!r} is not known; choose none, jax_export, onnx or "
+            "all (both)"
+        )
     if deploy.quantize not in QUANTIZE:
         raise ConfigError(
             f"deploy.quantize={deploy.quantize!r} is not known; choose one of "
             f"{', '.join(QUANTIZE)}"
         )
-    if deploy.quantize != "none" and not (deploy.measure or deploy.export):
+    if deploy.quantize != "none" and not (deploy.measure or export_formats(deploy)):
         raise ConfigError(
             f"deploy.quantize={deploy.quantize} is used only by deploy.measure (the quantized "
             "network's size, accuracy and latency) and deploy.export; add deploy.measure=true"

@@ -13,8 +13,9 @@ For every main-line level of a replicate, ``deployment.json`` in the level's fol
 
 Figures are made once per level, by the first run that asks for them (a finished experiment
 can be measured later by running it again with ``deploy.measure=true``). With
-``deploy.export=true`` the chosen level (the accuracy budget's, or the last) is written as a
-``jax.export`` artifact, ``model.jax_export``.
+``deploy.export=jax_export`` (or ``true``) the chosen level (the accuracy budget's, or the
+last) is written as a ``jax.export`` artifact, ``model.jax_export``; with ``onnx`` as ONNX,
+``model.onnx``; with ``all`` as both.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from lottery.atomic import atomic_write_json
 from lottery.deploy import compact, inference_latency
 from lottery.deploy.export import export_model
 from lottery.deploy.latency import LATENCY_BATCHES, forward_latency
+from lottery.deploy.onnx_export import export_onnx
 from lottery.deploy.quantize import int8_tree, quantize, zeros_kept
 from lottery.deploy.sparse_format import dense_size, save_sparse
 from lottery.deploy.sparse_inference import sparse_forward
@@ -40,6 +42,7 @@ from lottery.train.steps import pad_for_eval
 
 DEPLOYMENT_FILE = "deployment.json"
 EXPORT_FILE = "model.jax_export"
+ONNX_FILE = "model.onnx"
 INT8_FILE = "params_sparse_int8.npz"
 
 
@@ -146,18 +149,27 @@ def measure_replicate(plan: Plan, replicate: ReplicateStore, levels: list[int]) 
     return rows
 
 
-def export_level(plan: Plan, folder: Path) -> Path:
-    """Write ``folder``'s network (compacted where structured, quantized where asked) as a
-    ``jax.export`` artifact in the folder; its path."""
+def export_level(
+    plan: Plan, folder: Path, formats: tuple[str, ...] = ("jax_export",)
+) -> list[Path]:
+    """Write ``folder``'s network (compacted where structured, quantized where asked) in each
+    of ``formats`` in the folder: a ``jax.export`` artifact, and ONNX; their paths."""
     network = plan.network
     params, stats, mask = _level_weights(folder)
     if plan.strategy.compactable:
         network, params, stats = compact(network, params, stats, mask)
     scheme = plan.cfg.deploy.quantize
-    forward = quantize(network, params, stats, scheme).forward if scheme != "none" else None
-    path = folder / EXPORT_FILE
-    export_model(network, params, stats, path, forward)
-    return path
+    quantized = quantize(network, params, stats, scheme) if scheme != "none" else None
+    paths = []
+    if "jax_export" in formats:
+        path = folder / EXPORT_FILE
+        export_model(network, params, stats, path, quantized and quantized.forward)
+        paths.append(path)
+    if "onnx" in formats:
+        path = folder / ONNX_FILE
+        export_onnx(network, params, stats, path, quantized=quantized)
+        paths.append(path)
+    return paths
 
 
 def print_deployment(rows: list[dict[str, Any]], title: str) -> None:

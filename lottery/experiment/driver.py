@@ -39,6 +39,7 @@ from lottery import distributed, interrupts
 from lottery.atomic import atomic_write_json, this_process_writes
 from lottery.branches import BranchInputs, BranchRun, branch_args
 from lottery.config import Config, ConfigError, RunError
+from lottery.config.validate import export_formats
 from lottery.data import StreamingDataset
 from lottery.data.augment import crop_flip
 from lottery.experiment.budget import BUDGET_FILE, budget_verdict, describe_budget, val_accuracy
@@ -541,7 +542,8 @@ class Experiment:
         """With ``deploy.*``: each finished level's deployment figures and the table, and
         the chosen level (the budget's, or the last finished) exported."""
         plan, deploy = self.plan, self.plan.cfg.deploy
-        if not (deploy.measure or deploy.export) or not this_process_writes():
+        formats = export_formats(deploy)
+        if not (deploy.measure or formats) or not this_process_writes():
             return
         from lottery.experiment import deployment
 
@@ -552,13 +554,13 @@ class Experiment:
             rows = deployment.measure_replicate(plan, self.replicate, levels)
             title = f"{plan.prefix}deployment of {plan.cfg.name} [{self.store.path.name}]"
             deployment.print_deployment(rows, title)
-        if deploy.export:
+        if formats:
             budget = self.replicate.path / BUDGET_FILE
             judged = budget.is_file() and plan.cfg.pruning.max_accuracy_drop is not None
             chosen = json.loads(budget.read_text())["chosen_level"] if judged else None
             level = chosen if chosen in levels else levels[-1]
-            path = deployment.export_level(plan, self.replicate.level_path(level))
-            console.print(f"{plan.prefix}exported level {level}: {path}")
+            for path in deployment.export_level(plan, self.replicate.level_path(level), formats):
+                console.print(f"{plan.prefix}exported level {level}: {path}")
 
     # -- the whole run --------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from lottery import data, models
 from lottery.branches import Branch, check_branch_networks, check_branches
 from lottery.config import Config, ConfigError, Step, parse_cadence, to_iterations, validate
 from lottery.config.applicability import check_applicable, check_compactable
+from lottery.config.validate import export_formats
 from lottery.experiment.limits import (
     check_backend,
     check_batch_order,
@@ -187,7 +188,8 @@ def check_pretrained_start(cfg: Config, rewind: int, dataset: Any) -> None:
             f"pruning.rewind_step={cfg.pruning.rewind_step!r}; rewind to 0it, or set "
             "pruning.start_from=previous"
         )
-    if (cfg.deploy.measure or cfg.deploy.export) and isinstance(dataset, data.StreamingDataset):
+    exporting = export_formats(cfg.deploy)
+    if (cfg.deploy.measure or exporting) and isinstance(dataset, data.StreamingDataset):
         raise ConfigError(
             f"deploy.measure and deploy.export need a dataset held in memory, and "
             f"{cfg.dataset.name} is streamed; measure a level with lottery.deploy in Python"
