@@ -37,7 +37,7 @@ from lottery.analysis import (
     plot_training_curves,
 )
 from lottery.logging import error_line
-from lottery.logging.deployment_table import deployment_table
+from lottery.logging.deployment_table import deployment_table, onnx_latency_table
 
 
 def default_out(first: str) -> Path:
@@ -165,6 +165,9 @@ def write_report(
     deployment = load_deployment(*args.paths)
     if deployment:
         console.print(deployment_table(deployment, "deployment (each level, as measured)"))
+        onnx = onnx_latency_table(deployment, "onnxruntime latency (each level, as measured)")
+        if onnx is not None:
+            console.print(onnx)
         written += plot_deployment(deployment, out / "deployment")
     for path in written:
         console.print(f"wrote {path}")

@@ -159,6 +159,12 @@ def test_every_level_reports_its_deployment_figures(budget_run):
         assert abs(figures["int8"]["test_accuracy"] - summary["test_accuracy"]) < 0.05
         assert figures["bytes"]["sparse_int8"] < figures["bytes"]["sparse"]
         assert set(figures["latency"]["dense"]) == {"batch_1_ms", "batch_256_ms"}
+        # onnxruntime: dense, the level's masked network (magnitude: no compaction), int8.
+        onnx = figures["onnxruntime_latency"]
+        assert set(onnx) == {"dense", "masked", "int8"}
+        for latency in onnx.values():
+            assert set(latency) == {f"batch_{b}_ms{t}" for b in (1, 256) for t in ("", "_1_thread")}
+            assert all(0 < ms < 1e3 for ms in latency.values())
         if summary["level"] > 0:
             assert figures["bytes"]["sparse"] < figures["bytes"]["dense_float"]
             assert "sparse_bcoo" in figures["latency"]
@@ -301,8 +307,11 @@ def test_the_prune_finetune_preset_prints_the_deployment_table(budget_printed):
     assert f"budget: level {verdict['chosen_level']} " in printed
     assert f"exported level {verdict['chosen_level']}: " in printed
     table = printed.split("deployment of prune_finetune", 1)[1]
+    table, onnx = table.split("onnxruntime latency", 1)
     rows = [line for line in table.splitlines() if line.startswith("│")]
     assert len(rows) == verdict["first_level_over_budget"] + 1  # one row per level
+    rows = [line for line in onnx.splitlines() if line.startswith("│")]
+    assert len(rows) == verdict["first_level_over_budget"] + 1
 
 
 def test_int8_activations_too_keep_the_accuracy_close(budget_run):

@@ -65,6 +65,11 @@ CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr",
          "remat": "jaxpr", "checkpoint": "jaxpr"}
 
 
+class UnsupportedLayer(ConfigError):
+    """A layer (a JAX primitive) the exporter has no ONNX translation for; its line names
+    the primitive and the layer."""
+
+
 @dataclass(eq=False)
 class Tensor:
     """A value computed in the ONNX graph (not a constant).
@@ -698,7 +703,7 @@ def forward_to_onnx(
     try:
         (out,) = translator.run(closed.jaxpr, consts, [Tensor(INPUT)])
     except _Unsupported as unsupported:
-        raise ConfigError(_unsupported_line(unsupported)) from None
+        raise UnsupportedLayer(_unsupported_line(unsupported)) from None
     last = translator.name(out)
     graph.nodes.append(helper.make_node("Identity", [last], [OUTPUT]))
     out_aval = closed.jaxpr.outvars[0].aval

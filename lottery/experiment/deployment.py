@@ -9,7 +9,12 @@ For every main-line level of a replicate, ``deployment.json`` in the level's fol
   faster: the compacted network of a structured level, the BCOO sparse products of an
   unstructured one (:mod:`lottery.deploy.sparse_inference`), and the int8 network;
 - the int8 network's test accuracy beside the float one, and whether its pruned weights are
-  still exactly 0.
+  still exactly 0;
+- onnxruntime's median latency (batch 1 and 256, on every core and single-threaded) of the
+  network as :mod:`lottery.deploy.onnx_export` writes it: the dense network, the level's
+  (compacted where the method's levels compact, masked otherwise: onnxruntime multiplies the
+  zeros) and its int8 QDQ file. A model with a layer the exporter cannot translate gets no
+  onnxruntime figures, and one warning line saying why.
 
 Figures are made once per level, by the first run that asks for them (a finished experiment
 can be measured later by running it again with ``deploy.measure=true``). With
@@ -21,6 +26,7 @@ last) is written as a ``jax.export`` artifact, ``model.jax_export``; with ``onnx
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +36,13 @@ from lottery.atomic import atomic_write_json
 from lottery.deploy import compact, inference_latency
 from lottery.deploy.export import export_model
 from lottery.deploy.latency import LATENCY_BATCHES, forward_latency
-from lottery.deploy.onnx_export import export_onnx
+from lottery.deploy.onnx_export import UnsupportedLayer, export_onnx, onnx_latency, to_onnx
 from lottery.deploy.quantize import int8_tree, quantize, zeros_kept
 from lottery.deploy.sparse_format import dense_size, save_sparse
 from lottery.deploy.sparse_inference import sparse_forward
 from lottery.experiment.plan import Plan
 from lottery.logging import console
-from lottery.logging.deployment_table import deployment_table
+from lottery.logging.deployment_table import deployment_table, onnx_latency_table
 from lottery.store import ReplicateStore, load_tree_npz
 from lottery.train.steps import pad_for_eval
 
@@ -44,6 +50,8 @@ DEPLOYMENT_FILE = "deployment.json"
 EXPORT_FILE = "model.jax_export"
 ONNX_FILE = "model.onnx"
 INT8_FILE = "params_sparse_int8.npz"
+# onnxruntime's thread counts measured, by the suffix of their figures: every core, and one.
+ONNX_THREADS = {"": None, "_1_thread": 1}
 
 
 def accuracy_on_test(forward: Any, plan: Plan, batch_size: int = 1000) -> float:
@@ -70,6 +78,33 @@ def _network_latencies(network: Any, params: Any, batch_stats: Any) -> dict[str,
     }
 
 
+def _onnx_latencies(
+    network: Any, params: Any, batch_stats: Any, quantized: Any = None
+) -> dict[str, float]:
+    """onnxruntime's median milliseconds of the network's ONNX file (``quantized``: its int8
+    QDQ file) at each batch size, on every core and single-threaded."""
+    model = to_onnx(network, params, batch_stats, quantized=quantized)
+    return {
+        f"batch_{b}_ms{suffix}": 1e3 * onnx_latency(model, network.input_shape, b, threads)
+        for b in LATENCY_BATCHES
+        for suffix, threads in ONNX_THREADS.items()
+    }
+
+
+def _level_onnx_latencies(plan: Plan, params: Any, stats: Any, mask: Any) -> dict[str, Any]:
+    """The level's onnxruntime figures: its network as shipped (compacted or masked) and,
+    with ``deploy.quantize``, the int8 file of it."""
+    network, shipped = plan.network, "masked"
+    if plan.strategy.compactable:
+        network, params, stats = compact(network, params, stats, mask)
+        shipped = "compacted"
+    figures = {shipped: _onnx_latencies(network, params, stats)}
+    if plan.cfg.deploy.quantize != "none":
+        quantized = quantize(network, params, stats, plan.cfg.deploy.quantize)
+        figures["int8"] = _onnx_latencies(network, params, stats, quantized)
+    return figures
+
+
 def _level_weights(folder: Path) -> tuple[Any, Any, Any]:
     """A finished level's trained weights, BatchNorm statistics and mask."""
     weights = load_tree_npz(folder / "params.npz")
@@ -77,8 +112,11 @@ def _level_weights(folder: Path) -> tuple[Any, Any, Any]:
     return weights.get("params", {}), weights.get("batch_stats", {}), mask
 
 
-def level_figures(plan: Plan, folder: Path, dense_ms: dict[str, float]) -> dict[str, Any]:
-    """The deployment figures of one finished level (see the module's docstring)."""
+def level_figures(
+    plan: Plan, folder: Path, dense_ms: dict[str, float], dense_onnx_ms: dict[str, float] | None
+) -> dict[str, Any]:
+    """The deployment figures of one finished level (see the module's docstring);
+    ``dense_onnx_ms`` None: the model does not export to ONNX."""
     cfg, network = plan.cfg, plan.network
     params, stats, mask = _level_weights(folder)
     summary = json.loads((folder / "summary.json").read_text())
@@ -120,6 +158,10 @@ def level_figures(plan: Plan, folder: Path, dense_ms: dict[str, float]) -> dict[
             "pruned_weights_zero": zeros_kept(quantized, mask),
         }
         figures["latency"]["int8"] = _latencies(quantized.forward, network.input_shape)
+    if dense_onnx_ms is not None:
+        figures["onnxruntime_latency"] = {
+            "dense": dense_onnx_ms, **_level_onnx_latencies(plan, params, stats, mask)
+        }
     return figures
 
 
@@ -130,12 +172,24 @@ def _stale(file: Path, scheme: str) -> bool:
         figures = json.loads(file.read_text())
     except (OSError, ValueError):
         return True
+    if "onnxruntime_latency" not in figures and "onnx_unsupported" not in figures:
+        return True  # made before onnxruntime was measured
     return (figures.get("int8") or {}).get("scheme", "none") != scheme
+
+
+def _dense_onnx_latencies(plan: Plan) -> dict[str, float] | None:
+    """onnxruntime figures of the unpruned network; None, after one warning line, where the
+    model has a layer the ONNX exporter cannot translate (a model of one's own)."""
+    try:
+        return _onnx_latencies(plan.network, plan.init_params, plan.init_batch_stats)
+    except UnsupportedLayer as error:
+        print(f"warning: no onnxruntime latency: {error}", file=sys.stderr, flush=True)
+        return None
 
 
 def measure_replicate(plan: Plan, replicate: ReplicateStore, levels: list[int]) -> list[dict]:
     """Deployment figures of the given finished levels, made where missing; all of them."""
-    rows, dense_ms = [], None
+    rows, dense_ms, dense_onnx_ms = [], None, None
     for level in levels:
         folder = replicate.level_path(level)
         file = folder / DEPLOYMENT_FILE
@@ -144,7 +198,11 @@ def measure_replicate(plan: Plan, replicate: ReplicateStore, levels: list[int]) 
                 dense_ms = _network_latencies(
                     plan.network, plan.init_params, plan.init_batch_stats
                 )
-            atomic_write_json(file, level_figures(plan, folder, dense_ms))
+                dense_onnx_ms = _dense_onnx_latencies(plan)
+            figures = level_figures(plan, folder, dense_ms, dense_onnx_ms)
+            if dense_onnx_ms is None:
+                figures["onnx_unsupported"] = True
+            atomic_write_json(file, figures)
         rows.append(json.loads(file.read_text()))
     return rows
 
@@ -173,4 +231,8 @@ def export_level(
 
 
 def print_deployment(rows: list[dict[str, Any]], title: str) -> None:
+    """The deployment table and, where measured, onnxruntime's latency table."""
     console.print(deployment_table(rows, title))
+    onnx = onnx_latency_table(rows, f"onnxruntime latency ({title})")
+    if onnx is not None:
+        console.print(onnx)

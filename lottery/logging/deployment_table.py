@@ -41,6 +41,29 @@ def deployment_table(rows: list[dict[str, Any]], title: str) -> Table:
     return table
 
 
+def onnx_latency_table(rows: list[dict[str, Any]], title: str) -> Table | None:
+    """onnxruntime's latency of each level's ONNX file, on every core and on one: the dense
+    network, the level's as shipped (compacted, or masked: onnxruntime multiplies the zeros)
+    and its int8 QDQ file; None where no row has these figures."""
+    measured = [row for row in rows if row.get("onnxruntime_latency")]
+    if not measured:
+        return None
+    table = Table(title=title)
+    columns = ("level", "weights\n%", "dense\nms b1/b256", "dense 1 thread\nms b1/b256",
+               "level\nms b1/b256", "level 1 thread\nms b1/b256", "int8\nms b1/b256",
+               "int8 1 thread\nms b1/b256")
+    for column in columns:
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in measured:
+        onnx = row["onnxruntime_latency"]
+        shipped = onnx.get("compacted") or onnx.get("masked")
+        cells = []
+        for latency in (onnx["dense"], shipped, onnx.get("int8")):
+            cells += [_ms(latency), _ms(latency, "_1_thread")] if latency else ["-", "-"]
+        table.add_row(str(row["level"]), f"{row['weights_remaining_pct']:.2f}", *cells)
+    return table
+
+
 def _count(value: int | None) -> str:
     """1,234 as 1.2k, 40,800,000 as 40.8M."""
     if value is None:
@@ -59,7 +82,7 @@ def _kb(value: int | None) -> str:
     return "-" if value is None else f"{value / 1024:,.1f}"
 
 
-def _ms(latency: dict[str, float]) -> str:
-    return f"{latency['batch_1_ms']:.3f}/{latency['batch_256_ms']:.2f}"
+def _ms(latency: dict[str, float], suffix: str = "") -> str:
+    return f"{latency[f'batch_1_ms{suffix}']:.3f}/{latency[f'batch_256_ms{suffix}']:.2f}"
 
 
