@@ -282,6 +282,11 @@ CASES = [
     case("budget without validation data", "pruning.max_accuracy_drop=1",
          "dataset.validation_size=0"),
     case("unknown quantization", "deploy.quantize=int4"),
+    case("unknown export format", "deploy.export=tflite"),
+    case("block pruning on a network without identity blocks", "pruning.method=blocks"),
+    case("a key block pruning does not read", "model=resnet20", "pruning.method=blocks",
+         "pruning.scope=layerwise"),
+    case("model.width on a fully connected network", "model=mlp", "model.width=8"),
     # Found getting through by issue 28 (its own settings: two short levels).
     case("init.checkpoint holding strings", *TWO_LEVELS, "init.checkpoint=strings.npz",
          setup="npz_strings"),

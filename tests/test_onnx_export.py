@@ -24,7 +24,7 @@ from lottery.deploy.onnx_export import onnx_latency
 from lottery.deploy.quantize import quantize
 from lottery.models import Network
 from lottery.pruning import apply_mask, flatten, full_mask, unflatten
-from lottery.pruning.structured import structured_prune
+from lottery.pruning.structured import block_prune, structured_prune
 
 TOLERANCE = 2e-5  # of the largest logit's magnitude (see the module's docstring)
 
@@ -40,6 +40,7 @@ CASES = [
     ("resnet18", (64, 64, 3), {"width": 4}),  # ImageNet stem: strided conv and max-pool
     ("resnet50", (64, 64, 3), {"width": 4}),  # bottlenecks
     ("mnist1d_cnn", (40,), {"width": 6}),  # 1-D convolutions
+    ("mobilenetv2_cifar", CIFAR, {"width": 8}),  # depthwise convolutions, ReLU6
 ]
 
 
@@ -124,6 +125,21 @@ def test_a_compacted_structured_resnet20_exports_with_its_smaller_shapes():
     kernels = [path for path in compacted if path.endswith("kernel")]
     assert all(onnx_kernel(model, p).shape == compacted[p].shape for p in kernels)
     assert sum(compacted[p].size for p in kernels) < sum(dense[p].size for p in kernels)
+
+
+def test_a_block_pruned_resnet20_exports_shallower():
+    network, params, stats = random_network("resnet20", CIFAR, width=4)
+    mask = block_prune(params, full_mask(params), 0.5)
+    small, small_params, small_stats = compact(network, params, stats, mask)
+    assert small.module.removed
+    model = to_onnx(small, small_params, small_stats)
+
+    x = np.asarray(jax.random.normal(jax.random.key(4), (3, *CIFAR)), np.float32)
+    (got,) = onnx_session(model).run(None, {"input": x})
+    assert_close(got, jax_logits(network, apply_mask(params, mask), stats, x))
+    # Two convolutions fewer in the file for each block gone.
+    convs = [node for node in model.graph.node if node.op_type == "Conv"]
+    assert len(convs) == 21 - 2 * len(small.module.removed)
 
 
 class Sorting(nn.Module):

@@ -19,12 +19,13 @@ from lottery.config.errors import ConfigError
 from lottery.config.schema import Config
 
 # Models that read ``model.width``, the base width of the convolutional families (conv2/4/6,
-# resnet*, vgg*, mnist1d_cnn); ``mlp`` and ``lenet_300_100`` are fully connected.
-WIDTH_PREFIXES = ("conv", "resnet", "vgg", "mnist1d_cnn")
-# Models with BatchNorm layers (model.batchnorm_init): the CIFAR and ImageNet ResNets, VGGs.
-BATCHNORM_PREFIXES = ("resnet", "vgg")
+# resnet*, vgg*, mnist1d_cnn; mobilenetv2*'s stem channels); ``mlp`` and ``lenet_300_100`` are
+# fully connected.
+WIDTH_PREFIXES = ("conv", "resnet", "vgg", "mnist1d_cnn", "mobilenet")
+# Models with BatchNorm layers (model.batchnorm_init): the ResNets, VGGs and MobileNetV2s.
+BATCHNORM_PREFIXES = ("resnet", "vgg", "mobilenet")
 # Models built from lottery.models.cpu_kernels' layers (model.kernels): the 2-D conv families.
-KERNELS_PREFIXES = ("conv", "resnet", "vgg")
+KERNELS_PREFIXES = ("conv", "resnet", "vgg", "mobilenet")
 ADAM_FAMILY = ("adam", "adamw")
 # Datasets streamed from the host: normalised by their stream, cropped to dataset.image_size.
 STREAMED = ("imagenet2012",)
@@ -110,13 +111,13 @@ def _check_zoo_model(cfg: Config, on_model: str) -> None:
         why = "only mlp has configurable hidden layers"
         _unused(cfg, "model.hidden", on_model, why, "remove it or choose model=mlp")
     if not model.name.startswith(WIDTH_PREFIXES):
-        why = "only conv2/4/6, resnet*, vgg* and mnist1d_cnn use it"
+        why = "only conv2/4/6, resnet*, vgg*, mobilenetv2* and mnist1d_cnn use it"
         _unused(cfg, "model.width", on_model, why, "remove it or choose one of them")
     if not model.name.startswith(BATCHNORM_PREFIXES):
-        why = "only the networks with BatchNorm (resnet*, vgg*) have scales to draw"
+        why = "only the networks with BatchNorm (resnet*, vgg*, mobilenetv2*) have scales to draw"
         _unused(cfg, "model.batchnorm_init", on_model, why, "remove it")
     if not model.name.startswith(KERNELS_PREFIXES):
-        why = "only conv2/4/6, resnet* and vgg* have convolutions or BatchNorm it chooses"
+        why = "only conv2/4/6, resnet*, vgg* and mobilenetv2* have the convolutions it chooses"
         _unused(cfg, "model.kernels", on_model, why, "remove it")
 
 
