@@ -41,7 +41,10 @@ CASES = [
     ("resnet50", (64, 64, 3), {"width": 4}),  # bottlenecks
     ("mnist1d_cnn", (40,), {"width": 6}),  # 1-D convolutions
     ("mobilenetv2_cifar", CIFAR, {"width": 8}),  # depthwise convolutions, ReLU6
+    ("mobilenetv2", (64, 64, 3), {"width": 8}),  # strided stem, strided depthwise filters
 ]
+# The other depths of a family (resnet32/110, resnet34, vgg11/13/19) are its builder with
+# other block counts: the same layers in the file.
 
 
 def half_pruned(params: dict) -> tuple[dict, dict]:
