@@ -13,8 +13,9 @@ left %" is what remains of the prunable kernels):
 - ``blocks`` (ResNet-20, MobileNetV2): that fraction of the identity-shortcut blocks removed
   (:func:`lottery.pruning.structured.block_prune`), compacted into a shallower network;
   ``blocks+compacted``: both masks together;
-- ``int8`` (LeNet only: Qwix's int8 weights fail on convolutional networks): the compacted
-  ticket with int8 weights, in JAX (Qwix) and as ONNX QDQ.
+- ``int8`` (LeNet only: Qwix quantizes a convolution's weights only with its activations,
+  ``int8_dynamic``, which the ONNX file does not write): the compacted ticket with int8
+  weights, in JAX (Qwix) and as ONNX weight-only QDQ.
 
 Each runs in JAX (jitted, every core) and in onnxruntime from the file
 :func:`lottery.deploy.to_onnx` writes (every core, and one thread), at batch 1 and 256:

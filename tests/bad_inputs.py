@@ -283,6 +283,8 @@ CASES = [
          "dataset.validation_size=0"),
     case("unknown quantization", "deploy.quantize=int4"),
     case("unknown export format", "deploy.export=tflite"),
+    case("weight-only int8 of a convolutional network", "model=mnist1d_cnn",
+         "deploy.measure=true", "deploy.quantize=int8"),
     case("block pruning on a network without identity blocks", "pruning.method=blocks"),
     case("a key block pruning does not read", "model=resnet20", "pruning.method=blocks",
          "pruning.scope=layerwise"),

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import qwix
 
+from lottery.config import ConfigError
 from lottery.models.network import BatchStats, Network, Params
 from lottery.pruning.mask import Mask, flatten, unflatten
 
@@ -32,6 +33,22 @@ class Quantized:
     int8: dict[str, np.ndarray]  # kernel path -> int8 values
     scales: dict[str, np.ndarray]  # kernel path -> float32 scale per output channel
     float_params: dict[str, np.ndarray]  # the leaves left in float (biases, BatchNorm)
+
+
+def check_quantizable(params: Params, scheme: str) -> None:
+    """One line, before anything trains, where Qwix cannot quantize the network so: int8
+    weights with float activations on a convolution (Qwix's ``conv_general_dilated`` needs
+    both int8, or neither)."""
+    if scheme != "int8":
+        return
+    convolutions = [path for path, leaf in flatten(params).items()
+                    if path.endswith("kernel") and np.ndim(leaf) > 2]
+    if convolutions:
+        raise ConfigError(
+            f"deploy.quantize=int8 keeps activations in float, which Qwix cannot do for a "
+            f"convolution ({convolutions[0]}); choose deploy.quantize=int8_dynamic (int8 "
+            "activations too)"
+        )
 
 
 def quantize(
