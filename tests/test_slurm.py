@@ -102,20 +102,24 @@ def run_until_mid_level(args: list[str], folder: Path) -> tuple[subprocess.Popen
     return sweep, job[0]
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The results of LONG run to the end on this machine, once for the module."""
+    here = tmp_path_factory.mktemp("uninterrupted")
+    local = run_cli([*LONG, f"results_root={here}/results"], here)
+    assert local.returncode == 0, local.stderr[-2000:]
+    return here / "results"
+
+
 @pytest.mark.parametrize("how", ["scontrol requeue", "scancel --signal=USR2"])
 def test_a_job_stopped_mid_level_saves_at_once_and_resumes_to_the_uninterrupted_store(
-    cluster, tmp_path, how
+    cluster, uninterrupted, tmp_path, how
 ):
     """``scontrol requeue`` (SIGTERM, then SIGKILL after KillWait = 30 s) and submitit's
     preemption signal (USR2: submitit requeues the job itself) in the middle of level 1:
     the job's log says it stopped with a checkpoint of the step it reached within 10 s of
     the signal; Slurm runs it again, it resumes from that step, and the store equals an
     uninterrupted run's."""
-    here = tmp_path / "local"
-    here.mkdir()
-    local = run_cli([*LONG, f"results_root={here}/results"], here)
-    assert local.returncode == 0, local.stderr[-2000:]
-
     there = tmp_path / "slurm"
     there.mkdir()
     sweep, job = run_until_mid_level(
@@ -145,7 +149,7 @@ def test_a_job_stopped_mid_level_saves_at_once_and_resumes_to_the_uninterrupted_
     assert re.search(rf"^job {job} \(#0\) finished; log: ", out, re.M), out
     log = next(there.rglob(f".submitit/{job}/{job}_0_log.out")).read_text()
     assert f"level 1: resuming from step {line[2]}" in log
-    assert store_contents(there / "results") == store_contents(here / "results")
+    assert store_contents(there / "results") == store_contents(uninterrupted)
 
 
 def test_a_failed_job_and_a_cancelled_one_are_each_one_line_and_the_sweep_one_more(
