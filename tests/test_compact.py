@@ -8,6 +8,7 @@ widths of 4 to 8; each forward pass is jitted once.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import flax.linen as nn
 import jax
@@ -132,3 +133,22 @@ def test_other_modules_are_a_config_error() -> None:
     mlp = dataclasses.replace(network, module=build(ModelConfig(), (4,), 3).module)
     with pytest.raises(ConfigError, match="structured pruning supports"):
         compact(mlp, params, {}, full_mask(params))
+
+
+def test_a_latency_budget_stops_slow_calls_after_three_and_not_fast_ones():
+    from lottery.deploy.latency import timed_median
+
+    calls = []
+
+    def slow() -> None:
+        calls.append(1)
+        time.sleep(0.05)
+
+    assert timed_median(slow, repeats=20, budget_s=0.1) >= 0.05
+    assert len(calls) == 3  # 3 timed calls took the 0.1 s budget
+    calls.clear()
+    timed_median(lambda: calls.append(1), repeats=20, budget_s=0.1)
+    assert len(calls) == 20  # fast calls: every repeat
+    calls.clear()
+    timed_median(slow, repeats=5)
+    assert len(calls) == 5  # no budget: every repeat

@@ -22,20 +22,31 @@ from lottery.pruning.mask import flatten
 
 # The batch sizes latency is reported at: one request, and a full batch.
 LATENCY_BATCHES = (1, 256)
+# Seconds of timed calls a run's own figures (a level's summary, deploy.measure) spend on one
+# median: the calls stop after this much time once 3 are timed, so a network whose batch of
+# 256 takes a second is timed 3 times, not 20 (minutes per level for an ImageNet ResNet).
+FIGURE_BUDGET_S = 1.0
 
 
 def inference_latency(
-    network: Network, params: Params, batch_stats: BatchStats, batch_size: int, repeats: int = 20
+    network: Network,
+    params: Params,
+    batch_stats: BatchStats,
+    batch_size: int,
+    repeats: int = 20,
+    budget_s: float | None = None,
 ) -> float:
     """Median seconds of one jitted eval-mode forward pass on zeros of shape
-    ``(batch_size, *network.input_shape)``, after a warm-up call that compiles it.
+    ``(batch_size, *network.input_shape)``, after a warm-up call that compiles it (at most
+    ``repeats`` calls; see :func:`timed_median` for ``budget_s``).
 
     Variables are put on the device first, so only the computation is measured.
     """
     apply = jax.jit(lambda p, b, x: network.apply(p, b, x, train=False)[0])
     params, batch_stats = jax.device_put((params, batch_stats))
     return forward_latency(
-        lambda x: apply(params, batch_stats, x), network.input_shape, batch_size, repeats
+        lambda x: apply(params, batch_stats, x), network.input_shape, batch_size, repeats,
+        budget_s,
     )
 
 
@@ -44,16 +55,25 @@ def forward_latency(
     input_shape: tuple[int, ...],
     batch_size: int,
     repeats: int = 20,
+    budget_s: float | None = None,
 ) -> float:
     """Median seconds of ``forward(x)`` on zeros of shape ``(batch_size, *input_shape)``,
     each call timed to ``block_until_ready``, after a warm-up call that compiles it."""
     x = jnp.zeros((batch_size, *input_shape), jnp.float32)
     jax.block_until_ready(forward(x))
-    times = []
+    return timed_median(lambda: jax.block_until_ready(forward(x)), repeats, budget_s)
+
+
+def timed_median(call: Callable[[], Any], repeats: int, budget_s: float | None = None) -> float:
+    """Median seconds of ``repeats`` calls of ``call``; with ``budget_s``, fewer where the
+    calls are slow: they stop once 3 are timed and together took ``budget_s`` seconds."""
+    times: list[float] = []
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(forward(x))
+        call()
         times.append(time.perf_counter() - start)
+        if budget_s is not None and len(times) >= 3 and sum(times) >= budget_s:
+            break
     return statistics.median(times)
 
 

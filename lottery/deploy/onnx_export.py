@@ -31,8 +31,6 @@ layer. Run the file with ``onnxruntime.InferenceSession(path).run(None, {"input"
 from __future__ import annotations
 
 import dataclasses
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +46,7 @@ from onnx import helper
 
 from lottery.atomic import atomic_write_bytes
 from lottery.config import ConfigError
+from lottery.deploy.latency import timed_median
 from lottery.deploy.quantize import Quantized
 from lottery.models.network import BatchStats, Network, Params
 from lottery.pruning.mask import flatten, unflatten
@@ -807,6 +806,7 @@ def onnx_latency(
     batch_size: int,
     threads: int | None = None,
     repeats: int = 20,
+    budget_s: float | None = None,
 ) -> float:
     """Median seconds of one onnxruntime run of ``model`` on zeros of shape
     ``(batch_size, *input_shape)`` with ``threads`` threads (None: all cores; 1: single
@@ -814,9 +814,4 @@ def onnx_latency(
     session = onnx_session(model, threads)
     feed = {INPUT: np.zeros((batch_size, *input_shape), np.float32)}
     session.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return timed_median(lambda: session.run(None, feed), repeats, budget_s)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from lottery.atomic import atomic_write_json
 from lottery.deploy import compact, inference_latency
 from lottery.deploy.export import export_model
-from lottery.deploy.latency import LATENCY_BATCHES, forward_latency
+from lottery.deploy.latency import FIGURE_BUDGET_S, LATENCY_BATCHES, forward_latency
 from lottery.deploy.onnx_export import UnsupportedLayer, export_onnx, onnx_latency, to_onnx
 from lottery.deploy.quantize import int8_tree, quantize, zeros_kept
 from lottery.deploy.sparse_format import dense_size, save_sparse
@@ -67,13 +67,15 @@ def accuracy_on_test(forward: Any, plan: Plan, batch_size: int = 1000) -> float:
 
 def _latencies(forward: Any, input_shape: tuple[int, ...]) -> dict[str, float]:
     return {
-        f"batch_{b}_ms": 1e3 * forward_latency(forward, input_shape, b) for b in LATENCY_BATCHES
+        f"batch_{b}_ms": 1e3 * forward_latency(forward, input_shape, b, budget_s=FIGURE_BUDGET_S)
+        for b in LATENCY_BATCHES
     }
 
 
 def _network_latencies(network: Any, params: Any, batch_stats: Any) -> dict[str, float]:
     return {
-        f"batch_{b}_ms": 1e3 * inference_latency(network, params, batch_stats, b)
+        f"batch_{b}_ms": 1e3
+        * inference_latency(network, params, batch_stats, b, budget_s=FIGURE_BUDGET_S)
         for b in LATENCY_BATCHES
     }
 
@@ -85,7 +87,8 @@ def _onnx_latencies(
     QDQ file) at each batch size, on every core and single-threaded."""
     model = to_onnx(network, params, batch_stats, quantized=quantized)
     return {
-        f"batch_{b}_ms{suffix}": 1e3 * onnx_latency(model, network.input_shape, b, threads)
+        f"batch_{b}_ms{suffix}": 1e3
+        * onnx_latency(model, network.input_shape, b, threads, budget_s=FIGURE_BUDGET_S)
         for b in LATENCY_BATCHES
         for suffix, threads in ONNX_THREADS.items()
     }
