@@ -53,10 +53,12 @@ def cluster():
         if conf is None:
             pytest.skip("Slurm is not installed (Debian: apt-get install slurm-wlm)")
         os.environ["SLURM_CONF"] = str(conf)
+        os.environ["LOTTERY_SLURM_POLL"] = "0.5"  # the submitter's squeue cadence (2 s)
         try:
             yield conf
         finally:
             os.environ.pop("SLURM_CONF", None)
+            os.environ.pop("LOTTERY_SLURM_POLL", None)
 
 
 def slurm(*command: str) -> str:

@@ -18,7 +18,6 @@ from lottery.branches import Branch, check_branch_networks, check_branches
 from lottery.config import Config, ConfigError, Step, parse_cadence, to_iterations, validate
 from lottery.config.applicability import check_applicable, check_compactable
 from lottery.config.validate import export_formats
-from lottery.deploy.quantize import check_quantizable
 from lottery.experiment.limits import (
     check_backend,
     check_batch_order,
@@ -149,7 +148,10 @@ def prepare(cfg: Config) -> Plan:
             cfg.init.checkpoint, params, batch_stats
         )
     check_pretrained_start(cfg, rewind, dataset)
-    check_quantizable(params, cfg.deploy.quantize)
+    if cfg.deploy.quantize != "none":
+        from lottery.deploy.quantize import check_quantizable  # Qwix, ONNX: only if asked
+
+        check_quantizable(params, cfg.deploy.quantize)
     prunable = prunable_paths(params, cfg.pruning.prunable)
     strategy.check(params, prunable, settings)
     check_branch_networks(cfg, branches, batch_stats)
