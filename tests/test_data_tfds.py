@@ -218,6 +218,22 @@ def test_imagenet_batches_under_mock_data():
     assert all(images.shape[1:] == (224, 224, 3) for images, _ in evaluation)
 
 
+def test_each_process_reads_its_rows_of_the_same_imagenet_batches():
+    """Two processes' rows of batches 2 and 3 (from a start at step 2, after an epoch of 10
+    examples: reshuffled), joined, are the batches one process reads whole."""
+    with mock(10):
+        whole = list(itertools.islice(
+            imagenet_batches(None, "train", 4, 0, True, first_step=2, num_threads=2), 2))
+        rows = [list(itertools.islice(imagenet_batches(
+            None, "train", 4, 0, True, first_step=2, num_threads=2, process=(p, 2)), 2))
+            for p in range(2)]
+    for step, (images, labels) in enumerate(whole):
+        (first, first_labels), (second, second_labels) = rows[0][step], rows[1][step]
+        assert first.shape == (2, 224, 224, 3)
+        np.testing.assert_array_equal(np.concatenate([first, second]), images)
+        np.testing.assert_array_equal(np.concatenate([first_labels, second_labels]), labels)
+
+
 def test_imagenet_missing_is_one_line_config_error(tmp_path):
     with pytest.raises(ConfigError) as error:
         imagenet_batches(str(tmp_path), "train", 4, 0, True)

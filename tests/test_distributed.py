@@ -56,8 +56,14 @@ def eval_batches(split):
     return lambda size: ((split.x[i:i + size], split.y[i:i + size])
                          for i in range(0, len(split), size))
 
+def process_train_batches(batch_size, seed, first, index, count):
+    rows = batch_size // count  # this process's rows of each batch, as imagenet's
+    for x_, y_ in train_batches(batch_size, seed, first):
+        yield x_[index * rows:(index + 1) * rows], y_[index * rows:(index + 1) * rows]
+
 stream = StreamingDataset("toy", 10, (32, 32, 3), 64, train_batches,
-                          {"val": eval_batches(data.validation), "test": eval_batches(data.test)})
+                          {"val": eval_batches(data.validation), "test": eval_batches(data.test)},
+                          process_train_batches=process_train_batches)
 network = models.build(ModelConfig(name="vgg11", width=4), (32, 32, 3), 10)
 params, stats = jax.device_get(network.init(jax.random.key(0)))
 mask = magnitude_prune(params, full_mask(params), prunable_paths(params, ".*kernel"), "global",
@@ -76,6 +82,7 @@ for name, dataset in (("device", data), ("stream", stream)):
         "stats": [a.tolist() for a in jax.tree.leaves(host_tree(run.state.batch_stats))],
         "loss": run.loss_sum, "eval": trainer.evaluate(run.state.params, run.state.batch_stats),
         "state_devices": len(leaf.sharding.device_set),
+        "rows_of": getattr(trainer.feed, "process", None),
     }
 distributed.barrier("done")
 json.dump(out, open(sys.argv[1], "w"))
@@ -125,6 +132,9 @@ def test_two_processes_train_as_one_process_with_their_devices(tmp_path):
     assert (first["primary"], second["primary"]) == (True, False)
     for feed in ("device", "stream"):
         assert first[feed]["state_devices"] == 4  # the state replicated over both processes
+        rows_of = (first[feed].pop("rows_of"), second[feed].pop("rows_of"))
+        if feed == "stream":  # each process read its own rows of each batch
+            assert rows_of == ([0, 2], [1, 2])
         assert first[feed] == second[feed]  # both processes hold the same run, bit for bit
         # The same global batch split over 4 devices either way: equal to float rounding.
         assert largest_difference(one[feed]["params"], first[feed]["params"]) < 1e-5

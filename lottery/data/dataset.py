@@ -56,6 +56,12 @@ class StreamingDataset:
     eval_batches: dict[str, Callable[[int], Iterator[Batch]]]
     # Identifies the files read (names, sizes), standing for a digest of every example.
     fingerprint: str = ""
+    # Optional, for one experiment over several processes: (batch_size, seed, first_step,
+    # process, processes) -> this process's rows of the same training batches (rows
+    # process * r to (process + 1) * r of each, r = batch_size // processes), so that the
+    # processes read each batch once between them. Without it, every process reads every
+    # whole batch and keeps the rows its devices hold.
+    process_train_batches: Callable[[int, int, int, int, int], Iterator[Batch]] | None = None
 
 
 def hold_out(x: np.ndarray, y: np.ndarray, validation_size: int) -> tuple[Split, Split]:

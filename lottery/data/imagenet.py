@@ -112,6 +112,7 @@ def imagenet_batches(
     first_step: int = 0,
     image_size: int = CROP,
     num_threads: int = 16,
+    process: tuple[int, int] | None = None,
 ) -> Iterator[Batch]:
     """Batches of (images float32 NHWC normalised, labels int32) of an imagenet2012 split.
 
@@ -121,13 +122,16 @@ def imagenet_batches(
     centre crop, the last batch smaller if the split does not divide. Deterministic given
     ``seed``. ``split`` is a tfds split (``train``, ``validation``, ``train[:1%]``...);
     ``data_dir`` None is tfds' default. Raises ConfigError (one line) if the dataset is not
-    prepared in ``data_dir``.
+    prepared in ``data_dir``. ``process=(index, count)`` (training only): that process's
+    rows of each batch, ``batch_size // count`` of them, read and decoded alone.
     """
     dataset = grain.MapDataset.source(open_split(NAME, split, data_dir))
     if train:
         transform = functools.partial(train_transform, crop=image_size)
         dataset = dataset.shuffle(seed=seed).repeat(None).random_map(transform, seed=seed)
         dataset = dataset.slice(slice(first_step * batch_size, None))
+        if process is not None:
+            dataset, batch_size = _rows_of_process(dataset, batch_size, *process)
     else:
         dataset = dataset.map(functools.partial(eval_transform, crop=image_size))
     # Prefetch decoded examples (not batches) on threads: PIL decodes and resizes without
@@ -137,6 +141,21 @@ def imagenet_batches(
     )
     stream = dataset.to_iter_dataset(options).batch(batch_size, drop_remainder=train)
     return iter(stream)
+
+
+def _rows_of_process(
+    dataset: grain.MapDataset, batch_size: int, index: int, count: int
+) -> tuple[grain.MapDataset, int]:
+    """The examples process ``index`` of ``count`` reads of each batch of ``batch_size``
+    (a contiguous block: the devices of a process hold one block of the global batch), and
+    the size of its block. Random access picks them, so the others are never decoded."""
+    rows = batch_size // count
+    parent = dataset
+
+    def example(j: int) -> Any:
+        return parent[(j // rows) * batch_size + index * rows + j % rows]
+
+    return grain.MapDataset.range(len(parent) // batch_size * rows).map(example), rows
 
 
 def imagenet_dataset(
@@ -155,6 +174,13 @@ def imagenet_dataset(
         return imagenet_batches(data_dir, train_split, batch_size, seed, True,
                                 first_step=first_step, image_size=image_size)
 
+    def process_train_batches(
+        batch_size: int, seed: int, first_step: int, index: int, count: int
+    ) -> Iterator[Batch]:
+        return imagenet_batches(data_dir, train_split, batch_size, seed, True,
+                                first_step=first_step, image_size=image_size,
+                                process=(index, count))
+
     def eval_batches(split: str) -> Any:
         return lambda batch_size: imagenet_batches(
             data_dir, split, batch_size, 0, False, image_size=image_size
@@ -168,4 +194,5 @@ def imagenet_dataset(
         train_batches,
         {name: eval_batches(split) for name, split in evals.items()},
         files_fingerprint(NAME, data_dir),
+        process_train_batches,
     )

@@ -145,6 +145,12 @@ class StreamFeed:
         self.stacked_sharding = None if batch_sharding is None else jax.sharding.NamedSharding(
             batch_sharding.mesh, jax.sharding.PartitionSpec(None, *batch_sharding.spec)
         )
+        # One process of several, with a dataset that reads a process's rows of a batch:
+        # (this process, the processes); else every process reads every whole batch.
+        self.process = None
+        if (batch_sharding is not None and jax.process_count() > 1
+                and dataset.process_train_batches is not None):
+            self.process = (jax.process_index(), jax.process_count())
         self.eval_batch_size = eval_batch_size
         self.train_steps, self.evaluate = train_steps, evaluate
         self._batches: Iterator | None = None
@@ -171,7 +177,7 @@ class StreamFeed:
     ) -> tuple[Any, jax.Array | None, list[float]]:
         """As :meth:`DeviceFeed.run`, one host batch per step."""
         if self._next_step != start:
-            self._batches = self.dataset.train_batches(self.batch_size, self.seed, start)
+            self._batches = self._train_batches(start)
         losses: list[Any] = [jnp.float32(loss) for loss in earlier]
         for done in range(num_steps):
             if stop is not None and stop():
@@ -184,12 +190,28 @@ class StreamFeed:
         self._next_step = start + num_steps
         return state, jnp.mean(jnp.stack(losses)), []
 
+    def _train_batches(self, start: int) -> Iterator:
+        """The training batches from step ``start``: whole, or this process's rows."""
+        if self.process is None:
+            return self.dataset.train_batches(self.batch_size, self.seed, start)
+        assert self.dataset.process_train_batches is not None
+        return self.dataset.process_train_batches(self.batch_size, self.seed, start,
+                                                  *self.process)
+
     def _stacked(self, x: np.ndarray, y: np.ndarray) -> tuple[Any, Any]:
-        """One host batch as a stack of one, split over the devices when data parallel
-        (every process reads the same whole batch and puts the slices its devices hold)."""
+        """One host batch as a stack of one, split over the devices when data parallel:
+        every process reads the same whole batch and puts the slices its devices hold, or
+        (``self.process``) its own rows, joined into the global batch."""
         if self.stacked_sharding is None:
             return x[None], y[None]
-        return jax.device_put((x[None], y[None]), self.stacked_sharding)
+        if self.process is None:
+            return jax.device_put((x[None], y[None]), self.stacked_sharding)
+        return tuple(
+            jax.make_array_from_process_local_data(
+                self.stacked_sharding, rows[None], (1, self.batch_size, *rows.shape[1:])
+            )
+            for rows in (x, y)
+        )
 
     def batch_at(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """The training batch step ``step`` trains on (read again from the stream)."""
