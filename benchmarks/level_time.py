@@ -33,12 +33,12 @@ CASES = {
 
 def time_levels(overrides: list[str], repeats: int, root: Path) -> list[dict]:
     """Run level 0 and ``repeats`` more levels; return each level's timing."""
-    from lottery import imp
+    from lottery.experiment import run as run_experiment
 
     from conftest import make_config
 
     cfg = make_config([*overrides, f"pruning.levels={repeats}", "progress=false"], root)
-    store, rows = imp.run(cfg)
+    store, rows = run_experiment(cfg)
     replicate = store.replicate(cfg.seed)
     return [replicate.summary(row["level"])["timing"] for row in rows]
 

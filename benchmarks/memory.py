@@ -19,10 +19,10 @@ CHILD = """
 import json, resource, sys
 sys.path.insert(0, {tests!r})
 from conftest import make_config
-from lottery import imp
+from lottery.experiment import run as run_experiment
 import jax
 cfg = make_config(["+experiment={preset}", "pruning.levels=0", "progress=false"], {root!r})
-imp.run(cfg)
+run_experiment(cfg)
 stats = jax.devices()[0].memory_stats() or {{}}
 print(json.dumps({{"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                   "device_peak_gb": stats.get("peak_bytes_in_use", 0) / 2**30 or None}}))

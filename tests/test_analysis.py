@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 from matplotlib.collections import PolyCollection
 
-from lottery import imp
 from lottery.analysis import (
     RESULT_COLUMNS,
     aggregate,
@@ -22,6 +21,7 @@ from lottery.analysis import (
     plot_training_curves,
 )
 from lottery.analysis import plots as plots_module
+from lottery.experiment import run as run_experiment
 
 from conftest import DIGITS, REPO, make_config
 
@@ -38,7 +38,7 @@ def store3(tmp_path_factory):
     """A results root with one experiment and three replicates (real, short runs)."""
     root = tmp_path_factory.mktemp("results")
     for seed in SEEDS:
-        store, _ = imp.run(make_config([*FAST, f"seed={seed}"], root))
+        store, _ = run_experiment(make_config([*FAST, f"seed={seed}"], root))
     return root, store.path
 
 
@@ -314,7 +314,7 @@ def two_fractions(tmp_path_factory):
     stores = {}
     for fraction in ("0.2", "0.5"):
         overrides = [*FAST, f"pruning.fraction={fraction}", "branches=[random_reinit]"]
-        stores[fraction], _ = imp.run(make_config(overrides, root))
+        stores[fraction], _ = run_experiment(make_config(overrides, root))
     return root, stores
 
 

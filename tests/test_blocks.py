@@ -10,9 +10,9 @@ import pytest
 import tensorflow_datasets as tfds
 from test_compact import CIFAR, logits, random_network
 
-from lottery import imp
 from lottery.config import ConfigError, PruningConfig
 from lottery.deploy import compact, parameter_count
+from lottery.experiment import run as run_experiment
 from lottery.pruning import apply_mask, flatten, full_mask
 from lottery.pruning.strategies import strategy_for
 from lottery.pruning.structured import block_prune, removable_blocks, structured_prune
@@ -114,7 +114,7 @@ def test_blocks_method_runs_and_compacts_on_mock_cifar(tmp_path) -> None:
          "train.eval_every=2it", "train.eval_batch_size=8", "dataset.validation_size=8",
          "progress=false", f"dataset.path={tmp_path / 'tfds'}"], tmp_path)
     with tfds.testing.mock_data(num_examples=40):
-        imp.run(cfg)
+        run_experiment(cfg)
     level = summaries(tmp_path)[(0, 1)]
     assert level["compacted"]["params"] < level["compacted"]["dense"]["params"]
     assert level["flops"] < level["dense_flops"]

@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from lottery import imp
 from lottery.config import RunError
-from lottery.pruning import apply_mask, flatten
+from lottery.experiment import Experiment, prepare
+from lottery.experiment import run as run_experiment
+from lottery.pruning import apply_mask, flatten, full_mask
 from lottery.store import experiment_hash
 from lottery.train import Trainer
 
@@ -40,7 +41,7 @@ def test_level_one_starts_from_the_step_k_weights_under_its_mask(
         return original(self, step, params, batch_stats, mask)
 
     monkeypatch.setattr(Trainer, "start", recording_start)
-    experiment = imp.Experiment(imp.prepare(cfg))
+    experiment = Experiment(prepare(cfg))
     experiment.run()  # its trainer, compiled, also makes the reference below
     replicate = experiment.replicate
 
@@ -48,7 +49,7 @@ def test_level_one_starts_from_the_step_k_weights_under_its_mask(
     plan = experiment.plan
     trainer = experiment.trainer
     trainer.use_data_stream(plan.data_stream(0))  # level 0's batches (the run ended on 1's)
-    run = trainer.start(0, plan.init_params, plan.init_batch_stats, imp.full_mask(plan.init_params))
+    run = trainer.start(0, plan.init_params, plan.init_batch_stats, full_mask(plan.init_params))
     k = plan.rewind_step
     reference = jax_free_copy((trainer.train(run, k).state.params, run.state.batch_stats))
     rewound, rewound_stats = experiment.dense.rewind_point(k)
@@ -100,36 +101,37 @@ def jax_free_copy(tree):
 def test_same_config_and_seed_give_identical_summaries(tmp_path, digits_overrides):
     first = make_config(digits_overrides, tmp_path / "a")
     second = make_config(digits_overrides, tmp_path / "b")
-    imp.run(first)
-    imp.run(second)
+    run_experiment(first)
+    run_experiment(second)
     a, b = summaries(tmp_path / "a"), summaries(tmp_path / "b")
     assert sorted(a) == [(0, 0), (0, 1), (0, 2)]
     for key in a:
         a[key].pop("timing"), b[key].pop("timing")
         assert json.dumps(a[key], sort_keys=True) == json.dumps(b[key], sort_keys=True)
     other_seed = make_config([*digits_overrides, "seed=1"], tmp_path / "a")
-    imp.run(other_seed)
+    run_experiment(other_seed)
     c = summaries(tmp_path / "a")
     assert c[(1, 0)]["test_loss"] != c[(0, 0)]["test_loss"]
 
 
 def test_finished_levels_are_read_back_not_trained(tmp_path, digits_overrides, monkeypatch):
     cfg = make_config(digits_overrides, tmp_path)
-    store, rows = imp.run(cfg)
+    store, rows = run_experiment(cfg)
     before = {p: p.stat().st_mtime_ns for p in store.path.rglob("*.npz")}
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished level was trained again")
 
     monkeypatch.setattr(Trainer, "train", no_training)
-    _, rows_again = imp.run(cfg)
+    _, rows_again = run_experiment(cfg)
     assert rows_again == rows
     assert {p: p.stat().st_mtime_ns for p in store.path.rglob("*.npz")} == before
 
 
 def test_more_levels_extend_the_same_experiment(tmp_path, digits_overrides):
-    store, rows = imp.run(make_config(digits_overrides, tmp_path))
-    store_more, rows_more = imp.run(make_config([*digits_overrides, "pruning.levels=3"], tmp_path))
+    store, rows = run_experiment(make_config(digits_overrides, tmp_path))
+    more = make_config([*digits_overrides, "pruning.levels=3"], tmp_path)
+    store_more, rows_more = run_experiment(more)
     assert store_more.path == store.path
     assert rows_more[:3] == rows and rows_more[3]["level"] == 3
 
@@ -147,14 +149,14 @@ def test_an_interrupted_level_never_looks_finished(tmp_path, digits_overrides, m
 
     monkeypatch.setattr(Trainer, "train", dies_on_level_one)
     with pytest.raises(RunError, match=r"^interrupted at level 1 step 200; run the same"):
-        imp.run(cfg)
-    replicate = imp.Experiment(imp.prepare(cfg)).replicate
+        run_experiment(cfg)
+    replicate = Experiment(prepare(cfg)).replicate
     assert replicate.is_done(0) and not replicate.is_done(1)
     assert not replicate.level_path(1).exists()
     # Pruned first: the mask is written before training, and kept for the next run.
     assert (replicate.path / "level_1.partial" / "mask.npz").is_file()
     monkeypatch.setattr(Trainer, "train", original)
-    _, rows = imp.run(cfg)
+    _, rows = run_experiment(cfg)
     assert [r["level"] for r in rows] == [0, 1, 2]
     assert not list(replicate.path.glob("*.partial"))
 

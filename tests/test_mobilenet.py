@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from lottery import imp
 from lottery.config import ModelConfig
+from lottery.experiment import run as run_experiment
 from lottery.models import build, cpu_kernels
 from lottery.models.mobilenet import IMAGENET_PLAN, make_divisible
 from lottery.pruning import flatten, full_mask, unflatten
@@ -200,7 +200,7 @@ def test_the_structured_preset_runs_two_levels_on_mock_cifar(tmp_path) -> None:
                        f"dataset.path={tmp_path / 'tfds'}"], tmp_path)
     assert cfg.model.name == "mobilenetv2_cifar" and cfg.pruning.method == "structured"
     with tfds.testing.mock_data(num_examples=40):
-        imp.run(cfg)
+        run_experiment(cfg)
     found = summaries(tmp_path)
     assert sorted(found) == [(0, 0), (0, 1)]
     assert found[(0, 0)]["params_total"] == parameter_count(

@@ -4,8 +4,9 @@ through the same ``tfds.data_source`` code path users run; without data it stops
 import pytest
 import tensorflow_datasets as tfds
 
-from lottery import imp
 from lottery.config import ConfigError
+from lottery.experiment import prepare
+from lottery.experiment import run as run_experiment
 
 from conftest import make_config, run_cli, summaries
 
@@ -31,7 +32,7 @@ def test_preset_runs_two_levels_on_mock_data(preset, tmp_path):
         [f"+experiment={preset}", *SMALL, *narrow, f"dataset.path={tmp_path / 'tfds'}"], tmp_path
     )
     with tfds.testing.mock_data(num_examples=40):
-        imp.run(cfg)
+        run_experiment(cfg)
     found = summaries(tmp_path)
     assert sorted(found) == [(0, 0), (0, 1)]
     assert found[(0, 1)]["weights_remaining_pct"] < 100.0
@@ -47,7 +48,7 @@ def test_imagenet_preset_streams_through_grain_on_mock_data(tmp_path):
                        "dataset.image_size=32", "train.eval_batch_size=4",
                        f"dataset.path={tmp_path / 'tfds'}"], tmp_path)
     with tfds.testing.mock_data(num_examples=6):
-        imp.run(cfg)
+        run_experiment(cfg)
     found = summaries(tmp_path)
     assert sorted(found) == [(0, 0), (0, 1)]
     assert found[(0, 0)]["params_total"] == 11_689_512
@@ -66,7 +67,7 @@ def test_missing_cifar10_stops_with_one_line(tmp_path):
 
 def test_missing_imagenet_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="imagenet2012 is not prepared"):
-        imp.prepare(make_config(["+experiment=resnet50_imagenet_imp",
+        prepare(make_config(["+experiment=resnet50_imagenet_imp",
                                  f"dataset.path={tmp_path}"]))
 
 
@@ -101,7 +102,7 @@ FAMILY_PRESETS = {
 def test_family_preset_runs_a_pruned_level(preset, tmp_path, fashion_mnist_dir):
     small = [o for o in SMALL if "rewind_step" not in o] + ["dataset.validation_size=100"]
     cfg = make_config([f"+experiment={preset}", *small, *FAMILY_PRESETS[preset]], tmp_path)
-    imp.run(cfg)
+    run_experiment(cfg)
     found = summaries(tmp_path)
     assert sorted(found) == [(0, 0), (0, 1)]
     level = found[(0, 1)]
@@ -119,7 +120,7 @@ def test_the_structured_conv_preset_compacts_channels_on_mock_data(tmp_path):
     cfg = make_config(["+experiment=structured_conv", *SMALL, "model.width=8",
                        f"dataset.path={tmp_path / 'tfds'}"], tmp_path)
     with tfds.testing.mock_data(num_examples=40):
-        imp.run(cfg)
+        run_experiment(cfg)
     level = summaries(tmp_path)[(0, 1)]
     assert level["compacted"]["params"] < level["compacted"]["dense"]["params"]
     assert level["theoretical_speedup"] > 1.0
