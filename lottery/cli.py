@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lottery import interrupts
-from lottery.config import Config, ConfigError, RunError, register, validate
+from lottery.config import Config, ConfigError, Interrupted, RunError, register, validate
 from lottery.logging import console, error_line, summary_table
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package
@@ -356,7 +356,7 @@ def run_job(cfg: DictConfig) -> JobResult:
         return JobResult(2)
     except RunError as error:
         error_line(str(error))
-        return JobResult(130 if str(error).startswith("interrupted") else 1)
+        return JobResult(130 if isinstance(error, Interrupted) else 1)
     except interrupts.Preempted as preempted:
         say_preempted(preempted)
         interrupts.hand_back(preempted)  # submitit requeues the job; exits 128 + the signal

@@ -602,6 +602,8 @@ def run_case(item: Case) -> Outcome:
         return Outcome(item, "traceback", stderr.strip().splitlines()[-1])
     if code == 0:
         return Outcome(item, "silent", "exit 0")
+    if item.setup == "sigint" and code != 130:  # as a shell's Ctrl-C: 128 + SIGINT
+        return Outcome(item, "several lines", f"exit {code}, not 130")
     if len(lines) != 1 or not lines[0].startswith("error: "):
         return Outcome(item, "several lines", " | ".join(lines)[:300])
     if item.setup not in ("disk_full", "sigint") and after - before:

@@ -1,6 +1,6 @@
 """Typed, validated configuration: the schema, step strings, and the error for bad input."""
 
-from lottery.config.errors import ConfigError, RunError
+from lottery.config.errors import ConfigError, Interrupted, RunError
 from lottery.config.schema import (
     BranchConfig,
     Config,
@@ -20,6 +20,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DatasetConfig",
+    "Interrupted",
     "LoggerConfig",
     "ModelConfig",
     "OptimizerConfig",

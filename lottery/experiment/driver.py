@@ -38,7 +38,7 @@ from omegaconf import OmegaConf
 from lottery import distributed, interrupts
 from lottery.atomic import atomic_write_json, this_process_writes
 from lottery.branches import BranchInputs, BranchRun, branch_args
-from lottery.config import Config, ConfigError, RunError
+from lottery.config import Config, ConfigError, Interrupted, RunError
 from lottery.config.validate import export_formats
 from lottery.data import StreamingDataset
 from lottery.data.augment import crop_flip
@@ -591,7 +591,7 @@ class Experiment:
             raise
         except KeyboardInterrupt:
             step = f" step {self.trainer.last_step:,}" if self._trainer is not None else ""
-            raise RunError(
+            raise Interrupted(
                 f"interrupted at level {self.level}{step}; run the same command to resume "
                 "(finished levels are kept, the level resumes from its newest checkpoint)"
             ) from None

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 
 from lottery import interrupts
-from lottery.config import ConfigError, RunError
+from lottery.config import ConfigError, Interrupted, RunError
 from lottery.experiment.driver import Experiment, LevelDiverged, remove_unfinished
 from lottery.experiment.plan import Plan, with_seed
 from lottery.logging import RunLogger, console, make_loggers
@@ -87,7 +87,7 @@ def run_replicas(plan: Plan) -> tuple[ExperimentStore, list[dict[str, Any]]]:
                 experiment.run()
             except (ConfigError, RunError) as error:
                 errors[seed] = error
-                if str(error).startswith("interrupted"):
+                if isinstance(error, Interrupted):
                     break
         return _finished(experiments, seeds, errors)
 
@@ -135,8 +135,8 @@ def _with_seed(error: BaseException, seed: int) -> BaseException:
     """The error a seed's thread ended with, its message naming the seed."""
     if isinstance(error, ConfigError):
         return ConfigError(f"seed {seed}: {error}")
+    if isinstance(error, Interrupted):
+        return error  # the same for every seed; the command line exits 130 for it
     if isinstance(error, RunError):
-        message = str(error)
-        # "interrupted ..." keeps its start: the command line exits 130 for it.
-        return RunError(message if message.startswith("interrupted") else f"seed {seed}: {message}")
+        return RunError(f"seed {seed}: {error}")
     return error
