@@ -94,17 +94,17 @@ def _onnx_latencies(
     }
 
 
-def _level_onnx_latencies(plan: Plan, params: Any, stats: Any, mask: Any) -> dict[str, Any]:
-    """The level's onnxruntime figures: its network as shipped (compacted or masked) and,
-    with ``deploy.quantize``, the int8 file of it."""
-    network, shipped = plan.network, "masked"
-    if plan.strategy.compactable:
-        network, params, stats = compact(network, params, stats, mask)
-        shipped = "compacted"
-    figures = {shipped: _onnx_latencies(network, params, stats)}
+def _level_onnx_latencies(
+    plan: Plan, shipped: tuple[Any, Any, Any], quantized: Any
+) -> dict[str, Any]:
+    """The level's onnxruntime figures: its network as shipped (``shipped``: compacted or
+    masked) and, with ``deploy.quantize``, the int8 file of it (``quantized``: of
+    ``shipped``'s weights, or None to quantize them here)."""
+    name = "compacted" if plan.strategy.compactable else "masked"
+    figures = {name: _onnx_latencies(*shipped)}
     if plan.cfg.deploy.quantize != "none":
-        quantized = quantize(network, params, stats, plan.cfg.deploy.quantize)
-        figures["int8"] = _onnx_latencies(network, params, stats, quantized)
+        quantized = quantized or quantize(*shipped, plan.cfg.deploy.quantize)
+        figures["int8"] = _onnx_latencies(*shipped, quantized)
     return figures
 
 
@@ -139,8 +139,9 @@ def level_figures(
         },
         "latency": {"dense": dense_ms},
     }
+    shipped = (network, params, stats)  # what the level ships: compacted where it compacts
     if plan.strategy.compactable:
-        small, small_params, small_stats = compact(network, params, stats, mask)
+        shipped = small, small_params, small_stats = compact(network, params, stats, mask)
         measured = summary.get("compacted")  # the level's summary measured it already
         figures["latency"]["compacted"] = (
             {f"batch_{b}_ms": measured[f"latency_ms_batch_{b}"] for b in LATENCY_BATCHES}
@@ -151,6 +152,7 @@ def level_figures(
     elif summary["level"] > 0:
         forward = sparse_forward(network, params, stats, mask)
         figures["latency"]["sparse_bcoo"] = _latencies(forward, network.input_shape)
+    quantized = None
     if cfg.deploy.quantize != "none":
         quantized = quantize(network, params, stats, cfg.deploy.quantize)
         tree, alive = int8_tree(quantized, mask)
@@ -161,9 +163,13 @@ def level_figures(
             "pruned_weights_zero": zeros_kept(quantized, mask),
         }
         figures["latency"]["int8"] = _latencies(quantized.forward, network.input_shape)
-    if dense_onnx_ms is not None:
+    if dense_onnx_ms is None:
+        figures["onnx_unsupported"] = True
+    else:
+        # The int8 network above is of the uncompacted weights: reused where they ship.
+        reusable = None if plan.strategy.compactable else quantized
         figures["onnxruntime_latency"] = {
-            "dense": dense_onnx_ms, **_level_onnx_latencies(plan, params, stats, mask)
+            "dense": dense_onnx_ms, **_level_onnx_latencies(plan, shipped, reusable)
         }
     return figures
 
@@ -202,10 +208,7 @@ def measure_replicate(plan: Plan, replicate: ReplicateStore, levels: list[int]) 
                     plan.network, plan.init_params, plan.init_batch_stats
                 )
                 dense_onnx_ms = _dense_onnx_latencies(plan)
-            figures = level_figures(plan, folder, dense_ms, dense_onnx_ms)
-            if dense_onnx_ms is None:
-                figures["onnx_unsupported"] = True
-            atomic_write_json(file, figures)
+            atomic_write_json(file, level_figures(plan, folder, dense_ms, dense_onnx_ms))
         rows.append(json.loads(file.read_text()))
     return rows
 
