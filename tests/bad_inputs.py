@@ -5,7 +5,7 @@ with one line on stderr, no traceback, and no new file.
     python tests/bad_inputs.py --shard 0/2   # every second case, from the first
     python tests/bad_inputs.py --only checkpoint   # the cases whose description has the word
 
-``tests/test_bad_inputs.py`` runs it in the test suite. Environment faults (a full disk,
+``tests/end_to_end/test_bad_inputs.py`` runs it in the test suite. Environment faults (a full disk,
 Ctrl-C) are the exceptions to "no new file": what was finished before them must stay.
 """
 
@@ -386,7 +386,7 @@ def write_mlp_weights(path: Path, kind: str) -> None:
     np.savez(path, **arrays)
 
 
-# A model of one's own (tests/test_own_model.py has the working runs): one file of modules,
+# A model of one's own (tests/models/test_own_model.py has the working runs): one file of modules,
 # good and bad, and two files that do not import. MNIST-1D: (40,) examples, 10 classes.
 OWN_MODELS = '''
 import flax.linen as nn

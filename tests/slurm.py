@@ -1,8 +1,9 @@
 """A one-node Slurm cluster of this machine alone: munged (credentials), slurmctld and slurmd
 on free ports, in a folder of its own, the node described as ``slurmd -C`` finds this
 machine (its CPUs and memory, no GPU). sbatch accepts or refuses requests as a real cluster
-does, and the jobs it accepts run here. Used by tests/test_slurm.py, tests/test_sweeps.py
-and tests/bad_inputs.py; needs Debian's slurm-wlm (installed by :func:`installed` as root)."""
+does, and the jobs it accepts run here. Used by tests/end_to_end/test_slurm.py,
+tests/end_to_end/test_sweeps.py and tests/bad_inputs.py; needs Debian's slurm-wlm (installed
+by :func:`installed` as root)."""
 
 from __future__ import annotations
 

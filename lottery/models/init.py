@@ -31,7 +31,7 @@ def variance_scaling_normal(scale: float, mode: str) -> initializers.Initializer
     in 0.6-3 s, of a 1-D one in 0.25 s, so every new conv kernel shape cost seconds of start-up
     (ResNet-20's initialisation took about 10 s). JAX's threefry draws for a shape are those
     for its row-major flattening (checked with ``jax_threefry_partitionable`` on and off), so
-    the numbers are the same: ``tests/test_models.py`` compares both initialisers with JAX's
+    the numbers are the same: ``tests/models/test_models.py`` compares both initialisers with JAX's
     bit for bit on 2-, 3- and 4-D kernel shapes. The scaling is JAX's own function where it
     has one (jax 0.11 and later changed how it rounds: a private name, found or not at
     import, so an installation always draws what its ``variance_scaling`` draws).

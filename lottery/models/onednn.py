@@ -14,7 +14,7 @@ convolution (a 32x32 "kernel") takes oneDNN seconds.
 The custom call's configuration is XLA's ``OneDnnConvolutionConfig`` in JSON, an internal
 format without a stability promise; :func:`usable` therefore allows it only where a child
 process has run it on this installation and found XLA's results (:data:`PROBE`, once per
-jaxlib release: :mod:`lottery.probes`), and ``tests/test_onednn.py`` compares it with XLA's
+jaxlib release: :mod:`lottery.probes`), and ``tests/kernels/test_onednn.py`` compares it with XLA's
 convolution in every layout it is used in. Other platforms lower the same primitive to
 XLA's convolution.
 """

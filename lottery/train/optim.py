@@ -55,7 +55,7 @@ def _step_decay(lr: float, gamma: float, milestones: list[int]) -> Schedule:
     its scales into the learning rate one after the other in float32: for many settings
     (lr 1.2e-3 or 2e-3 with gamma 0.1, say) its value is 1 ulp from ``lr * gamma ** n``.
     This expression is kept so that earlier runs' results stay bit for bit;
-    tests/test_hydra_conventions.py checks both against each other.
+    tests/end_to_end/test_hydra_conventions.py checks both against each other.
     """
     points = jnp.asarray(sorted(milestones), jnp.int32)
 

@@ -228,7 +228,7 @@ def test_width() -> None:
 def test_model_configs() -> None:
     """conf/model/<name>.yaml exists for every model and names it."""
     for name in MODELS:
-        file = Path(__file__).parent.parent / "conf" / "model" / f"{name}.yaml"
+        file = Path(__file__).parents[2] / "conf" / "model" / f"{name}.yaml"
         assert OmegaConf.load(file).name == name
 
 

@@ -20,7 +20,7 @@ from lottery.cli import CONFIG_DIR
 
 from conftest import ORIGINAL_GLIBC_TUNABLES
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 SMOKE = ["train.steps=300it", "pruning.levels=1", "progress=false"]
 

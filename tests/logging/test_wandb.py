@@ -496,7 +496,7 @@ def test_sigkill_of_the_command_leaves_no_wandb_service(tmp_path, sweep):
     assert _still_running(under, seconds=5) == []
 
 
-SWEEP_FILE = Path(__file__).parent.parent / "experiments" / "sweeps" / "imp_fraction_seed.yaml"
+SWEEP_FILE = Path(__file__).parents[2] / "experiments" / "sweeps" / "imp_fraction_seed.yaml"
 
 
 def agent_command(tmp_path: Path, extra: list[str], python: list[str]) -> tuple[list[str], dict]:

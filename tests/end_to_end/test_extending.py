@@ -43,7 +43,7 @@ def write_package(root: Path) -> None:
 
 def write_entry_point(root: Path) -> None:
     """The metadata pip writes for a package whose ``pyproject.toml`` has the README's
-    ``[project.entry-points."lottery.methods"]`` line (as tests/test_own_method.py does)."""
+    ``[project.entry-points."lottery.methods"]`` line (as tests/pruning/test_own_method.py does)."""
     info = root / "mylab-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mylab\nVersion: 0.1\n")
