@@ -195,24 +195,18 @@ class SweepConfigs:
 
 
 def check_before_data(config: Config) -> None:
-    """The checks of a run's config that need no data (those of
-    :func:`lottery.experiment.plan.prepare` before it loads the data): values, dataset and
-    model names, the pruning method and its keys, keys that do not apply. A sweep makes them
-    for every point before its first job starts; they import JAX (about a second), so a
-    single run leaves them to the run.
+    """The checks of a run's config that need no data (those
+    :func:`lottery.experiment.prepare.prepare` makes before it loads the data), and keys
+    that do not apply. A sweep makes them for every point before its first job starts; they
+    import JAX (about a second), so a single run leaves them to the run.
 
     The examples' shape is not known before the data is loaded: an image's is given, so that
     only ``dataset.augment`` on data that is not images is left to the job to find.
     """
-    from lottery import data, models
     from lottery.config.applicability import check_applicable
-    from lottery.pruning import strategy_for
+    from lottery.experiment.prepare import check_before_data as check_values
 
-    validate(config)
-    data.check_name(config.dataset.name)
-    models.check_name(config.model.name)
-    models.check_kernels(config.model.kernels)
-    strategy_for(config.pruning)
+    check_values(config)
     check_applicable(config, (32, 32, 3))
 
 

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from lottery import models
 from lottery.config import Config, ConfigError
 from lottery.store import Layout, folder_problem, load_tree_npz, read_summary
+from lottery.store.files import CONFIG_FILE, MASK_FILE, PARAMS_FILE
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,8 @@ class Ticket:
 def _experiment_config(folder: Path) -> Path:
     """The ``config.yaml`` of the experiment holding a level or branch folder."""
     for parent in folder.parents:
-        if (parent / "config.yaml").is_file():
-            return parent / "config.yaml"
+        if (parent / CONFIG_FILE).is_file():
+            return parent / CONFIG_FILE
     raise ConfigError(f"no config.yaml above {folder}; give a level folder of a results store")
 
 
@@ -68,8 +69,8 @@ def load(path: str | Path) -> Ticket:
             f"{folder} is damaged ({problem}); run its experiment again with the same "
             "command: the level is set aside and made again"
         )
-    weights = load_tree_npz(folder / "params.npz")
-    mask = load_tree_npz(folder / "mask.npz")["mask"]
+    weights = load_tree_npz(folder / PARAMS_FILE)
+    mask = load_tree_npz(folder / MASK_FILE)["mask"]
     params = jax.tree.map(jnp.asarray, weights.get("params", {}))
     batch_stats = jax.tree.map(jnp.asarray, weights.get("batch_stats", {}))
     return Ticket(network, params, mask, batch_stats, summary, cfg)

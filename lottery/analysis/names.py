@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from lottery.store.files import CONFIG_FILE, HASHED_FILE
+
 # A key of hashed.json that is no setting a reader chose (the data set's name says it).
 NOT_A_SETTING = ("data.fingerprint",)
 FOOTNOTE_WIDTH = 110
@@ -43,13 +45,13 @@ def settings_of(folder: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
     if folder is None:
         return {}, {}
     try:
-        hashed = json.loads((folder / "hashed.json").read_text())
+        hashed = json.loads((folder / HASHED_FILE).read_text())
     except (OSError, ValueError):
         hashed = {}
     try:
         import yaml
 
-        resolved = _flatten(yaml.safe_load((folder / "config.yaml").read_text()) or {})
+        resolved = _flatten(yaml.safe_load((folder / CONFIG_FILE).read_text()) or {})
     except (OSError, ValueError, ImportError, AttributeError):
         resolved = {}
     hashed = {k: v for k, v in hashed.items() if k not in NOT_A_SETTING}

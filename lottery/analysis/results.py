@@ -45,6 +45,8 @@ from typing import Any
 
 import pandas as pd
 
+from lottery.store.files import METRICS_FILE, SUMMARY_FILE
+
 DTYPES = {
     "experiment": "string",
     "hash": "string",
@@ -100,10 +102,10 @@ def summary_files(*paths: str | Path) -> list[Path]:
         for match in matches:
             path = Path(match)
             if path.is_file():
-                candidates = [path] if path.name == "summary.json" else []
+                candidates = [path] if path.name == SUMMARY_FILE else []
             elif path.is_dir():
                 # glob, not rglob: it follows the level_0 links into the dense folders.
-                pattern = os.path.join(glob.escape(str(path)), "**", "summary.json")
+                pattern = os.path.join(glob.escape(str(path)), "**", SUMMARY_FILE)
                 candidates = sorted(Path(f) for f in glob.glob(pattern, recursive=True))
             else:
                 raise FileNotFoundError(f"{match}: no such file or folder")
@@ -244,7 +246,7 @@ def load_metrics(*paths: str | Path) -> pd.DataFrame:
     frames = []
     for file in summary_files(*(paths or ("results",))):
         summary = _read_summary(file)
-        records = _read_records(file.parent / "metrics.jsonl") if summary else []
+        records = _read_records(file.parent / METRICS_FILE) if summary else []
         if not records:
             continue
         frame = pd.DataFrame.from_records(records)
@@ -309,53 +311,56 @@ def load_wandb(project: str, entity: str | None = None, api: Any = None) -> pd.D
         api = wandb.Api()
     rows = []
     for run in api.runs(f"{entity}/{project}" if entity else project):
-        config = dict(run.config)
-        if "hash" not in config:
-            continue  # not a lottery run
-        identity = {
-            "experiment": config.get("name"),
-            "hash": config["hash"],
-            "replicate": config.get("seed"),
-            "branch": config.get("branch", DEFAULT_BRANCH),
-            "path": getattr(run, "url", None),
-        }
-        if "level" in config:  # one run per level
-            summary = getattr(run, "summary", None) or {}
-            if summary.get("test_accuracy") is None:
-                continue
-            rows.append(
-                {
-                    **identity,
-                    "level": config["level"],
-                    "weights_remaining_pct": config.get(
-                        "weights_remaining_pct", summary.get("weights_remaining_pct")
-                    ),
-                    "test_accuracy": summary["test_accuracy"],
-                    "early_stop_iteration": summary.get("early_stop_iteration"),
-                    "early_stop_test_accuracy": summary.get("early_stop_test_accuracy"),
-                    "params_remaining": summary.get("params_remaining"),
-                    "wall_seconds": summary.get("wall_seconds"),
-                }
-            )
-            continue
-        for record in run.scan_history():  # the earlier layout: one run per replicate
-            if record.get("curve/test_accuracy") is None:
-                continue
-            rows.append(
-                {
-                    **identity,
-                    "level": record["level"],
-                    "weights_remaining_pct": record["prune/weights_remaining"],
-                    "test_accuracy": record["curve/test_accuracy"],
-                    "early_stop_iteration": record.get("curve/early_stop_iteration"),
-                    "early_stop_test_accuracy": record.get("curve/early_stop_test_accuracy"),
-                    "params_remaining": record.get("prune/params_remaining"),
-                    "wall_seconds": record.get("curve/wall_seconds"),
-                }
-            )
+        rows.extend(_wandb_rows(run))
     # A level can be found twice (a resumed run of the earlier layout); keep the last.
     frame = _frame(rows)
     return frame.drop_duplicates(list(KEYS), keep="last").reset_index(drop=True)
+
+
+def _wandb_rows(run: Any) -> list[dict[str, Any]]:
+    """The :func:`load_wandb` rows of one W&B run: none (not a lottery run, or cut off),
+    its level's, or (the earlier layout) one per finished level of its history."""
+    config = dict(run.config)
+    if "hash" not in config:
+        return []  # not a lottery run
+    identity = {
+        "experiment": config.get("name"),
+        "hash": config["hash"],
+        "replicate": config.get("seed"),
+        "branch": config.get("branch", DEFAULT_BRANCH),
+        "path": getattr(run, "url", None),
+    }
+    if "level" in config:  # one run per level
+        summary = getattr(run, "summary", None) or {}
+        if summary.get("test_accuracy") is None:
+            return []
+        pct = config.get("weights_remaining_pct", summary.get("weights_remaining_pct"))
+        return [
+            {
+                **identity,
+                "level": config["level"],
+                "weights_remaining_pct": pct,
+                "test_accuracy": summary["test_accuracy"],
+                "early_stop_iteration": summary.get("early_stop_iteration"),
+                "early_stop_test_accuracy": summary.get("early_stop_test_accuracy"),
+                "params_remaining": summary.get("params_remaining"),
+                "wall_seconds": summary.get("wall_seconds"),
+            }
+        ]
+    return [  # the earlier layout: one run per replicate, a history row per level
+        {
+            **identity,
+            "level": record["level"],
+            "weights_remaining_pct": record["prune/weights_remaining"],
+            "test_accuracy": record["curve/test_accuracy"],
+            "early_stop_iteration": record.get("curve/early_stop_iteration"),
+            "early_stop_test_accuracy": record.get("curve/early_stop_test_accuracy"),
+            "params_remaining": record.get("prune/params_remaining"),
+            "wall_seconds": record.get("curve/wall_seconds"),
+        }
+        for record in run.scan_history()
+        if record.get("curve/test_accuracy") is not None
+    ]
 
 
 def load_deployment(*paths: str | Path) -> list[dict[str, Any]]:

@@ -47,6 +47,9 @@ class BranchInputs:
     # (weights, statistics) -> test metrics ({"test/accuracy": ..., "test/loss": ...})
     evaluate: Callable[[Any, Any], dict[str, float]]
     final_lr: float = 0.0  # the learning rate of the schedule's last step
+    # (network, factor) -> the same family with every hidden width times factor (the
+    # experiment gives lottery.deploy.compact.scaled_network; None where it gives none)
+    narrower: Callable[[Any, float], Any] | None = None
 
 
 @dataclass(frozen=True)

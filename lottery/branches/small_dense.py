@@ -12,6 +12,7 @@ network's.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -31,10 +32,11 @@ def parameter_count(network: Any) -> int:
     return int(sum(leaf.size for leaf in jax.tree.leaves(params)))
 
 
-def small_dense_network(network: Any, target: int) -> tuple[Any, float]:
-    """The scaled network whose parameter count is closest to ``target``, and its factor."""
-    from lottery.deploy.compact import scaled_network
-
+def small_dense_network(
+    network: Any, target: int, scaled_network: Callable[[Any, float], Any]
+) -> tuple[Any, float]:
+    """The network of ``scaled_network(network, factor)`` whose parameter count is closest
+    to ``target``, and its factor."""
     low, high = 0.0, 1.0
     best = (abs(parameter_count(network) - target), network, 1.0)
     for _ in range(BISECTIONS):
@@ -53,7 +55,9 @@ def small_dense(inputs: BranchInputs, args: SmallDenseBranch) -> list[BranchRun]
     """One dense training of the narrower network (see the module's docstring)."""
     plan = inputs.plan
     target = count_alive(inputs.mask, list(_all_paths(inputs.mask)))
-    network, factor = small_dense_network(plan.network, target)
+    if inputs.narrower is None:
+        raise ValueError("small_dense needs BranchInputs.narrower (a network's narrower copy)")
+    network, factor = small_dense_network(plan.network, target, inputs.narrower)
     off = abs(parameter_count(network) - target) / max(target, 1)
     if off > TOLERANCE:  # widths are integers: a small network's count moves in big steps
         print(

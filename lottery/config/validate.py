@@ -7,7 +7,7 @@ import re
 
 from lottery.config.errors import ConfigError
 from lottery.config.schema import Config, DeployConfig, OptimizerConfig
-from lottery.config.steps import Step, parse_cadence
+from lottery.config.steps import Step
 
 # A results folder name: one path component, no hidden or parent folders.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
@@ -21,7 +21,17 @@ START_FROM = ("rewind", "previous")
 
 def validate(cfg: Config) -> None:
     """Raise :class:`ConfigError` for the first bad value found."""
-    pruning, train = cfg.pruning, cfg.train
+    check_name_and_pruning(cfg)
+    check_training(cfg)
+    check_deploy(cfg.deploy)
+    check_optimizer(cfg.optimizer)
+    check_start_and_seeds(cfg)
+    check_model_and_steps(cfg)
+
+
+def check_name_and_pruning(cfg: Config) -> None:
+    """The results' folder name and the pruning settings."""
+    pruning = cfg.pruning
     if not _NAME_RE.fullmatch(cfg.name) or ".." in cfg.name:
         raise ConfigError(
             f"name={cfg.name!r} must be a single folder name (letters, digits, '.', '_', '+', "
@@ -34,6 +44,21 @@ def validate(cfg: Config) -> None:
         )
     if pruning.levels < 0:
         raise ConfigError(f"pruning.levels={pruning.levels} must be >= 0 (0 trains the dense net)")
+    if pruning.start_from not in START_FROM:
+        raise ConfigError(
+            f"pruning.start_from={pruning.start_from!r} is not known; choose rewind (the "
+            "weights at the rewind step) or previous (the previous level's trained weights)"
+        )
+    if pruning.max_accuracy_drop is not None and not 0 <= pruning.max_accuracy_drop <= 100:
+        raise ConfigError(
+            f"pruning.max_accuracy_drop={pruning.max_accuracy_drop} must be in [0, 100] "
+            "percentage points of validation accuracy (1.0 allows a drop of one point)"
+        )
+
+
+def check_training(cfg: Config) -> None:
+    """Batch sizes, precision, validation split, steps, checkpoints and replicas."""
+    train = cfg.train
     for name, value in (
         ("train.batch_size", train.batch_size),
         ("train.eval_batch_size", train.eval_batch_size),
@@ -51,28 +76,10 @@ def validate(cfg: Config) -> None:
         step = Step.parse(value, name)
         if step.epochs == 0 and step.iterations == 0:
             raise ConfigError(f"{name}={value!r} must be longer than 0 iterations")
-    parse_cadence(train.checkpoint_every, "train.checkpoint_every")
     if train.keep_checkpoints < 1:
         raise ConfigError(
             f"train.keep_checkpoints={train.keep_checkpoints} must be >= 1 (the newest "
             "checkpoints of an unfinished level that are kept)"
-        )
-    if pruning.start_from not in START_FROM:
-        raise ConfigError(
-            f"pruning.start_from={pruning.start_from!r} is not known; choose rewind (the "
-            "weights at the rewind step) or previous (the previous level's trained weights)"
-        )
-    if pruning.max_accuracy_drop is not None and not 0 <= pruning.max_accuracy_drop <= 100:
-        raise ConfigError(
-            f"pruning.max_accuracy_drop={pruning.max_accuracy_drop} must be in [0, 100] "
-            "percentage points of validation accuracy (1.0 allows a drop of one point)"
-        )
-    check_deploy(cfg.deploy)
-    check_optimizer(cfg.optimizer)
-    if not cfg.init.train_level_0 and not cfg.init.checkpoint:
-        raise ConfigError(
-            "init.train_level_0=false keeps level 0 as loaded, and no init.checkpoint=PATH "
-            "says what to load; give a trained model, or leave init.train_level_0 true"
         )
     if train.replicas < 1:
         raise ConfigError(
@@ -84,14 +91,27 @@ def validate(cfg: Config) -> None:
             f"train.replicas={train.replicas} and train.data_parallel=true both want the "
             "devices; choose one (replicas split over the devices by themselves)"
         )
-    if cfg.seed + train.replicas > 2**32:
+
+
+def check_start_and_seeds(cfg: Config) -> None:
+    """What level 0 starts from, and the seeds."""
+    if not cfg.init.train_level_0 and not cfg.init.checkpoint:
         raise ConfigError(
-            f"seed={cfg.seed} with train.replicas={train.replicas} goes past 2^32 - 1; "
+            "init.train_level_0=false keeps level 0 as loaded, and no init.checkpoint=PATH "
+            "says what to load; give a trained model, or leave init.train_level_0 true"
+        )
+    if cfg.seed + cfg.train.replicas > 2**32:
+        raise ConfigError(
+            f"seed={cfg.seed} with train.replicas={cfg.train.replicas} goes past 2^32 - 1; "
             "choose a smaller seed"
         )
     for name, seed in (("seed", cfg.seed), ("data_seed", cfg.data_seed)):
         if seed is not None and not 0 <= seed < 2**32:
             raise ConfigError(f"{name}={seed} must be in [0, 2^32); choose e.g. {name}=0")
+
+
+def check_model_and_steps(cfg: Config) -> None:
+    """The model's widths and the step strings of the rewind point and the schedule."""
     if any(width < 1 for width in cfg.model.hidden):
         raise ConfigError(
             f"model.hidden={list(cfg.model.hidden)} must list positive layer widths, "
@@ -101,7 +121,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"model.width={cfg.model.width} must be >= 0 (0 = the paper's width), e.g. 16"
         )
-    Step.parse(pruning.rewind_step, "pruning.rewind_step")
+    Step.parse(cfg.pruning.rewind_step, "pruning.rewind_step")
     Step.parse(cfg.optimizer.warmup, "optimizer.warmup")
     for milestone in cfg.optimizer.milestones:
         Step.parse(milestone, "optimizer.milestones")

@@ -10,10 +10,33 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from lottery.atomic import atomic_write_json
+from lottery.logging import console
 from lottery.store import ReplicateStore
+from lottery.store.files import METRICS_FILE
 
 # What an accuracy budget chose, in the replicate's folder.
 BUDGET_FILE = "budget.json"
+
+
+def over_budget(
+    replicate: ReplicateStore, level: int, drop: float | None, last: int, prefix: str = ""
+) -> bool:
+    """With ``pruning.max_accuracy_drop=drop``: whether level ``level`` fell past the budget
+    (the run stops there; the level before is the answer, written to ``budget.json`` and
+    told in one line, as it is when the ``last`` level is within it). Judged on validation
+    accuracy, the same way for levels trained now or before."""
+    if drop is None or level == 0:
+        return False
+    reference, current = val_accuracy(replicate, 0), val_accuracy(replicate, level)
+    # Rounded: a drop of exactly the budget (61.2% to 60.2%) is within it.
+    over = round(100 * (reference - current), 6) > drop
+    if over or level == last:
+        chosen = level - 1 if over else level
+        verdict = budget_verdict(replicate, chosen, drop, level if over else None)
+        atomic_write_json(replicate.path / BUDGET_FILE, verdict)
+        console.print(f"{prefix}{describe_budget(verdict)}")
+    return over
 
 
 def budget_verdict(
@@ -38,7 +61,7 @@ def val_accuracy(replicate: ReplicateStore, level: int) -> float:
     older than the ``val_accuracy`` entry)."""
     value = replicate.summary(level).get("val_accuracy")
     if value is None:
-        lines = (replicate.level_path(level) / "metrics.jsonl").read_text().splitlines()
+        lines = (replicate.level_path(level) / METRICS_FILE).read_text().splitlines()
         value = json.loads(lines[-1])["val/accuracy"]
     return float(value)
 

@@ -32,18 +32,30 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from lottery.atomic import atomic_write_json
-from lottery.deploy import compact, inference_latency
+from lottery.atomic import atomic_write_json, this_process_writes
+from lottery.config.validate import export_formats
+from lottery.deploy import compact, inference_latency, parameter_count, size_on_disk
+from lottery.deploy.compact import scaled_network as _scaled_network
 from lottery.deploy.export import export_model
 from lottery.deploy.latency import FIGURE_BUDGET_S, LATENCY_BATCHES, forward_latency
 from lottery.deploy.onnx_export import UnsupportedLayer, export_onnx, onnx_latency, to_onnx
+from lottery.deploy.quantize import check_quantizable as _check_quantizable
 from lottery.deploy.quantize import int8_tree, quantize, zeros_kept
 from lottery.deploy.sparse_format import dense_size, save_sparse
 from lottery.deploy.sparse_inference import sparse_forward
+from lottery.experiment.budget import BUDGET_FILE
 from lottery.experiment.plan import Plan
 from lottery.logging import console
 from lottery.logging.deployment_table import deployment_table, onnx_latency_table
-from lottery.store import ReplicateStore, load_tree_npz
+from lottery.store import (
+    MASK_FILE,
+    PARAMS_FILE,
+    SPARSE_PARAMS_FILE,
+    SUMMARY_FILE,
+    ExperimentStore,
+    ReplicateStore,
+    load_tree_npz,
+)
 from lottery.train.steps import pad_for_eval
 
 DEPLOYMENT_FILE = "deployment.json"
@@ -110,8 +122,8 @@ def _level_onnx_latencies(
 
 def _level_weights(folder: Path) -> tuple[Any, Any, Any]:
     """A finished level's trained weights, BatchNorm statistics and mask."""
-    weights = load_tree_npz(folder / "params.npz")
-    mask = load_tree_npz(folder / "mask.npz")["mask"]
+    weights = load_tree_npz(folder / PARAMS_FILE)
+    mask = load_tree_npz(folder / MASK_FILE)["mask"]
     return weights.get("params", {}), weights.get("batch_stats", {}), mask
 
 
@@ -122,7 +134,7 @@ def level_figures(
     ``dense_onnx_ms`` None: the model does not export to ONNX."""
     cfg, network = plan.cfg, plan.network
     params, stats, mask = _level_weights(folder)
-    summary = json.loads((folder / "summary.json").read_text())
+    summary = json.loads((folder / SUMMARY_FILE).read_text())
     figures: dict[str, Any] = {
         "level": summary["level"],
         "weights_remaining_pct": summary["weights_remaining_pct"],
@@ -133,8 +145,8 @@ def level_figures(
         "bytes": {
             "dense_float": dense_size(params),
             "dense_compressed": dense_size(params, compressed=True),
-            "sparse": (folder / "params_sparse.npz").stat().st_size
-            if (folder / "params_sparse.npz").is_file()
+            "sparse": (folder / SPARSE_PARAMS_FILE).stat().st_size
+            if (folder / SPARSE_PARAMS_FILE).is_file()
             else None,
         },
         "latency": {"dense": dense_ms},
@@ -169,7 +181,8 @@ def level_figures(
         # The int8 network above is of the uncompacted weights: reused where they ship.
         reusable = None if plan.strategy.compactable else quantized
         figures["onnxruntime_latency"] = {
-            "dense": dense_onnx_ms, **_level_onnx_latencies(plan, shipped, reusable)
+            "dense": dense_onnx_ms,
+            **_level_onnx_latencies(plan, shipped, reusable),
         }
     return figures
 
@@ -204,9 +217,7 @@ def measure_replicate(plan: Plan, replicate: ReplicateStore, levels: list[int]) 
         file = folder / DEPLOYMENT_FILE
         if _stale(file, plan.cfg.deploy.quantize):
             if dense_ms is None:  # the unpruned network, measured once per run
-                dense_ms = _network_latencies(
-                    plan.network, plan.init_params, plan.init_batch_stats
-                )
+                dense_ms = _network_latencies(plan.network, plan.init_params, plan.init_batch_stats)
                 dense_onnx_ms = _dense_onnx_latencies(plan)
             atomic_write_json(file, level_figures(plan, folder, dense_ms, dense_onnx_ms))
         rows.append(json.loads(file.read_text()))
@@ -234,6 +245,85 @@ def export_level(
         export_onnx(network, params, stats, path, quantized=quantized)
         paths.append(path)
     return paths
+
+
+def deploy_replicate(
+    plan: Plan, store: ExperimentStore, replicate: ReplicateStore, last: int
+) -> None:
+    """With ``deploy.*``: each finished level's deployment figures and the table, and the
+    chosen level (the accuracy budget's, or the last finished) exported."""
+    deploy = plan.cfg.deploy
+    formats = export_formats(deploy)
+    if not (deploy.measure or formats) or not this_process_writes():
+        return
+    levels = [level for level in range(last + 1) if replicate.is_done(level)]
+    if not levels:
+        return
+    if deploy.measure:
+        rows = measure_replicate(plan, replicate, levels)
+        print_deployment(rows, f"{plan.prefix}deployment of {plan.cfg.name} [{store.path.name}]")
+    if formats:
+        budget = replicate.path / BUDGET_FILE
+        judged = budget.is_file() and plan.cfg.pruning.max_accuracy_drop is not None
+        chosen = json.loads(budget.read_text())["chosen_level"] if judged else None
+        level = chosen if chosen in levels else levels[-1]
+        for path in export_level(plan, replicate.level_path(level), formats):
+            console.print(f"{plan.prefix}exported level {level}: {path}")
+
+
+class CompactedFigures:
+    """A structured ticket compacted into a smaller network: parameters, bytes and median
+    CPU latency at batch 1 and 256, beside the dense network's (measured once)."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self._dense: dict[str, Any] | None = None
+
+    def __call__(self, params: Any, batch_stats: Any, mask: Any) -> dict[str, Any]:
+        plan = self.plan
+        if self._dense is None:
+            self._dense = _size_and_latency(plan.network, plan.init_params, plan.init_batch_stats)
+        small = _size_and_latency(*compact(plan.network, params, batch_stats, mask))
+        speedups = {
+            f"speedup_batch_{b}": self._dense[f"latency_ms_batch_{b}"]
+            / small[f"latency_ms_batch_{b}"]
+            for b in LATENCY_BATCHES
+        }
+        return {**small, "dense": self._dense, **speedups}
+
+
+def _size_and_latency(network: Any, params: Any, batch_stats: Any) -> dict[str, Any]:
+    return {
+        "params": parameter_count(params),
+        "bytes": size_on_disk(params),
+        **{
+            f"latency_ms_batch_{b}": 1e3
+            * inference_latency(network, params, batch_stats, b, budget_s=FIGURE_BUDGET_S)
+            for b in LATENCY_BATCHES
+        },
+    }
+
+
+def save_ticket_files(folder: Path, params: Any, mask: Any) -> dict[str, int]:
+    """Save the ticket's weights in the sparse format beside its dense weights; the bytes
+    on disk of both, and of the dense weights as a plain npz, for the summary."""
+    return {
+        "dense_npz_bytes": dense_size(params),
+        "params_npz_bytes": (folder / PARAMS_FILE).stat().st_size,
+        "sparse_bytes": save_sparse(folder / SPARSE_PARAMS_FILE, params, mask),
+    }
+
+
+def scaled_network(network: Any, factor: float) -> Any:
+    """The same family with every hidden width times ``factor`` (for the small-dense
+    branch; see :func:`lottery.deploy.compact.scaled_network`)."""
+    return _scaled_network(network, factor)
+
+
+def check_quantizable(params: Any, scheme: str) -> None:
+    """One line, before training, where ``deploy.quantize=scheme`` cannot quantize these
+    weights (see :func:`lottery.deploy.quantize.check_quantizable`)."""
+    _check_quantizable(params, scheme)
 
 
 def print_deployment(rows: list[dict[str, Any]], title: str) -> None:

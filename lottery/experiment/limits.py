@@ -151,7 +151,7 @@ def check_levels(cfg: Config, strategy: Strategy, settings: Any, params: Any,
     """``pruning.levels`` no more than the levels that remove a weight: each prunes exactly
     ``round(rate * n)`` of a group's ``n`` live weights, so once that rounds to 0 in every
     group the later levels would repeat the last one (the run would stop there,
-    :class:`~lottery.experiment.driver.NothingLeftToPrune`). Only for strategies whose
+    :class:`~lottery.experiment.errors.NothingLeftToPrune`). Only for strategies whose
     levels count weights so (``Strategy.weight_groups``)."""
     if strategy.weight_groups is None or cfg.pruning.levels == 0:
         return

@@ -26,6 +26,7 @@ import numpy as np
 
 from lottery.config import ConfigError
 from lottery.pruning import flatten, unflatten
+from lottery.store.files import PARAMS_FILE
 
 KINDS = (
     "a level folder of a results store, an Orbax checkpoint folder, or a .npz or "
@@ -72,8 +73,8 @@ def weights_digest(params: Any, batch_stats: Any) -> str:
 def _read(source: Path) -> dict[str, dict[str, np.ndarray]]:
     """``{"params": {path: array}, "batch_stats": {path: array}}`` from any known kind."""
     if source.is_dir():
-        if (source / "params.npz").is_file():  # a level or branch folder of ours
-            return _grouped(dict(np.load(source / "params.npz")))
+        if (source / PARAMS_FILE).is_file():  # a level or branch folder of ours
+            return _grouped(dict(np.load(source / PARAMS_FILE)))
         return _from_orbax(source)
     if source.suffix == ".npz":
         with np.load(source) as data:

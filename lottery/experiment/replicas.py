@@ -16,7 +16,8 @@ import jax
 
 from lottery import interrupts
 from lottery.config import ConfigError, Interrupted, RunError
-from lottery.experiment.driver import Experiment, LevelDiverged, remove_unfinished
+from lottery.experiment.driver import Experiment, remove_unfinished
+from lottery.experiment.errors import LevelDiverged
 from lottery.experiment.plan import Plan, with_seed
 from lottery.logging import RunLogger, console, make_loggers
 from lottery.store import ExperimentStore

@@ -64,6 +64,7 @@ from lottery.atomic import atomic_write_text
 from lottery.config import Config
 from lottery.logging.wandb_curve import curve_media, readable_group, sparsest_accuracy
 from lottery.store import MAIN_BRANCH, ExperimentStore
+from lottery.store.files import MASK_FILE, METRICS_FILE, PARAMS_FILE
 from lottery.store.results import CURVE_COLUMNS
 
 # Seconds wandb.init may wait for W&B's server (online mode) before giving up; the
@@ -362,14 +363,14 @@ class WandbLogger:
         branch = branch_of({}, folder)
         label = MAIN_BRANCH if branch == MAIN_BRANCH else branch.rsplit("_", 1)[0]
         live = self.live = self._open(level, pct, branch, label)
-        partial = folder.with_name(folder.name + ".partial") / "metrics.jsonl"
+        partial = folder.with_name(folder.name + ".partial") / METRICS_FILE
         for record in _records(partial):  # what the store holds already (a resumed level)
             live.log(record)
 
     def _finish_level(self, summary: dict[str, Any], folder: Path, rid: str, branch: str) -> None:
         """Complete the level's run from the store (every row not logged live, the summary,
         the artifact), finish it and write its marker."""
-        records = _records(folder / "metrics.jsonl")
+        records = _records(folder / METRICS_FILE)
         live, self.live = self.live, None
         if live is None or live.rid != rid:
             level, pct = int(summary["level"]), summary["weights_remaining_pct"]
@@ -404,7 +405,7 @@ class WandbLogger:
             description=f"mask and weights of {folder}",
             metadata={"hash": summary.get("hash"), **{k: summary.get(k) for k in keys}},
         )
-        for name in ("mask.npz", "params.npz"):
+        for name in (MASK_FILE, PARAMS_FILE):
             artifact.add_file(str(folder / name), name=name)
         run.log_artifact(artifact)
 

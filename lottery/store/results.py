@@ -55,6 +55,15 @@ from lottery.atomic import (
     this_process_writes,
 )
 from lottery.pruning import flatten, unflatten
+from lottery.store.files import (
+    CONFIG_FILE,
+    CURVE_FILE,
+    HASHED_FILE,
+    MASK_FILE,
+    METRICS_FILE,
+    PARAMS_FILE,
+    SUMMARY_FILE,
+)
 
 CURVE_COLUMNS = (
     "replicate",
@@ -118,7 +127,7 @@ def summary_problem(summary: Any) -> str | None:
 def _read_summary(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
     """(the summary, None), or (None, what is wrong with the ``summary.json`` of ``folder``)."""
     try:
-        summary = json.loads((folder / "summary.json").read_text())
+        summary = json.loads((folder / SUMMARY_FILE).read_text())
     except FileNotFoundError:
         return None, "no summary.json"
     except (OSError, ValueError) as error:  # UnicodeDecodeError and JSONDecodeError too
@@ -248,7 +257,7 @@ class PartialFolder:
 
     @property
     def mask_file(self) -> Path:
-        return self.path / "mask.npz"
+        return self.path / MASK_FILE
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -269,32 +278,32 @@ class PartialFolder:
         """Replace the metrics with ``history`` (a resumed run's evaluations so far)."""
         self.close()
         lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in history)
-        atomic_write_text(self.path / "metrics.jsonl", lines)
+        atomic_write_text(self.path / METRICS_FILE, lines)
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one evaluation's metrics."""
         if not this_process_writes():
             return
         if self._metrics is None:
-            self._metrics = open(self.path / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+            self._metrics = open(self.path / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115
         self._metrics.write(json.dumps(record, sort_keys=True) + "\n")
         self._metrics.flush()
 
     def save_weights(self, params: Any, batch_stats: Any) -> None:
-        save_tree_npz(self.path / "params.npz", {"params": params, "batch_stats": batch_stats})
+        save_tree_npz(self.path / PARAMS_FILE, {"params": params, "batch_stats": batch_stats})
 
     def is_whole(self) -> bool:
         """Everything written: only the rename was missing (a kill at the very end)."""
         return (
             read_summary(self.path) is not None
             and self.has_mask()
-            and (self.path / "params.npz").is_file()
+            and (self.path / PARAMS_FILE).is_file()
         )
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Write the summary (last), drop the checkpoints, rename the folder into place."""
         self.close()
-        atomic_write_json(self.path / "summary.json", summary)
+        atomic_write_json(self.path / SUMMARY_FILE, summary)
         self.publish()
 
     def publish(self) -> None:
@@ -332,12 +341,12 @@ def folder_problem(folder: Path, layout: Layout | None = None) -> str | None:
     summary, problem = _read_summary(folder)
     if summary is None:
         return problem
-    for name in ("mask.npz", "params.npz"):
+    for name in (MASK_FILE, PARAMS_FILE):
         if not npz_readable(folder / name):
             return f"{name} is not a whole file"
     if layout is None:
         return None
-    checks = (("mask.npz", layout.mask_problem), ("params.npz", layout.params_problem))
+    checks = ((MASK_FILE, layout.mask_problem), (PARAMS_FILE, layout.params_problem))
     for name, check in checks:
         try:
             problem = check(folder / name)
@@ -374,13 +383,13 @@ class ReplicateStore:
         return folder_done(self.level_path(level), self.layout)
 
     def summary(self, level: int) -> dict[str, Any]:
-        return json.loads((self.level_path(level) / "summary.json").read_text())
+        return json.loads((self.level_path(level) / SUMMARY_FILE).read_text())
 
     def mask(self, level: int) -> Any:
-        return load_tree_npz(self.level_path(level) / "mask.npz")["mask"]
+        return load_tree_npz(self.level_path(level) / MASK_FILE)["mask"]
 
     def params(self, level: int) -> tuple[Any, Any]:
-        trees = load_tree_npz(self.level_path(level) / "params.npz")
+        trees = load_tree_npz(self.level_path(level) / PARAMS_FILE)
         return trees.get("params", {}), trees.get("batch_stats", {})
 
     def partial_level(self, level: int) -> PartialFolder:
@@ -391,7 +400,7 @@ class ReplicateStore:
         if final.exists() or final.is_symlink():
             problem = folder_problem(final, self.layout)
             if problem is not None:
-                looked_finished = (final / "summary.json").exists()
+                looked_finished = (final / SUMMARY_FILE).exists()
                 set_aside(final, "unreadable" if looked_finished else "unfinished", problem)
         return PartialFolder(final, self.layout)
 
@@ -460,9 +469,9 @@ class ExperimentStore:
         """Record the config (once: the first run's stays, unless unreadable) and the hashed
         values, for the experiment and for its dense level 0."""
         for folder, values in ((self.path, hashed), (self.dense_path, dense_hashed)):
-            if not _yaml_readable(folder / "config.yaml"):
-                atomic_write_text(folder / "config.yaml", config_yaml)
-            atomic_write_json(folder / "hashed.json", values)
+            if not _yaml_readable(folder / CONFIG_FILE):
+                atomic_write_text(folder / CONFIG_FILE, config_yaml)
+            atomic_write_json(folder / HASHED_FILE, values)
 
     def summaries(self) -> list[dict[str, Any]]:
         """Every finished level's and branch's summary, by replicate, level and branch.
@@ -489,7 +498,7 @@ class ExperimentStore:
 
     @property
     def curve_file(self) -> Path:
-        return self.path / "curve.csv"
+        return self.path / CURVE_FILE
 
     def write_curve(self) -> list[dict[str, Any]]:
         """Rebuild ``curve.csv`` from the level summaries; returns its rows."""

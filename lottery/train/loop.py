@@ -154,41 +154,51 @@ class Trainer:
         self.data_seed = data_seed
         self.tx = make_optimizer(optimizer)
         self.schedule = make_schedule(optimizer, steps_per_epoch, total_steps)
-        evaluate = make_evaluate(network)
         self._dense_gradient = make_dense_gradient(network, augment, precision)
         sharding = batch_sharding(batch_size) if data_parallel else None
         if sharding is not None:  # everything else replicated on the same devices
             self.placement = jax.sharding.NamedSharding(
                 sharding.mesh, jax.sharding.PartitionSpec()
             )
-        if isinstance(dataset, StreamingDataset):
-            if batcher is not None:
-                raise ConfigError("train.replicas needs a dataset held on the device")
-            steps = make_streamed_train_steps(
+        if batcher is not None and isinstance(dataset, StreamingDataset):
+            raise ConfigError("train.replicas needs a dataset held on the device")
+        if batcher is not None:
+            self.replica_steps = make_replica_train_steps(
                 network, self.tx, self.schedule, augment, precision
             )
-            self.feed: DeviceFeed | StreamFeed = StreamFeed(
-                dataset, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                train_steps=steps, evaluate=evaluate, batch_sharding=sharding,
-            )
-        else:
-            steps = make_train_steps(
-                network, self.tx, self.schedule, augment, precision, sharding
-            )
-            if batcher is not None:
-                self.replica_steps = make_replica_train_steps(
-                    network, self.tx, self.schedule, augment, precision
-                )
-            params = jax.eval_shape(network.init, jax.random.key(0))[0]
-            self.feed = DeviceFeed(
-                dataset, batch_size=batch_size, total_steps=total_steps,
-                eval_batch_size=eval_batch_size, train_steps=steps, evaluate=evaluate,
-                max_fused=fused_steps_limit(params), placement=self.placement,
-            )
+        self.feed = self._make_feed(
+            dataset, batch_size, eval_batch_size, augment, precision, sharding
+        )
         self.use_data_stream(0)
         self.last_step = 0  # the last step trained to, for messages (Ctrl-C)
         self._compiled: dict[Any, Any] = {}
         self.timing = Timing()
+
+    def _make_feed(
+        self,
+        dataset: Dataset | StreamingDataset,
+        batch_size: int,
+        eval_batch_size: int,
+        augment: Augment | None,
+        precision: str,
+        sharding: jax.sharding.NamedSharding | None,
+    ) -> DeviceFeed | StreamFeed:
+        """The feed of the training steps: streamed batches, or a dataset on the device
+        whose batches are gathered inside the compiled steps."""
+        network, evaluate = self.network, make_evaluate(self.network)
+        if isinstance(dataset, StreamingDataset):
+            steps = make_streamed_train_steps(network, self.tx, self.schedule, augment, precision)
+            return StreamFeed(
+                dataset, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                train_steps=steps, evaluate=evaluate, batch_sharding=sharding,
+            )
+        steps = make_train_steps(network, self.tx, self.schedule, augment, precision, sharding)
+        params = jax.eval_shape(network.init, jax.random.key(0))[0]
+        return DeviceFeed(
+            dataset, batch_size=batch_size, total_steps=self.total_steps,
+            eval_batch_size=eval_batch_size, train_steps=steps, evaluate=evaluate,
+            max_fused=fused_steps_limit(params), placement=self.placement,
+        )
 
     def use_data_stream(self, stream: int) -> None:
         """Draw batch order and augmentation from ``(data_seed, stream)``; a level is a stream.

@@ -25,13 +25,27 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 
-if TYPE_CHECKING:
-    from lottery.train.loop import Trainer
+from lottery.train.feeds import DeviceFeed
+
+
+class Trainer(Protocol):
+    """What the batcher uses of a replica's :class:`lottery.train.loop.Trainer` (a protocol,
+    so that the loop, which hands its stretches here, is not imported back)."""
+
+    kind: str  # which replicas compute the same thing: the optimizer and network
+    device: jax.Device | None
+    feed: DeviceFeed
+    key: jax.Array
+    stream: int
+    timing: Any  # its Timing: the compile seconds of the vmapped steps are added to it
+    replica_steps: Any
+
+    def _compiled_fn(self, key: Any, jitted: Any, *args: Any, **static: Any) -> Any: ...
 
 
 # On a CPU device a vmapped step is no faster than the replicas' steps one after another

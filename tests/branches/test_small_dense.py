@@ -8,6 +8,7 @@ import pytest
 from lottery import experiment, models
 from lottery.branches.small_dense import parameter_count, small_dense_network
 from lottery.config import ModelConfig
+from lottery.deploy.compact import scaled_network
 
 from conftest import DIGITS, make_config
 
@@ -20,7 +21,7 @@ from conftest import DIGITS, make_config
 def test_the_narrower_network_has_the_target_count_within_2_percent(name, shape, fraction):
     network = models.build(ModelConfig(name=name), shape, 10)
     target = round(fraction * parameter_count(network))
-    small, factor = small_dense_network(network, target)
+    small, factor = small_dense_network(network, target, scaled_network)
     assert abs(parameter_count(small) - target) <= 0.02 * target
     assert 0 < factor < 1
     assert type(small.module) is type(network.module)

@@ -250,7 +250,7 @@ def bad_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _prepare_fails(overrides: list[str], folder: Path) -> str:
-    from lottery.experiment.plan import prepare
+    from lottery.experiment import prepare
 
     with pytest.raises(ConfigError) as error:
         prepare(make_config([*QUICK, "train.steps=100it", *overrides], folder / "results"))

@@ -10,7 +10,7 @@ import pytest
 
 from lottery import experiment
 from lottery.config import ConfigError
-from lottery.experiment.driver import training_inputs
+from lottery.experiment.trainers import training_inputs
 from lottery.pruning import TrainingInputs, count_alive, flatten, full_mask, unflatten
 from lottery.pruning.dynamic_sparse import DynamicSparse
 from lottery.pruning.erk import erk_keeps

@@ -7,7 +7,7 @@ import pytest
 
 from lottery import experiment
 from lottery.config import ConfigError
-from lottery.experiment.driver import training_inputs
+from lottery.experiment.trainers import training_inputs
 from lottery.pruning import count_alive, flatten, full_mask, magnitude_prune
 from lottery.pruning.gradual import PolynomialDecay, gradual_mask, keep_count
 from lottery.pruning.magnitude import criterion_scores
