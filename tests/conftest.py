@@ -103,6 +103,17 @@ DIGITS = [
 ]
 
 
+def cases(
+    table: list[tuple], slow: frozenset[str] | set[str] = frozenset()
+) -> list[pytest.param]:
+    """A parametrize table whose rows are named by their first value; the rows named in
+    ``slow`` (large networks: seconds each) run only in the whole suite, not the fast tier."""
+    return [
+        pytest.param(*row, id=row[0], marks=[pytest.mark.slow] if row[0] in slow else [])
+        for row in table
+    ]
+
+
 def make_config(overrides: list[str], results_root: Path | None = None) -> Config:
     """The typed config that ``python -m lottery <overrides>`` would run."""
     register()

@@ -273,6 +273,7 @@ def test_notebook_runs_headless_and_writes_its_figure(store3, tmp_path, name):
     assert any("image/png" in o.get("data", {}) for o in outputs)
 
 
+@pytest.mark.slow
 def test_own_model_own_loop_notebook_trains_a_mask_by_hand_and_runs_lottery(tmp_path):
     """``experiments/own_model_own_loop.ipynb``: its hand-written loop keeps the pruned
     weights at +0.0 (the notebook asserts it at each level) and ``lottery.run`` writes its

@@ -25,7 +25,8 @@ from conftest import make_config
 
 # One worker for the module: its trained fixtures (a level with branches, a ResNet's
 # instability both ways) are made once.
-pytestmark = pytest.mark.xdist_group("branches")
+# Trains a digits experiment with every branch (module fixture): the whole suite only.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("branches")]
 
 ALL = "branches=[random_reinit,random_prune,lr_rewind,finetune,rewind_to,instability]"
 

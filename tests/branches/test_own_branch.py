@@ -20,7 +20,8 @@ from conftest import DIGITS, make_config, run_cli
 from readme import readme_block
 
 # One worker for the module: its folder (and the dense training its runs share) is made once.
-pytestmark = pytest.mark.xdist_group("own_branch")
+# Runs the command line with branches of one's own: the whole suite only.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("own_branch")]
 
 OWN = ["branches=[mybranch:BRANCH,random_reinit]", "+branch.own.fan_in_shuffle.seed=3"]
 

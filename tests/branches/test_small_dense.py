@@ -27,6 +27,7 @@ def test_the_narrower_network_has_the_target_count_within_2_percent(name, shape,
     assert type(small.module) is type(network.module)
 
 
+@pytest.mark.slow
 def test_each_level_trains_a_small_dense_network_of_its_size(tmp_path):
     experiment.run(make_config([*DIGITS, "branches=[small_dense]", "pruning.levels=1"],
                                tmp_path))
@@ -44,6 +45,7 @@ def test_each_level_trains_a_small_dense_network_of_its_size(tmp_path):
     assert found == 1  # level 1
 
 
+@pytest.mark.slow
 def test_a_network_too_small_to_match_says_how_far_it_lands(tmp_path, capsys):
     # 40 weights alive in the hidden layers of 64-4-2-10 at level 1: widths (3, 2) are the
     # closest narrower network, about 4% short.

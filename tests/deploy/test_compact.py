@@ -22,6 +22,8 @@ from lottery.models import Network, build
 from lottery.pruning import apply_mask, flatten, full_mask
 from lottery.pruning.structured import alive_units, structured_prune, unit_groups
 
+from conftest import cases
+
 CIFAR = (32, 32, 3)
 
 
@@ -61,7 +63,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "shape", "cfg"), CASES, ids=[c[0] for c in CASES])
+# The largest networks run in the whole suite only.
+SLOW = {"mobilenetv2_cifar", "resnet50"}
+
+
+@pytest.mark.parametrize(("name", "shape", "cfg"), cases(CASES, SLOW))
 def test_compacted_network_equals_the_masked_one(name: str, shape: tuple, cfg: dict) -> None:
     network, params, stats = random_network(name, shape, **cfg)
     mask = structured_prune(params, full_mask(params), 0.5)

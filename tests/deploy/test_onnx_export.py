@@ -26,6 +26,8 @@ from lottery.models import Network
 from lottery.pruning import apply_mask, flatten, full_mask, unflatten
 from lottery.pruning.structured import block_prune, structured_prune
 
+from conftest import cases
+
 TOLERANCE = 2e-5  # of the largest logit's magnitude (see the module's docstring)
 
 CASES = [
@@ -78,7 +80,11 @@ def onnx_kernel(model: onnx.ModelProto, path: str) -> np.ndarray:
     return values
 
 
-@pytest.mark.parametrize(("name", "shape", "cfg"), CASES, ids=[c[0] for c in CASES])
+# The largest networks run in the whole suite only.
+SLOW = {"mobilenetv2", "mobilenetv2_cifar", "resnet18", "resnet50"}
+
+
+@pytest.mark.parametrize(("name", "shape", "cfg"), cases(CASES, SLOW))
 def test_the_exported_masked_network_gives_the_jax_logits(name, shape, cfg):
     network, params, stats = random_network(name, shape, **cfg)
     params, mask = half_pruned(params)

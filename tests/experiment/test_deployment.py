@@ -29,7 +29,8 @@ from lottery.pruning import flatten
 from conftest import DIGITS, make_config
 
 # One worker for the module: its trained fixtures are made once.
-pytestmark = pytest.mark.xdist_group("deployment")
+# Trains and measures experiments end to end: the whole suite only.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deployment")]
 
 FROM_SOURCE = ["init.train_level_0=false"]
 

@@ -28,7 +28,8 @@ from lottery.train.replicas import ReplicaBatcher
 from conftest import DIGITS, REPO, make_config
 
 # One worker for the module: its trained fixtures are made once.
-pytestmark = pytest.mark.xdist_group("replicas")
+# Trains several seeds end to end: the whole suite only.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("replicas")]
 
 QUICK = [*DIGITS, "pruning.levels=1"]
 # SGD (and a learning rate for it): rounding is not amplified, so weights compare closely.

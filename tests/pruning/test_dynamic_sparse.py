@@ -163,6 +163,7 @@ def test_dropping_by_hand_on_a_small_layer():
     assert new[0, 2] and new[1, 2]  # the two pruned positions come back
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["set", "rigl"])
 def test_a_resumed_run_updates_exactly_as_the_uninterrupted_one(tmp_path, method):
     """A checkpoint at an update step (saved after the update) resumes without updating

@@ -110,6 +110,7 @@ def test_prune_rejects_an_unknown_method_in_one_line() -> None:
         prune(params, params, method="snap")
 
 
+@pytest.mark.slow
 def test_run_returns_a_row_per_level_in_the_store_of_the_command_line(tmp_path) -> None:
     frame = lottery.run([*QUICK, f"results_root={tmp_path / 'notebook'}"])
     assert list(frame.level) == [0, 1, 2] and set(frame.branch) == {"imp"}

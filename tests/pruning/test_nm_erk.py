@@ -67,6 +67,7 @@ def test_nm_settings_and_layers_are_checked():
         strategy_for(make_config(["pruning.nm_m=8"]).pruning)
 
 
+@pytest.mark.slow
 def test_nm_on_digits_end_to_end(tmp_path: Path):
     done = run_cli(
         [*DIGITS, "pruning.method=nm", "pruning.levels=1", "results_root=results"], cwd=tmp_path
@@ -82,6 +83,7 @@ def test_nm_on_digits_end_to_end(tmp_path: Path):
 
 
 
+@pytest.mark.slow
 def test_nm_gradually_over_levels(tmp_path: Path):
     """2:4 in two levels: level 1 keeps 3 of every 4 by level 0's trained weights, level 2 2
     of every 4 among those by level 1's trained weights (by hand; its pruned ones are 0.0)."""
@@ -167,6 +169,7 @@ def test_erk_config_is_checked_and_hashed():
     [(["pruning.method=random"], 2),  # SynFlow: each layer on its own schedule, over rounds
      (["pruning.method=synflow", "pruning.synflow_rounds=5", "pruning.levels=1"], 1)],
 )
+@pytest.mark.slow
 def test_erk_on_digits_end_to_end(tmp_path: Path, method: list[str], levels: int):
     done = run_cli(
         [*DIGITS, *method, "pruning.distribution=erk", "results_root=results"], cwd=tmp_path

@@ -20,7 +20,8 @@ from conftest import DIGITS, make_config, run_cli
 from readme import readme_block
 
 # One worker for the module: its folder (and the dense training its runs share) is made once.
-pytestmark = pytest.mark.xdist_group("own_method")
+# Runs the command line with methods of one's own: the whole suite only.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("own_method")]
 
 
 # Methods that are wrong, one way each: a kernel's mask flattened, one weight too many pruned.

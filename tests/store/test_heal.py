@@ -21,6 +21,10 @@ from lottery.train.checkpoint import Checkpointer
 
 from conftest import CONFIG_DIR, DIGITS, make_config
 
+# Each case trains a digits experiment, damages its store and runs it again: the whole suite
+# only (the store's own checks of a level's files are in the fast tier, tests/store/).
+pytestmark = pytest.mark.slow
+
 HEALABLE = [*DIGITS, "pruning.rewind_step=50it"]  # levels 0-2; the rewind point matters
 
 

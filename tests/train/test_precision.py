@@ -17,7 +17,8 @@ from conftest import DIGITS, make_config
 
 # On one worker, and the fixtures session-scoped, so that the VGG and its trained states are
 # made once (a module-scoped fixture is made again when the worker comes back to the module).
-pytestmark = pytest.mark.xdist_group("precision")
+# Trains a bf16 experiment end to end: the whole suite only.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("precision")]
 
 @pytest.fixture(scope="session")
 def vgg():
