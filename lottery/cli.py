@@ -115,11 +115,12 @@ def check_overrides(argv: list[str]) -> str | None:
         return check_sweep(axes)
 
 
-# A sweep is checked point by point up to this many points (2 to 10 ms a point here: 10 to
-# 50 s for the largest). Past it, or past MAX_COMPOSED_POINTS distinct config-group choices
-# (a composition costs about 0.15 s), each swept value is checked with the first value of
-# every other sweep instead: a value bad on its own is still found before any job starts, a
-# combination bad only together is found when its job runs.
+# A sweep is checked point by point up to this many points (milliseconds a point: tens of
+# seconds for the largest; docs/benchmarks.md, "Design measurements"). Past it, or past
+# MAX_COMPOSED_POINTS distinct config-group choices (a composition costs a tenth of a second
+# or more), each swept value is checked with the first value of every other sweep instead: a
+# value bad on its own is still found before any job starts, a combination bad only together
+# is found when its job runs.
 MAX_CHECKED_POINTS = 5000
 MAX_COMPOSED_POINTS = 100
 

@@ -3,11 +3,11 @@
 Python raises ``KeyboardInterrupt`` in whatever code the main thread runs when SIGINT
 arrives. When that code is a garbage-collector callback (JAX registers one, and a train step
 makes garbage), Python prints "Exception ignored in: <function _xla_gc_callback ...>" and goes
-on: the run went on training as if nothing had been pressed (about one Ctrl-C in ten, measured
-on the default experiment). Within :func:`caught`, SIGINT leaves a flag, and raises at once
-unless it arrived where Python would swallow the raise; the training loop calls
-:func:`raise_if_requested` between stretches, which raises it there, within one evaluation
-interval.
+on: the run went on training as if nothing had been pressed (about one Ctrl-C in ten on the
+default experiment: docs/benchmarks.md, "Design measurements"). Within :func:`caught`,
+SIGINT leaves a flag, and raises at once unless it arrived where Python would swallow the
+raise; the training loop calls :func:`raise_if_requested` between stretches, which raises
+it there, within one evaluation interval.
 
 A scheduler stopping the job is the other interruption. Slurm sends SIGTERM when it requeues
 or preempts a job (and SIGKILL ``KillWait`` seconds later); submitit asks for SIGUSR2 shortly

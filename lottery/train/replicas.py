@@ -11,8 +11,8 @@ differ, it is in each replica's state) and runs each such group as one jit-compi
 With several local devices (GPUs, or a CPU's cores as devices with
 ``--xla_force_host_platform_device_count=2``), replica i lives on device i mod D, with its
 data and evaluation; each device's group is dispatched without waiting for the others', so
-the devices compute at once. (One executable sharded over a replica axis measured no faster
-than one device on a 2-core CPU; a group per device, 2.5x.)
+the devices compute at once (one executable sharded over a replica axis is no faster than one
+device on a CPU; a group per device is: docs/benchmarks.md, "Design measurements").
 
 Why threads rather than one loop over stacked states: the driver (levels, branches, hooks,
 files, resume) stays the one a single run uses, so a replica cannot drift from what training
@@ -49,17 +49,17 @@ class Trainer(Protocol):
 
 
 # On a CPU device a vmapped step is no faster than the replicas' steps one after another
-# (measured on 2 cores: 0.76-1.05x for LeNet-300-100 and the MNIST-1D MLP,
-# benchmarks/replicas.py), so there each device runs its replicas' own steps and the gain
-# comes from the devices computing at once; on GPUs and TPUs the vmapped step fills the chip.
+# (benchmarks/replicas.py; docs/benchmarks.md), so there each device runs its replicas' own
+# steps and the gain comes from the devices computing at once; on GPUs and TPUs the vmapped
+# step fills the chip.
 VMAP_ON_CPU = False
 
 
 def worth_batching() -> bool:
     """Whether replicas gain from training together here: on GPUs and TPUs (the vmapped
     step), and on a CPU with several devices (the devices compute at once). On one CPU
-    device nothing would run at once, so the seeds run one after another (measured: 8
-    replicas in threads there cost 0.86x of 8 runs one after another)."""
+    device nothing would run at once, so the seeds run one after another (threads there
+    are slower than one run after another: docs/benchmarks.md)."""
     return jax.default_backend() != "cpu" or VMAP_ON_CPU or jax.local_device_count() > 1
 
 
