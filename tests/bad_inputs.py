@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from readme import readme_block
+from readme import doc_block
 
 QUICK = ["train.steps=200it", "progress=false"]  # the default MNIST-1D experiment, short
 # How issue 28 ran the inputs it found getting through.
@@ -260,7 +260,7 @@ CASES = [
     case("own model: batchnorm_init without BatchNorm", "model.name=own_models:Plain",
          "model.batchnorm_init=uniform", setup="own_model"),
     case("zoo model with model.kwargs", "++model.kwargs={width:3}"),
-    # A branch of one's own (the README's recipe: setup="own_branch").
+    # A branch of one's own (the recipe of docs/guides/extending.md: setup="own_branch").
     case("own branch not importable", "branches=[no_such_module:BRANCH]"),
     case("own branch name missing", "branches=[math:nothing]"),
     case("own branch not a Branch", "branches=[math:pi]"),
@@ -495,7 +495,7 @@ def prepare(setup: str, folder: Path) -> str | None:
     elif setup == "own_model":
         write_own_models(folder)
     elif setup == "own_branch":
-        (folder / "mybranch.py").write_text(readme_block("Your own branch"))
+        (folder / "mybranch.py").write_text(doc_block("Your own branch"))
     elif setup.startswith("own_npz_"):
         write_own_npz(folder / "own.npz", setup.removeprefix("own_npz_"))
     elif setup.startswith("npz_"):  # weights of the default MLP (40-100-100-10)

@@ -1,7 +1,7 @@
 """A branch of one's own (``branches=[package.module:NAME]``, or an entry point of the group
-``lottery.branches``), written to a folder outside the package as the README's "Your own
-branch" recipe says, run through the real command line on digits beside a built-in control
-with an argument of its own; and the bad ways to name it or its arguments, as one line."""
+``lottery.branches``), written to a folder outside the package as the "Your own branch" recipe
+of docs/guides/extending.md says, run through the real command line on digits beside a built-in
+control with an argument of its own; and the bad ways to name it or its arguments, as one line."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from lottery.config import ConfigError
 
 from conftest import DIGITS, make_config, run_cli
-from readme import readme_block
+from readme import doc_block
 
 # One worker for the module: its folder (and the dense training its runs share) is made once.
 # Runs the command line with branches of one's own: the whole suite only.
@@ -44,17 +44,17 @@ BAD_BRANCHES = textwrap.dedent(
 )
 
 
-def readme_command() -> list[str]:
-    """The overrides of the README's command, after ``python -m lottery``."""
-    command = readme_block("Your own branch", "bash").replace("\\\n", " ")
+def recipe_command() -> list[str]:
+    """The overrides of the recipe's command, after ``python -m lottery``."""
+    command = doc_block("Your own branch", "bash").replace("\\\n", " ")
     return [word.strip("'") for word in command.split()[3:]]
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder outside the package holding the README's ``mybranch.py`` (and bad ones)."""
+    """A folder outside the package holding the recipe's ``mybranch.py`` (and bad ones)."""
     path = tmp_path_factory.mktemp("own_branch")
-    (path / "mybranch.py").write_text(readme_block("Your own branch"))
+    (path / "mybranch.py").write_text(doc_block("Your own branch"))
     (path / "badbranches.py").write_text(BAD_BRANCHES)
     return path
 
@@ -74,8 +74,8 @@ def _npz(file: Path) -> dict[str, np.ndarray]:
         return {key: stored[key] for key in stored.files}
 
 
-def test_the_readme_command_is_the_one_tested() -> None:
-    command = readme_command()
+def test_the_recipe_command_is_the_one_tested() -> None:
+    command = recipe_command()
     assert set(OWN) <= set(command), command
     assert "dataset=digits" in command and "pruning.levels=2" in command
 
@@ -117,7 +117,7 @@ def test_own_branch_through_an_entry_point(
     site = tmp_path / "site"
     info = site / "mybranches-0.1.dist-info"
     info.mkdir(parents=True)
-    (site / "mybranch_pkg.py").write_text(readme_block("Your own branch"))
+    (site / "mybranch_pkg.py").write_text(doc_block("Your own branch"))
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mybranches\nVersion: 0.1\n")
     points = "[lottery.branches]\nfan_in_shuffle = mybranch_pkg:BRANCH\n"
     (info / "entry_points.txt").write_text(points)

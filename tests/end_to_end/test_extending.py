@@ -1,8 +1,8 @@
-"""The README's "Extending" recipes together: a model, a dataset and a pruning method of one's
-own, in a package outside ``lottery/`` (``mylab/``, its files copied from the README's code
-blocks), run end to end through the real command line with both controls; then the store's
-``curve.csv``, ``python -m lottery.report`` and ``lottery.load`` on it; and the same method
-by an entry point's name."""
+"""The "Extending" recipes of docs/guides/extending.md together: a model, a dataset and a pruning
+method of one's own, in a package outside ``lottery/`` (``mylab/``, its files copied from the
+page's code blocks), run end to end through the real command line with both controls; then the
+store's ``curve.csv``, ``python -m lottery.report`` and ``lottery.load`` on it; and the same
+method by an entry point's name."""
 
 from __future__ import annotations
 
@@ -21,28 +21,28 @@ from lottery.data.generated import digits
 from lottery.pruning import flatten
 
 from conftest import run_cli
-from readme import readme_block
+from readme import doc_block
 
 BRANCHES = ("imp", "random_reinit", "random_prune")
 
 
 def write_package(root: Path) -> None:
-    """``root/mylab`` (the README's model and method) and ``root/mine.npz`` (its data line,
+    """``root/mylab`` (the page's model and method) and ``root/mine.npz`` (its data line,
     run on scikit-learn's digits as (N, 8, 8, 1) float images, NHWC as the Conv needs)."""
     package = root / "mylab"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    (package / "models.py").write_text(readme_block("Your own model"))
-    (package / "methods.py").write_text(readme_block("Your own pruning method"))
+    (package / "models.py").write_text(doc_block("Your own model"))
+    (package / "methods.py").write_text(doc_block("Your own pruning method"))
     x_train, y_train, x_test, y_test = digits()
     names = {"np": np, "x_train": x_train, "y_train": y_train, "x_test": x_test,
              "y_test": y_test}
-    save = readme_block("Your own data").replace('"mine.npz"', repr(str(root / "mine.npz")))
+    save = doc_block("Your own data").replace('"mine.npz"', repr(str(root / "mine.npz")))
     exec(save, names)
 
 
 def write_entry_point(root: Path) -> None:
-    """The metadata pip writes for a package whose ``pyproject.toml`` has the README's
+    """The metadata pip writes for a package whose ``pyproject.toml`` has the page's
     ``[project.entry-points."lottery.methods"]`` line (as tests/pruning/test_own_method.py does)."""
     info = root / "mylab-0.1.dist-info"
     info.mkdir()

@@ -1,7 +1,7 @@
-"""A pruning method of one's own (``pruning.method=package.module:NAME``, or an entry point of
-the group ``lottery.methods``), written to a folder outside the package as the README's
-"Your own pruning method" recipe says, and run through the real command line on digits with
-both controls; and a method whose mask has the wrong shape or count, as one line."""
+"""A pruning method of one's own (``pruning.method=package.module:NAME``, or an entry point of the
+group ``lottery.methods``), written to a folder outside the package as the "Your own pruning
+method" recipe of docs/guides/extending.md says, and run through the real command line on digits
+with both controls; and a method whose mask has the wrong shape or count, as one line."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from lottery.config import ConfigError
 
 from conftest import DIGITS, make_config, run_cli
-from readme import readme_block
+from readme import doc_block
 
 # One worker for the module: its folder (and the dense training its runs share) is made once.
 # Runs the command line with methods of one's own: the whole suite only.
@@ -80,9 +80,9 @@ BAD_METHODS = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder outside the package holding the README's ``mymethod.py`` (and bad ones)."""
+    """A folder outside the package holding the recipe's ``mymethod.py`` (and bad ones)."""
     path = tmp_path_factory.mktemp("own_method")
-    (path / "mymethod.py").write_text(readme_block("Your own pruning method"))
+    (path / "mymethod.py").write_text(doc_block("Your own pruning method"))
     (path / "badmethods.py").write_text(BAD_METHODS)
     return path
 
@@ -135,7 +135,7 @@ def test_own_method_through_an_entry_point(
     site = tmp_path / "site"
     info = site / "mymethods-0.1.dist-info"
     info.mkdir(parents=True)
-    (site / "mymethod_pkg.py").write_text(readme_block("Your own pruning method"))
+    (site / "mymethod_pkg.py").write_text(doc_block("Your own pruning method"))
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mymethods\nVersion: 0.1\n")
     points = "[lottery.methods]\nlargest_first = mymethod_pkg:STRATEGY\n"
     (info / "entry_points.txt").write_text(points)
