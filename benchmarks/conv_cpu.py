@@ -20,7 +20,7 @@ and flip, forward, cross-entropy, backward and SGD with momentum (weight decay 1
 Each row runs in a process of its own (XLA reads its flags, glibc its tunables, once per
 process): ``--repeats`` stretches of ``--steps`` steps after two warm-up steps. The rows
 take turns, PyTorch's and ours, for ``--rounds`` rounds, so that the machine's drift (on a
-shared 2-core VM it moves a row's speed by 10-40% over minutes) falls on all of them; the
+shared VM a row's speed moves over minutes: docs/benchmarks.md) falls on all of them; the
 median steps/s over every round's stretches is printed with the ratios to both PyTorch
 rows, the spread (min-max) and the minor page faults per step (the cost that huge pages
 remove). For ``lottery`` it also prints where a step's time goes, every part timed in turn

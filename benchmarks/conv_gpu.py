@@ -17,10 +17,7 @@ ResNet-20 and Conv-4 also: ``kernels=xla`` (Flax's Conv, BatchNorm and max-pool,
 (``step=pytorch``: SGD 0.1 with momentum, crop and flip; on random data Conv-4's loss
 diverges under it, which changes no speed).
 
-Measured on an H200 (jax 0.11.2, torch 2.11, 2026-11-26), steps/s masked: ResNet-20 443
-(``kernels=xla`` 421-426, PyTorch eager 70), Conv-4 1956 (1687-1706, PyTorch 262),
-Conv-2 2861, Conv-6 1422, VGG-16 425; ResNet-20 fused 100 steps per call against one:
-421 against 249 (with ``kernels=xla``).
+What it measured on an H200, with the versions and the date: docs/benchmarks.md, "On a GPU".
 
 Rates are the median of ``--repeats`` stretches of ``--calls`` calls after a warm-up call
 that compiles. Data loading is not included: a real level adds its evaluations and, for
