@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO / "tests"))  # conftest.make_config composes configs
 
 import lottery  # noqa: E402
 
-# The benchmarks measure what the command line runs: its CPU settings (lottery.xla_cpu),
+# The benchmarks measure what the command line runs: its CPU settings (lottery.kernels.xla_cpu),
 # which importing lottery does not set, before any JAX computation.
 lottery.use_cpu_settings()
 

@@ -5,8 +5,8 @@ and flip, forward, cross-entropy, backward and SGD with momentum (weight decay 1
 (no mask) and masked (a random half of every weight tensor pruned). Rows:
 
 - ``lottery``: what ``python -m lottery`` runs on a CPU: Eigen convolutions
-  (:mod:`lottery.xla_cpu`), ``model.kernels=auto`` which is ``cpu`` here (see
-  :mod:`lottery.models.cpu_kernels`), and malloc's huge pages (:mod:`lottery.huge_pages`,
+  (:mod:`lottery.kernels.xla_cpu`), ``model.kernels=auto`` which is ``cpu`` here (see
+  :mod:`lottery.kernels.cpu_kernels`), and malloc's huge pages (:mod:`lottery.kernels.huge_pages`,
   where the machine has them);
 - ``lottery, 4 KB pages``: the same without the huge pages (what ``import lottery`` in a
   process started without ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` gets);
@@ -50,7 +50,7 @@ import sys
 import time
 from pathlib import Path
 
-from lottery import huge_pages
+from lottery.kernels import huge_pages
 
 from common import cifar_network, parser, report
 
@@ -69,7 +69,7 @@ TORCH_ROWS = {"pytorch eager": False, "pytorch eager, huge pages": True}
 
 def malloc_environment(huge: bool) -> dict[str, str]:
     """This process's environment with malloc's huge pages as the command sets them
-    (:mod:`lottery.huge_pages`, where the machine has them), or without."""
+    (:mod:`lottery.kernels.huge_pages`, where the machine has them), or without."""
     env = dict(os.environ)
     kept = [t for t in env.pop("GLIBC_TUNABLES", "").split(":")
             if t and not t.startswith(huge_pages.TUNABLE)]
@@ -89,7 +89,7 @@ def convolutions_only(network, batch: int):
     import jax
     import jax.numpy as jnp
 
-    from lottery.models import cpu_kernels
+    from lottery.kernels import cpu_kernels
 
     layers = []
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from lottery.ticket import Ticket
 
-from lottery.xla_cpu import use_cpu_settings
+from lottery.kernels.xla_cpu import use_cpu_settings
 
 __version__ = "0.1.0"
 

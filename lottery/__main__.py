@@ -1,7 +1,7 @@
 """``python -m lottery [overrides]``: the Hydra entry point (also the ``lottery`` command).
 
 Hydra and the package's config are imported inside :func:`main`, so that :func:`command`
-restarts the process (:mod:`lottery.huge_pages`) before it has spent time on imports.
+restarts the process (:mod:`lottery.kernels.huge_pages`) before it has spent time on imports.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from lottery import huge_pages, xla_cpu
+from lottery.kernels import huge_pages, xla_cpu
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -65,7 +65,7 @@ def main() -> None:
 
 def command() -> None:
     """The ``lottery`` command and ``python -m lottery``: :func:`main`, in a process that
-    ``malloc`` serves with huge pages where that helps (:mod:`lottery.huge_pages`)."""
+    ``malloc`` serves with huge pages where that helps (:mod:`lottery.kernels.huge_pages`)."""
     huge_pages.restart_with_huge_pages()
     main()
 

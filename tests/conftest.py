@@ -54,10 +54,10 @@ USER_GLIBC_TUNABLES = "LOTTERY_TESTS_USER_GLIBC_TUNABLES"
 
 def _huge_pages_for_every_process() -> None:
     """The test workers and every ``python -m lottery`` subprocess start with malloc's huge
-    pages, as the command gives itself (:mod:`lottery.huge_pages`): the convolutional tests
+    pages, as the command gives itself (:mod:`lottery.kernels.huge_pages`): the convolutional tests
     run faster and no subprocess restarts itself. ``test_huge_pages`` and the wheel test run
     the command with the user's own setting, to check the restart."""
-    from lottery import huge_pages
+    from lottery.kernels import huge_pages
 
     os.environ.setdefault(USER_GLIBC_TUNABLES, os.environ.get("GLIBC_TUNABLES", ""))
 

@@ -750,7 +750,7 @@ def to_onnx(
     names.update({id(leaf): f"batch_stats/{path}" for path, leaf in flatten(batch_stats).items()})
     if forward is None:
         # Flax's layers: the CPU kernels' eval-mode matrix product for small maps
-        # (lottery.models.cpu_kernels.small_map_conv) is a plain Conv in ONNX.
+        # (lottery.kernels.cpu_kernels.small_map_conv) is a plain Conv in ONNX.
         plain = dataclasses.replace(network, cpu_kernels=False)
 
         def forward(x: Any) -> Any:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lottery import probes
 from lottery.experiment.plan import Plan
+from lottery.kernels import probes
 from lottery.pruning import sparsity_report
 from lottery.pruning.cost import cost_report
 from lottery.store import MAIN_BRANCH
@@ -33,11 +33,11 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "device": f"{device.platform}:{device.device_kind}",
         "device_count": jax.device_count(),
-        # XLA's flags choose kernels (lottery.xla_cpu), which change float rounding.
+        # XLA's flags choose kernels (lottery.kernels.xla_cpu), which change float rounding.
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        # Speed only (lottery.huge_pages): malloc's huge pages, bit-identical results.
+        # Speed only (lottery.kernels.huge_pages): malloc's huge pages, bit-identical results.
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-        # The CPU speed-ups this installation was found to run (lottery.probes): False says
+        # The CPU speed-ups this installation was found to run (lottery.kernels.probes): False says
         # the run went without one (an XLA that lacks it), None that it was not asked.
         "cpu_speedups": {
             name: probes.verdicts().get(name)

@@ -15,7 +15,7 @@ Linen module class or factory (:mod:`lottery.models.user`).
 
 ``model.width`` sets the base width of the convolutional families (0 = the paper's).
 ``model.kernels`` picks the training kernels of convolutions and BatchNorm
-(:mod:`lottery.models.cpu_kernels`).
+(:mod:`lottery.kernels.cpu_kernels`).
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def check_kernels(kernels: str) -> None:
         raise ConfigError(f"unknown model.kernels={kernels!r}; choose one of {choices}")
 
 
-# Where ``model.kernels=auto`` trains with :mod:`lottery.models.cpu_kernels`: the platforms
+# Where ``model.kernels=auto`` trains with :mod:`lottery.kernels.cpu_kernels`: the platforms
 # they were measured faster on. Written for the CPU, they also beat Flax's layers on a GPU
 # (``benchmarks/conv_gpu.py``, H200, masked steps/s: ResNet-20 443 against 421-426, VGG-16
 # 425 against 385, Conv-2/4/6 14-15% faster; ResNet-20 426 against 405 on an H100). TPUs are
@@ -111,7 +111,7 @@ AUTO_CPU_KERNELS = ("cpu", "gpu")
 
 
 def uses_cpu_kernels(kernels: str, platform: str | None = None) -> bool:
-    """Whether ``model.kernels`` means :mod:`lottery.models.cpu_kernels` on ``platform``
+    """Whether ``model.kernels`` means :mod:`lottery.kernels.cpu_kernels` on ``platform``
     (default: JAX's default backend)."""
     check_kernels(kernels)
     if kernels == "auto":

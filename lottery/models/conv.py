@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax
 
-from lottery.models.cpu_kernels import conv_layer, max_pool
+from lottery.kernels.cpu_kernels import conv_layer, max_pool
 
 BASE_WIDTH = 64
 

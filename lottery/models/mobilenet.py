@@ -43,7 +43,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lottery.models.cpu_kernels import batch_norm, conv_layer, materialize
+from lottery.kernels.cpu_kernels import batch_norm, conv_layer, materialize
 from lottery.models.resnet_cifar import conv
 
 # The paper's Table 2: (expansion t, output channels c, repeats n, stride s of the first).

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lottery.models import cpu_kernels
+from lottery.kernels import cpu_kernels
 
 Params = Any  # a nested dict of arrays
 BatchStats = Any  # a nested dict of arrays, empty for models without BatchNorm
@@ -29,7 +29,7 @@ class Network:
     input_shape: tuple[int, ...]
     # Redraws some parameters after the module's own initialisation (see init.py).
     reinit: Callable[[jax.Array, Params], Params] | None = None
-    # Train with lottery.models.cpu_kernels (equal results to float rounding; faster on a CPU
+    # Train with lottery.kernels.cpu_kernels (equal results to float rounding; faster on a CPU
     # and on a GPU).
     cpu_kernels: bool = False
 

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lottery.models.cpu_kernels import batch_norm, conv_layer, materialize
+from lottery.kernels.cpu_kernels import batch_norm, conv_layer, materialize
 
 BASE_WIDTH = 16
 

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lottery.models.cpu_kernels import batch_norm, materialize
+from lottery.kernels.cpu_kernels import batch_norm, materialize
 from lottery.models.resnet_cifar import BasicBlock, block_widths, conv, shortcut
 
 BASE_WIDTH = 64

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax
 
+from lottery.kernels.cpu_kernels import batch_norm, conv_layer, max_pool
 from lottery.models.conv import conv_widths
-from lottery.models.cpu_kernels import batch_norm, conv_layer, max_pool
 
 BASE_WIDTH = 64
 

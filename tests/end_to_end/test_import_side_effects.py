@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from lottery.xla_cpu import CACHE_WRITE_WARNING, EIGEN_CONVOLUTIONS
+from lottery.kernels.xla_cpu import CACHE_WRITE_WARNING, EIGEN_CONVOLUTIONS
 
 MODULES = "lottery, lottery.pruning, lottery.models, lottery.train, lottery.experiment"
 # The libraries lottery builds on, imported first: what they do on import is theirs (JAX

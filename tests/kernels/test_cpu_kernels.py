@@ -1,4 +1,4 @@
-"""The CPU training kernels (lottery.models.cpu_kernels) and the XLA flag that
+"""The CPU training kernels (lottery.kernels.cpu_kernels) and the XLA flag that
 lottery.use_cpu_settings sets: the same logits, gradients and BatchNorm statistics as
 Flax's layers, pruned weights +0.0."""
 
@@ -19,12 +19,13 @@ import optax
 import pytest
 
 from lottery.config import ConfigError, ModelConfig, OptimizerConfig
-from lottery.models import Network, build, cpu_kernels, uses_cpu_kernels
+from lottery.kernels import cpu_kernels
+from lottery.kernels.xla_cpu import EIGEN_CONVOLUTIONS
+from lottery.models import Network, build, uses_cpu_kernels
 from lottery.models.resnet_cifar import CifarResNet
 from lottery.train.optim import make_optimizer, make_schedule
 from lottery.train.state import TrainState
 from lottery.train.steps import make_step
-from lottery.xla_cpu import EIGEN_CONVOLUTIONS
 
 IMAGE = (16, 16, 3)  # small images: the three stages still see 16, 8 and 4 pixels
 

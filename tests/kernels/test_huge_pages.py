@@ -1,5 +1,5 @@
 """The command restarts itself once with malloc's huge pages where they help
-(lottery.huge_pages), keeping its arguments; results do not depend on it."""
+(lottery.kernels.huge_pages), keeping its arguments; results do not depend on it."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import os
 import subprocess
 import sys
 
-from lottery import huge_pages
-from lottery.huge_pages import HUGE_PAGES, environment_with_huge_pages
+from lottery.kernels import huge_pages
+from lottery.kernels.huge_pages import HUGE_PAGES, environment_with_huge_pages
 
 from conftest import DIGITS, ORIGINAL_GLIBC_TUNABLES
 

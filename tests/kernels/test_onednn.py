@@ -1,4 +1,4 @@
-"""oneDNN's forward convolution through XLA's custom call (lottery.models.onednn) and the
+"""oneDNN's forward convolution through XLA's custom call (lottery.kernels.onednn) and the
 training convolution built on it (cpu_kernels.trained_conv): the same outputs and gradients
 as XLA's convolution, in every layout the networks use, and XLA's own convolution wherever
 the custom call cannot run."""
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from lottery.models import cpu_kernels, onednn
+from lottery.kernels import cpu_kernels, onednn
 
 # This project's CI and development machines: x86-64 Linux, where the custom call must run
 # (a silent fallback to XLA would pass every equality test and lose the speed).

@@ -1,5 +1,5 @@
 """What the installed jaxlib can do is found by trying it in a child process, once per
-installation (lottery.probes): a child that aborts (an unknown XLA flag does) is a "no"."""
+installation (lottery.kernels.probes): a child that aborts (an unknown XLA flag does) is a "no"."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from lottery import probes, xla_cpu
+from lottery.kernels import probes, xla_cpu
 
 
 @pytest.fixture

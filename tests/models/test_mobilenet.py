@@ -18,7 +18,8 @@ import tensorflow_datasets as tfds
 
 from lottery.config import ModelConfig
 from lottery.experiment import run as run_experiment
-from lottery.models import build, cpu_kernels
+from lottery.kernels import cpu_kernels
+from lottery.models import build
 from lottery.models.mobilenet import IMAGENET_PLAN, make_divisible
 from lottery.pruning import flatten, full_mask, unflatten
 from lottery.pruning.structured import structured_prune, unit_groups

@@ -17,8 +17,8 @@ import pytest
 
 import lottery
 from lottery.config import ConfigError
+from lottery.kernels.xla_cpu import EIGEN_CONVOLUTIONS
 from lottery.pruning import flatten, masked, prune, prune_count
-from lottery.xla_cpu import EIGEN_CONVOLUTIONS
 
 from conftest import DIGITS, run_cli
 

@@ -15,7 +15,7 @@ must not); the command line (``python -m lottery``, ``lottery``) calls
 - if ``XLA_FLAGS`` does not already set ``xla_cpu_experimental_ynn_fusion_type`` (the
   user's choice wins: setting it to ``individual_convolution`` restores YNNPACK's), and
 - if this XLA knows the flag (an unknown XLA flag aborts the process): a child process
-  tries it once per installation (:mod:`lottery.probes`); measured on jaxlib 0.10.2 and
+  tries it once per installation (:mod:`lottery.kernels.probes`); measured on jaxlib 0.10.2 and
   0.12.1 (``benchmarks/conv_cpu.py``).
 """
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import warnings
 
-from lottery import probes
+from lottery.kernels import probes
 
 YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
 # Everything YNNPACK does by default except convolutions.
@@ -32,7 +32,7 @@ EIGEN_CONVOLUTIONS = f"--{YNN_FLAG}=-individual_convolution"
 # The child program that finds whether this XLA accepts the flag (run under it).
 FLAG_PROBE = "import jax.numpy as jnp; jnp.ones(2).sum().block_until_ready()"
 
-# XLA cannot write an executable holding oneDNN's custom call (lottery.models.onednn) to
+# XLA cannot write an executable holding oneDNN's custom call (lottery.kernels.onednn) to
 # JAX's persistent compilation cache (``JAX_COMPILATION_CACHE_DIR``): JAX then warns "Error
 # writing persistent compilation cache entry for 'jit_step': MemoryError: std::bad_alloc",
 # which is no memory shortage; the program is compiled again in the next process.

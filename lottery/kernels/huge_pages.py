@@ -107,9 +107,9 @@ def restart_with_huge_pages() -> None:
     try:
         environ = environment_here(os.environ)
     except ValueError as error:
-        from lottery.logging.console import error_line  # rich: only on this error's path
-
-        error_line(str(error))
+        # The console's one-line form (lottery.logging.console.error_line), written here:
+        # the kernels' package sits below the console and imports nothing above it.
+        print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
     if environ is None:
         return

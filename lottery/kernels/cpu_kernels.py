@@ -6,7 +6,7 @@ Measured on a 2-core CPU with jax 0.10 (``benchmarks/conv_cpu.py``), these are w
 CPU backend does slowly in a train step:
 
 - **Eigen's forward convolutions**, which XLA runs: :func:`trained_conv` hands the forward
-  pass and a stride-1 input gradient to oneDNN (:mod:`lottery.models.onednn`), up to 3x
+  pass and a stride-1 input gradient to oneDNN (:mod:`lottery.kernels.onednn`), up to 3x
   faster on ResNet-20's first layers.
 - **The input gradient of a stride-2 convolution**, which XLA computes on a gradient dilated
   with zeros: :func:`stride2_input_gradient` splits it by parity instead (2-3x faster).
@@ -31,7 +31,7 @@ CPU backend does slowly in a train step:
 
 A convolution's kernel gradient is Eigen's, over the whole batch. Summed over chunks of 16
 examples it was 5% faster per ResNet-20 step while every call of Eigen's convolution faulted
-in its packing buffer page by page; with malloc's huge pages (:mod:`lottery.huge_pages`,
+in its packing buffer page by page; with malloc's huge pages (:mod:`lottery.kernels.huge_pages`,
 which the command sets) the whole batch at once is 4-14% faster (three same-process A/B
 runs), and Conv-4 is the same either way.
 
@@ -59,7 +59,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lottery.models import onednn
+from lottery.kernels import onednn
 
 # Rows summed in the first stage of a per-channel sum (see _sum_channels).
 SUM_BLOCK = 32
@@ -308,7 +308,7 @@ def trained_conv(
     x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: tuple[tuple[int, int], ...]
 ) -> jax.Array:
     """An NHWC x HWIO convolution for training on a CPU: the forward pass and a stride-1
-    input gradient in oneDNN (:mod:`lottery.models.onednn`, where usable), a stride-2 input
+    input gradient in oneDNN (:mod:`lottery.kernels.onednn`, where usable), a stride-2 input
     gradient by :func:`stride2_input_gradient`, the kernel gradient by
     :func:`kernel_gradient`: each a convolution in the layout XLA's CPU backend gives Eigen,
     inside a loop too."""

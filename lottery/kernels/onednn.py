@@ -14,9 +14,9 @@ convolution (a 32x32 "kernel") takes oneDNN seconds.
 The custom call's configuration is XLA's ``OneDnnConvolutionConfig`` in JSON, an internal
 format without a stability promise; :func:`usable` therefore allows it only where a child
 process has run it on this installation and found XLA's results (:data:`PROBE`, once per
-jaxlib release: :mod:`lottery.probes`), and ``tests/kernels/test_onednn.py`` compares it with XLA's
-convolution in every layout it is used in. Other platforms lower the same primitive to
-XLA's convolution.
+jaxlib release: :mod:`lottery.kernels.probes`), and ``tests/kernels/test_onednn.py``
+compares it with XLA's convolution in every layout it is used in. Other platforms lower the
+same primitive to XLA's convolution.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import batching, mlir
 
-from lottery import probes
+from lottery.kernels import probes
 
 try:  # custom_call has no public equivalent; a JAX without it keeps XLA's convolution
     from jax._src.interpreters.mlir import custom_call
@@ -44,7 +44,7 @@ except ImportError:
 # runs it with asymmetric padding and strides and compares it with XLA's convolution.
 PROBE = """
 import jax, numpy as np
-from lottery.models import onednn
+from lottery.kernels import onednn
 x = jax.random.normal(jax.random.key(0), (2, 9, 7, 3))
 w = jax.random.normal(jax.random.key(1), (3, 2, 3, 5))
 for strides, padding in [((1, 1), ((1, 1), (0, 1))), ((2, 1), ((0, 2), (1, 0)))]:
@@ -56,7 +56,7 @@ for strides, padding in [((1, 1), ((1, 1), (0, 1))), ((2, 1), ((0, 2), (1, 0)))]
 
 # XLA cannot write an executable holding the custom call to JAX's persistent compilation
 # cache: JAX warns once per program. The command line silences that warning in its own
-# process (lottery.xla_cpu.ignore_cache_write_warning, part of lottery.use_cpu_settings);
+# process (lottery.kernels.xla_cpu.ignore_cache_write_warning, part of lottery.use_cpu_settings);
 # importing this module installs no warnings filter.
 
 # Flax's layout: NHWC inputs and outputs, HWIO kernels.

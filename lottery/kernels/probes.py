@@ -4,9 +4,10 @@ custom call whose configuration this XLA reads differently) and its verdict is c
 (probe, jaxlib version, machine), so each is tried once per installation.
 
 The CPU speed-ups of the command line are chosen this way, not by version strings: Eigen's
-convolutions instead of YNNPACK's (:mod:`lottery.xla_cpu`) where this XLA knows the flag, and
-oneDNN's forward convolution (:mod:`lottery.models.onednn`) where its custom call runs and
-agrees with XLA's convolution. :func:`verdicts` says which held, for the run's summary.
+convolutions instead of YNNPACK's (:mod:`lottery.kernels.xla_cpu`) where this XLA knows the
+flag, and oneDNN's forward convolution (:mod:`lottery.kernels.onednn`) where its custom call
+runs and agrees with XLA's convolution. :func:`verdicts` says which held, for the run's
+summary.
 
 The cache is a JSON file in ``$LOTTERY_CACHE_DIR`` (default ``$XDG_CACHE_HOME/lottery``, or
 ``~/.cache/lottery``); where it cannot be written, the probe runs again in the next process.
