@@ -1,7 +1,8 @@
 """What every pruning method is made of: :class:`Strategy` (one registry entry), the inputs a
 method may look at (:class:`PruneInputs`), the run's :class:`Timeline`, and the checks that
 several methods share. A method's own module (``lottery/pruning/methods/<name>.py``, or one
-of your own, see the README's "Your own pruning method") imports from here only."""
+of your own, see "Your own pruning method" in docs/guides/extending.md) imports from here
+only."""
 
 from __future__ import annotations
 
