@@ -197,7 +197,7 @@ class SweepConfigs:
 
 def check_before_data(config: Config) -> None:
     """The checks of a run's config that need no data (those
-    :func:`lottery.experiment.prepare.prepare` makes before it loads the data), and keys
+    :func:`lottery.experiment.checks.prepare` makes before it loads the data), and keys
     that do not apply. A sweep makes them for every point before its first job starts; they
     import JAX (about a second), so a single run leaves them to the run.
 
@@ -205,7 +205,7 @@ def check_before_data(config: Config) -> None:
     only ``dataset.augment`` on data that is not images is left to the job to find.
     """
     from lottery.config.applicability import check_applicable
-    from lottery.experiment.prepare import check_before_data as check_values
+    from lottery.experiment.checks import check_before_data as check_values
 
     check_values(config)
     check_applicable(config, (32, 32, 3))

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from lottery.config import Config
+from lottery.experiment.checks import prepare
 from lottery.experiment.driver import Experiment
-from lottery.experiment.prepare import prepare
 from lottery.experiment.replicas import run_replicas
 from lottery.logging import console, make_loggers
 from lottery.store import ExperimentStore

@@ -1,5 +1,5 @@
 """The plan of a run: everything it needs (the data, the network, the steps, the strategy,
-the hash), made by :func:`lottery.experiment.prepare.prepare` once the config is checked."""
+the hash), made by :func:`lottery.experiment.checks.prepare` once the config is checked."""
 
 from __future__ import annotations
 
