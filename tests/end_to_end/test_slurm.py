@@ -1,6 +1,6 @@
 """Sweeps on a real Slurm: a one-node cluster of this machine (tests/slurm.py: munged,
 slurmctld and slurmd started for the module and stopped after), the jobs submitted through
-``hydra/launcher=slurm_cpu`` exactly as the README says, and each sweep ending in the store
+``hydra/launcher=slurm_cpu`` as docs/guides/sweeps.md says, and each sweep ending in the store
 that the same runs make without Slurm: a job array of seeds and pruning fractions (the
 fractions sharing level 0), a job requeued in the middle of a level (SIGTERM) and a job
 preempted with submitit's USR2, both stopping within seconds with a checkpoint of the step

@@ -222,9 +222,9 @@ def run_alone(python: Path, args: list[str], cwd: Path) -> subprocess.CompletedP
 
 
 def test_the_exported_model_runs_with_only_jax_jaxlib_and_flatbuffers(budget_run, tmp_path):
-    """What the README promises: ``pip install jax flatbuffers`` runs the artifact (int8 and
-    all), without this package, Flax or Qwix; jax alone does not (JAX's deserializer imports
-    flatbuffers, which jax does not require)."""
+    """What docs/guides/deployment.md promises: ``pip install jax flatbuffers`` runs the
+    artifact (int8 and all), without this package, Flax or Qwix; jax alone does not (JAX's
+    deserializer imports flatbuffers, which jax does not require)."""
     verdict = json.loads((budget_run / "budget.json").read_text())
     folder = budget_run / f"level_{verdict['chosen_level']}"
     ticket = load(folder)
