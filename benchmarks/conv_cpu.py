@@ -6,7 +6,7 @@ and flip, forward, cross-entropy, backward and SGD with momentum (weight decay 1
 
 - ``lottery``: what ``python -m lottery`` runs on a CPU: Eigen convolutions
   (:mod:`lottery.kernels.xla_cpu`), ``model.kernels=auto`` which is ``cpu`` here (see
-  :mod:`lottery.kernels.cpu_kernels`), and malloc's huge pages (:mod:`lottery.kernels.huge_pages`,
+  :mod:`lottery.kernels.layers`), and malloc's huge pages (:mod:`lottery.kernels.huge_pages`,
   where the machine has them);
 - ``lottery, 4 KB pages``: the same without the huge pages (what ``import lottery`` in a
   process started without ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` gets);
@@ -83,13 +83,11 @@ def malloc_environment(huge: bool) -> dict[str, str]:
 def convolutions_only(network, batch: int):
     """A function computing, in one program, what every convolution of ``network`` computes
     in a train step: its forward, input gradient (but the first's, whose input is the data)
-    and kernel gradient at its shape in the network (with the network's kernels), and
-    nothing else but a sum per layer."""
+    and kernel gradient at its shape in the network (with the network's kernels, which each
+    recorded ``nn.Conv`` carries), and nothing else but a sum per layer."""
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
-
-    from lottery.kernels import cpu_kernels
 
     layers = []
 
@@ -99,7 +97,7 @@ def convolutions_only(network, batch: int):
         return next_fun(*args, **kwargs)
 
     x = jnp.zeros((batch, 32, 32, 3))
-    with nn.intercept_methods(record), cpu_kernels.enabled(network.cpu_kernels):
+    with nn.intercept_methods(record):
         jax.eval_shape(lambda: network.module.init(jax.random.key(0), x, train=True))
     inputs = [jnp.ones(shape) for _, shape in layers]
     variables = [module.init(jax.random.key(0), x)
@@ -111,9 +109,8 @@ def convolutions_only(network, batch: int):
         return sum(jnp.sum(module.apply(v, x) ** 2)
                    for (module, _), v, x in zip(layers, variables, inputs, strict=True))
 
-    with cpu_kernels.enabled(network.cpu_kernels):
-        gradients = jax.jit(jax.grad(loss, argnums=(0, 1)))
-        jax.block_until_ready(gradients(variables, inputs))
+    gradients = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    jax.block_until_ready(gradients(variables, inputs))
     return functools.partial(gradients, variables, inputs)
 
 
@@ -167,7 +164,7 @@ def worker(
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     row = {"steps_per_s": statistics.median(rates), "rates": rates, "compile_s": compile_s,
            "faults_per_step": faults / (steps * repeats),
-           "cpu_kernels": network.cpu_kernels, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+           "cpu_kernels": network.kernels == "cpu", "xla_flags": os.environ.get("XLA_FLAGS", "")}
     if masked or not breakdown:
         return row
 

@@ -8,7 +8,7 @@ ResNet-20 and VGG-16, Adam without augmentation for Conv-2/4/6). Masked means a 
 of every weight tensor pruned (every IMP level after the first).
 
 Rows per network: ``model.kernels=auto`` (what ``python -m lottery`` runs; on a GPU that is
-the kernels of :mod:`lottery.kernels.cpu_kernels` around XLA's convolutions), masked and
+the kernels of :mod:`lottery.kernels.layers` around XLA's convolutions), masked and
 dense, and the projected training time of one level of the preset at that rate. For
 ResNet-20 and Conv-4 also: ``kernels=xla`` (Flax's Conv, BatchNorm and max-pool, what
 ``auto`` was on a GPU before those kernels were measured there), one step per call

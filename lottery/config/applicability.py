@@ -24,7 +24,7 @@ from lottery.config.schema import Config
 WIDTH_PREFIXES = ("conv", "resnet", "vgg", "mnist1d_cnn", "mobilenet")
 # Models with BatchNorm layers (model.batchnorm_init): the ResNets, VGGs and MobileNetV2s.
 BATCHNORM_PREFIXES = ("resnet", "vgg", "mobilenet")
-# Models built from lottery.kernels.cpu_kernels' layers (model.kernels): the 2-D conv families.
+# Models built from lottery.kernels.layers (model.kernels): the 2-D conv families.
 KERNELS_PREFIXES = ("conv", "resnet", "vgg", "mobilenet")
 ADAM_FAMILY = ("adam", "adamw")
 # Datasets streamed from the host: normalised by their stream, cropped to dataset.image_size.

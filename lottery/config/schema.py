@@ -60,7 +60,7 @@ class ModelConfig:
     bias_init: str = "zeros"
     # Kernels: "xla" (Flax's Conv, BatchNorm and max-pool as XLA compiles them), "cpu"
     # (convolution gradients, BatchNorm sums, max-pool gradients and small-map convolutions
-    # written for XLA's CPU backend, also faster on a GPU: lottery.kernels.cpu_kernels) or
+    # written for XLA's CPU backend, also faster on a GPU: lottery.kernels.layers) or
     # "auto" (cpu on a CPU or a GPU, xla on a TPU).
     # Equal to float rounding, so not hashed.
     kernels: str = "auto"

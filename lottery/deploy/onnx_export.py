@@ -750,8 +750,8 @@ def to_onnx(
     names.update({id(leaf): f"batch_stats/{path}" for path, leaf in flatten(batch_stats).items()})
     if forward is None:
         # Flax's layers: the CPU kernels' eval-mode matrix product for small maps
-        # (lottery.kernels.cpu_kernels.small_map_conv) is a plain Conv in ONNX.
-        plain = dataclasses.replace(network, cpu_kernels=False)
+        # (lottery.kernels.convolution.small_map_conv) is a plain Conv in ONNX.
+        plain = network.with_kernels("xla")
 
         def forward(x: Any) -> Any:
             return plain.apply(params, batch_stats, x, train=False)[0]

@@ -61,7 +61,8 @@ def quantize(
         weight_qtype="int8",
         act_qtype="int8" if scheme == "int8_dynamic" else None,
     )
-    model = qwix.quantize_model(network.module, qwix.PtqProvider([rule]))
+    # Flax's layers, whose convolutions Qwix intercepts (the CPU kernels' are other operations).
+    model = qwix.quantize_model(network.with_kernels("xla").module, qwix.PtqProvider([rule]))
     example = jnp.zeros((1, *network.input_shape), jnp.float32)
     shapes = jax.eval_shape(model.init, jax.random.key(0), example, train=False)
     qparams = qwix.quantize_params(jax.tree.map(jnp.asarray, params), shapes["params"])

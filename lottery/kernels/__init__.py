@@ -3,8 +3,10 @@
 Networks (:mod:`lottery.models`) build their layers from here; nothing here knows a
 network, a mask or training.
 
-- :mod:`.cpu_kernels`: a convolution, a BatchNorm and a max-pool written for XLA's CPU
-  backend (also faster on a GPU), equal to Flax's layers to float rounding.
+- :mod:`.layers`: the convolutions, BatchNorms and max-pools a network builds, on the
+  kernels chosen where it is built (``kernels="xla"``, Flax's, or ``"cpu"``, written for
+  XLA's CPU backend and also faster on a GPU, equal to float rounding), from
+  :mod:`.convolution`, :mod:`.normalization` and :mod:`.pooling`.
 - :mod:`.onednn`: oneDNN's forward convolution through XLA's custom call.
 - :mod:`.xla_cpu`: XLA's convolution flag and a quiet cache warning (the command line's CPU
   settings, :func:`lottery.use_cpu_settings`).

@@ -14,8 +14,9 @@
 Linen module class or factory (:mod:`lottery.models.user`).
 
 ``model.width`` sets the base width of the convolutional families (0 = the paper's).
-``model.kernels`` picks the training kernels of convolutions and BatchNorm
-(:mod:`lottery.kernels.cpu_kernels`).
+``model.kernels`` picks the training kernels of convolutions, BatchNorm and max-pools,
+given to the convolutional families' modules as their ``kernels`` field when they are built
+(:mod:`lottery.kernels.layers`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import jax
 from flax import traverse_util
 
 from lottery.config import ConfigError, ModelConfig
+from lottery.kernels.layers import Kernels
 from lottery.models import conv, mobilenet, resnet_cifar, resnet_imagenet, vgg
 from lottery.models.cnn1d import CNN1D
 from lottery.models.init import kernel_init, reinit_function
@@ -34,47 +36,55 @@ from lottery.models.mlp import MLP
 from lottery.models.network import BatchStats, Network, Params
 from lottery.models.user import build_module, check_network, is_user_model, resolve
 
-Builder = Callable[[ModelConfig, int], nn.Module]
+# builder(cfg, num_classes, kernels): the convolutional families build their layers on
+# ``kernels``; the fully connected networks and the 1-D CNN have no layers it changes.
+Builder = Callable[[ModelConfig, int, Kernels], nn.Module]
 
 
 def _conv(depth: int) -> Builder:
     plan = conv.PLANS[depth]
-    return lambda cfg, n: conv.ConvNet(plan, n, cfg.width or 64, kernel_init=kernel_init(cfg.init))
+    return lambda cfg, n, kernels: conv.ConvNet(
+        plan, n, cfg.width or 64, kernel_init=kernel_init(cfg.init), kernels=kernels
+    )
 
 
 def _cifar_resnet(depth: int) -> Builder:
-    return lambda cfg, n: resnet_cifar.CifarResNet(depth, n, cfg.width or 16, kernel_init(cfg.init))
+    return lambda cfg, n, kernels: resnet_cifar.CifarResNet(
+        depth, n, cfg.width or 16, kernel_init(cfg.init), kernels=kernels
+    )
 
 
 def _vgg(depth: int) -> Builder:
-    return lambda cfg, n: vgg.VGG(vgg.PLANS[depth], n, cfg.width or 64, kernel_init(cfg.init))
+    return lambda cfg, n, kernels: vgg.VGG(
+        vgg.PLANS[depth], n, cfg.width or 64, kernel_init(cfg.init), kernels=kernels
+    )
 
 
 def _imagenet_resnet(depth: int) -> Builder:
     stages, bottleneck = resnet_imagenet.PLANS[depth]
-    return lambda cfg, n: resnet_imagenet.ImageNetResNet(
-        stages, bottleneck, n, cfg.width or 64, kernel_init(cfg.init)
+    return lambda cfg, n, kernels: resnet_imagenet.ImageNetResNet(
+        stages, bottleneck, n, cfg.width or 64, kernel_init(cfg.init), kernels=kernels
     )
 
 
 def _mobilenet(data: str) -> Builder:
     plan = mobilenet.CIFAR_PLAN if data == "cifar" else mobilenet.IMAGENET_PLAN
     stride = mobilenet.STEM_STRIDE[data]
-    return lambda cfg, n: mobilenet.MobileNetV2(
+    return lambda cfg, n, kernels: mobilenet.MobileNetV2(
         n, plan, stride, (cfg.width or mobilenet.STEM_CHANNELS) / mobilenet.STEM_CHANNELS,
-        kernel_init(cfg.init),
+        kernel_init(cfg.init), kernels=kernels,
     )
 
 
-# name -> builder(cfg, num_classes)
+# name -> builder(cfg, num_classes, kernels)
 MODELS: dict[str, Builder] = {
-    "mlp": lambda cfg, n: MLP(tuple(cfg.hidden), n, kernel_init(cfg.init)),
-    "lenet_300_100": lambda cfg, n: MLP((300, 100), n, kernel_init(cfg.init)),
+    "mlp": lambda cfg, n, _: MLP(tuple(cfg.hidden), n, kernel_init(cfg.init)),
+    "lenet_300_100": lambda cfg, n, _: MLP((300, 100), n, kernel_init(cfg.init)),
     **{f"conv{d}": _conv(d) for d in (2, 4, 6)},
     **{f"resnet{d}": _cifar_resnet(d) for d in (20, 32, 56, 110)},
     **{f"vgg{d}": _vgg(d) for d in (11, 13, 16, 19)},
     **{f"resnet{d}": _imagenet_resnet(d) for d in (18, 34, 50)},
-    "mnist1d_cnn": lambda cfg, n: CNN1D(n, cfg.width or 25, kernel_init=kernel_init(cfg.init)),
+    "mnist1d_cnn": lambda cfg, n, _: CNN1D(n, cfg.width or 25, kernel_init=kernel_init(cfg.init)),
     "mobilenetv2": _mobilenet("imagenet"),
     "mobilenetv2_cifar": _mobilenet("cifar"),
 }
@@ -102,17 +112,17 @@ def check_kernels(kernels: str) -> None:
         raise ConfigError(f"unknown model.kernels={kernels!r}; choose one of {choices}")
 
 
-# Where ``model.kernels=auto`` trains with :mod:`lottery.kernels.cpu_kernels`: the platforms
-# they were measured faster on. Written for the CPU, they also beat Flax's layers on a GPU
-# (``benchmarks/conv_gpu.py``, H200, masked steps/s: ResNet-20 443 against 421-426, VGG-16
-# 425 against 385, Conv-2/4/6 14-15% faster; ResNet-20 426 against 405 on an H100). TPUs are
-# unmeasured and keep Flax's layers.
+# Where ``model.kernels=auto`` trains with the CPU kernels (:mod:`lottery.kernels.layers`):
+# the platforms they were measured faster on. Written for the CPU, they also beat Flax's
+# layers on a GPU (``benchmarks/conv_gpu.py``, H200, masked steps/s: ResNet-20 443 against
+# 421-426, VGG-16 425 against 385, Conv-2/4/6 14-15% faster; ResNet-20 426 against 405 on an
+# H100). TPUs are unmeasured and keep Flax's layers.
 AUTO_CPU_KERNELS = ("cpu", "gpu")
 
 
 def uses_cpu_kernels(kernels: str, platform: str | None = None) -> bool:
-    """Whether ``model.kernels`` means :mod:`lottery.kernels.cpu_kernels` on ``platform``
-    (default: JAX's default backend)."""
+    """Whether ``model.kernels`` means the CPU kernels (:mod:`lottery.kernels.layers`) on
+    ``platform`` (default: JAX's default backend)."""
     check_kernels(kernels)
     if kernels == "auto":
         return (platform or jax.default_backend()) in AUTO_CPU_KERNELS
@@ -125,10 +135,11 @@ def build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> N
     reinit = reinit_function(cfg.batchnorm_init, cfg.bias_init)
     if is_user_model(cfg.name):  # its own layers: no kernel initialiser, no CPU kernels
         module = build_module(cfg.name, dict(cfg.kwargs), num_classes)
-        return Network(module, tuple(input_shape), reinit, )
+        return Network(module, tuple(input_shape), reinit)
     kernel_init(cfg.init)  # fail early on an unknown initialiser
-    module = MODELS[cfg.name](cfg, num_classes)
-    return Network(module, tuple(input_shape), reinit, uses_cpu_kernels(cfg.kernels))
+    kernels: Kernels = "cpu" if uses_cpu_kernels(cfg.kernels) else "xla"
+    module = MODELS[cfg.name](cfg, num_classes, kernels)
+    return Network(module, tuple(input_shape), reinit)
 
 
 def check_built(

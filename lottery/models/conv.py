@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax
 
-from lottery.kernels.cpu_kernels import conv_layer, max_pool
+from lottery.kernels.layers import Kernels, conv_layer, max_pool
 
 BASE_WIDTH = 64
 
@@ -44,6 +44,7 @@ class ConvNet(nn.Module):
     ``width`` is the channels of the first convolutions (the paper's 64); the others scale with it.
     ``widths``, when given, is every convolution's channels in order, overriding ``plan`` and
     ``width`` (a structured-pruned network compacted by :mod:`lottery.deploy`).
+    ``kernels``: the convolutions' and max-pools' kernels (:mod:`lottery.kernels.layers`).
     """
 
     plan: Sequence[int | str]
@@ -52,6 +53,7 @@ class ConvNet(nn.Module):
     hidden: Sequence[int] = (256, 256)
     kernel_init: Callable = nn.initializers.lecun_normal()
     widths: Sequence[int] | None = None
+    kernels: Kernels = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -59,12 +61,13 @@ class ConvNet(nn.Module):
         i = 0
         for spec in self.plan:
             if spec == "M":
-                x = max_pool(x)
+                x = max_pool(x, kernels=self.kernels, train=train)
                 continue
             features = widths[i]
             i += 1
             conv = conv_layer(
-                features, (3, 3), padding=1, kernel_init=self.kernel_init, name=f"conv{i}"
+                features, (3, 3), padding=1, kernel_init=self.kernel_init, name=f"conv{i}",
+                kernels=self.kernels, train=train,
             )
             x = nn.relu(conv(x))
         x = x.reshape((x.shape[0], -1))

@@ -43,7 +43,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lottery.kernels.cpu_kernels import batch_norm, conv_layer, materialize
+from lottery.kernels.layers import Kernels, batch_norm, conv_layer, materialize
 from lottery.models.resnet_cifar import conv
 
 # The paper's Table 2: (expansion t, output channels c, repeats n, stride s of the first).
@@ -69,11 +69,13 @@ def make_divisible(value: float, divisor: int = DIVISOR) -> int:
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
-def relu6(x: jax.Array) -> jax.Array:
-    return materialize(jnp.minimum(nn.relu(x), 6.0))
+def relu6(x: jax.Array, *, kernels: Kernels, train: bool) -> jax.Array:
+    return materialize(jnp.minimum(nn.relu(x), 6.0), kernels=kernels, train=train)
 
 
-def depthwise(stride: int, kernel_init: Callable, name: str, channels: int) -> nn.Conv:
+def depthwise(
+    stride: int, kernel_init: Callable, name: str, channels: int, *, kernels: Kernels, train: bool
+) -> nn.Conv:
     """A bias-free 3x3 depthwise convolution (one filter per channel), padded by 1."""
     return conv_layer(
         channels,
@@ -84,6 +86,8 @@ def depthwise(stride: int, kernel_init: Callable, name: str, channels: int) -> n
         use_bias=False,
         kernel_init=kernel_init,
         name=name,
+        kernels=kernels,
+        train=train,
     )
 
 
@@ -91,7 +95,8 @@ class InvertedResidual(nn.Module):
     """Layers ``expand_conv``/``expand_bn`` (where ``expansion`` > 1), ``depthwise_conv``/
     ``depthwise_bn`` and ``project_conv``/``project_bn``; ``residual``: add the input.
 
-    ``widths``: the channels of the expansion (where there is one) and the projection.
+    ``widths``: the channels of the expansion (where there is one) and the projection;
+    ``kernels``: the layers' kernels (:mod:`lottery.kernels.layers`).
     """
 
     expansion: int
@@ -100,9 +105,11 @@ class InvertedResidual(nn.Module):
     residual: bool
     kernel_init: Callable = nn.initializers.lecun_normal()
     widths: Sequence[int] | None = None
+    kernels: Kernels = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        on = {"kernels": self.kernels, "train": train}  # the layers' kernels, and train or eval
         expands = self.expansion != 1
         if self.widths is not None:
             *inner, out = self.widths
@@ -110,13 +117,13 @@ class InvertedResidual(nn.Module):
             inner, out = [round(x.shape[-1] * self.expansion)] if expands else [], self.features
         y = x
         if expands:
-            y = conv(inner[0], 1, 1, self.kernel_init, "expand_conv")(y)
-            y = relu6(batch_norm(use_running_average=not train, name="expand_bn")(y))
-        y = depthwise(self.stride, self.kernel_init, "depthwise_conv", y.shape[-1])(y)
-        y = relu6(batch_norm(use_running_average=not train, name="depthwise_bn")(y))
-        y = conv(out, 1, 1, self.kernel_init, "project_conv")(y)
-        y = batch_norm(use_running_average=not train, name="project_bn")(y)
-        return materialize(y + x) if self.residual else y
+            y = conv(inner[0], 1, 1, self.kernel_init, "expand_conv", **on)(y)
+            y = relu6(batch_norm("expand_bn", **on)(y), **on)
+        y = depthwise(self.stride, self.kernel_init, "depthwise_conv", y.shape[-1], **on)(y)
+        y = relu6(batch_norm("depthwise_bn", **on)(y), **on)
+        y = conv(out, 1, 1, self.kernel_init, "project_conv", **on)(y)
+        y = batch_norm("project_bn", **on)(y)
+        return materialize(y + x, **on) if self.residual else y
 
 
 def _split_widths(
@@ -142,7 +149,7 @@ class MobileNetV2(nn.Module):
     a row of the plan), ``head_conv``, ``head_bn`` and ``out``.
 
     ``plan``: rows (t, c, n, s); ``stem_stride``: 2 for ImageNet, 1 for CIFAR. ``widths``:
-    see the module docstring.
+    see the module docstring. ``kernels``: the layers' kernels (:mod:`lottery.kernels.layers`).
     """
 
     num_classes: int
@@ -153,9 +160,11 @@ class MobileNetV2(nn.Module):
     widths: Sequence[int] | None = None
     # Blocks left out (identity-shortcut blocks removed whole by pruning.method=blocks).
     removed: Sequence[str] = ()
+    kernels: Kernels = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        on = {"kernels": self.kernels, "train": train}  # the layers' kernels, and train or eval
         blocks = [
             (f"block{stage + 1}_{index + 1}", t != 1)
             for stage, (t, _, n, _) in enumerate(self.plan)
@@ -166,8 +175,8 @@ class MobileNetV2(nn.Module):
         block_widths = dict(zip([name for name, _ in blocks], kept_widths, strict=True))
         multiplier = self.width_multiplier
         stem = stem or make_divisible(STEM_CHANNELS * multiplier)
-        x = conv(stem, 3, self.stem_stride, self.kernel_init, "stem_conv")(x)
-        x = relu6(batch_norm(use_running_average=not train, name="stem_bn")(x))
+        x = conv(stem, 3, self.stem_stride, self.kernel_init, "stem_conv", **on)(x)
+        x = relu6(batch_norm("stem_bn", **on)(x), **on)
         for stage, (t, c, n, s) in enumerate(self.plan):
             for index in range(n):
                 name = f"block{stage + 1}_{index + 1}"
@@ -180,11 +189,12 @@ class MobileNetV2(nn.Module):
                     residual=index > 0,
                     kernel_init=self.kernel_init,
                     widths=block_widths[name],
+                    kernels=self.kernels,
                     name=name,
                 )
                 x = block(x, train)
         head = head or make_divisible(HEAD_CHANNELS * max(1.0, multiplier))
-        x = conv(head, 1, 1, self.kernel_init, "head_conv")(x)
-        x = relu6(batch_norm(use_running_average=not train, name="head_bn")(x))
+        x = conv(head, 1, 1, self.kernel_init, "head_conv", **on)(x)
+        x = relu6(batch_norm("head_bn", **on)(x), **on)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="out")(x)

@@ -20,13 +20,23 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lottery.kernels.cpu_kernels import batch_norm, conv_layer, materialize
+from lottery.kernels.layers import Kernels, batch_norm, conv_layer, materialize
 
 BASE_WIDTH = 16
 
 
-def conv(features: int, size: int, stride: int, kernel_init: Callable, name: str) -> nn.Conv:
-    """A bias-free ``size`` x ``size`` convolution padded as PyTorch's ``padding=size // 2``."""
+def conv(
+    features: int,
+    size: int,
+    stride: int,
+    kernel_init: Callable,
+    name: str,
+    *,
+    kernels: Kernels,
+    train: bool,
+) -> nn.Conv:
+    """A bias-free ``size`` x ``size`` convolution padded as PyTorch's ``padding=size // 2``,
+    on ``kernels`` (:func:`lottery.kernels.layers.conv_layer`)."""
     return conv_layer(
         features,
         (size, size),
@@ -35,6 +45,8 @@ def conv(features: int, size: int, stride: int, kernel_init: Callable, name: str
         use_bias=False,
         kernel_init=kernel_init,
         name=name,
+        kernels=kernels,
+        train=train,
     )
 
 
@@ -42,7 +54,8 @@ class BasicBlock(nn.Module):
     """Two 3x3 convolutions with BatchNorm around a residual connection (``conv1``, ``conv2``).
 
     ``widths``: the channels of ``conv1`` and ``conv2`` where they are not both ``features``;
-    ``projection``: whether the shortcut is a convolution (None: where the shape changes).
+    ``projection``: whether the shortcut is a convolution (None: where the shape changes);
+    ``kernels``: the layers' kernels (:mod:`lottery.kernels.layers`).
     """
 
     features: int
@@ -50,16 +63,20 @@ class BasicBlock(nn.Module):
     kernel_init: Callable = nn.initializers.lecun_normal()
     widths: Sequence[int] | None = None
     projection: bool | None = None
+    kernels: Kernels = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        on = {"kernels": self.kernels, "train": train}  # the layers' kernels, and train or eval
         inner, out = (self.features, self.features) if self.widths is None else self.widths
-        y = conv(inner, 3, self.stride, self.kernel_init, "conv1")(x)
-        y = materialize(nn.relu(batch_norm(use_running_average=not train, name="bn1")(y)))
-        y = conv(out, 3, 1, self.kernel_init, "conv2")(y)
-        y = batch_norm(use_running_average=not train, name="bn2")(y)
-        skip = shortcut(x, out, self.stride, self.kernel_init, train, self.projection)
-        return materialize(nn.relu(y + skip))
+        y = conv(inner, 3, self.stride, self.kernel_init, "conv1", **on)(x)
+        y = materialize(nn.relu(batch_norm("bn1", **on)(y)), **on)
+        y = conv(out, 3, 1, self.kernel_init, "conv2", **on)(y)
+        y = batch_norm("bn2", **on)(y)
+        skip = shortcut(
+            x, out, self.stride, self.kernel_init, train, self.projection, kernels=self.kernels
+        )
+        return materialize(nn.relu(y + skip), **on)
 
 
 def shortcut(
@@ -69,9 +86,11 @@ def shortcut(
     kernel_init: Callable,
     train: bool,
     projection: bool | None = None,
+    *,
+    kernels: Kernels,
 ) -> jax.Array:
     """``x``, or a strided 1x1 convolution and BatchNorm of it where the shape changes
-    (or where ``projection`` says so, when it is given).
+    (or where ``projection`` says so, when it is given), on ``kernels``.
 
     Call inside a compact module: the layers are ``shortcut_conv`` and ``shortcut_bn`` of it.
     """
@@ -79,8 +98,8 @@ def shortcut(
         projection = stride != 1 or x.shape[-1] != features
     if not projection:
         return x
-    x = conv(features, 1, stride, kernel_init, "shortcut_conv")(x)
-    return batch_norm(use_running_average=not train, name="shortcut_bn")(x)
+    x = conv(features, 1, stride, kernel_init, "shortcut_conv", kernels=kernels, train=train)(x)
+    return batch_norm("shortcut_bn", kernels=kernels, train=train)(x)
 
 
 def block_widths(
@@ -107,6 +126,7 @@ class CifarResNet(nn.Module):
 
     ``widths``: the channels of ``stem_conv`` and then of every block's ``conv1`` and ``conv2``,
     in order, where they differ from the nominal ones (see the module docstring).
+    ``kernels``: the layers' kernels (:mod:`lottery.kernels.layers`).
     """
 
     depth: int
@@ -116,6 +136,7 @@ class CifarResNet(nn.Module):
     widths: Sequence[int] | None = None
     # Blocks left out (identity-shortcut blocks removed whole by pruning.method=blocks).
     removed: Sequence[str] = ()
+    kernels: Kernels = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -126,8 +147,9 @@ class CifarResNet(nn.Module):
         kept = [name for name in names if name not in self.removed]
         stem, kept_widths = block_widths(self.widths, self.width, [2] * len(kept))
         widths = dict(zip(kept, kept_widths, strict=True))
-        x = conv(stem, 3, 1, self.kernel_init, "stem_conv")(x)
-        x = materialize(nn.relu(batch_norm(use_running_average=not train, name="stem_bn")(x)))
+        on = {"kernels": self.kernels, "train": train}  # the layers' kernels, and train or eval
+        x = conv(stem, 3, 1, self.kernel_init, "stem_conv", **on)(x)
+        x = materialize(nn.relu(batch_norm("stem_bn", **on)(x)), **on)
         channels = self.width  # nominal, which decides the projection shortcuts
         for stage in range(3):
             for index in range(blocks):
@@ -142,6 +164,7 @@ class CifarResNet(nn.Module):
                     self.kernel_init,
                     widths=widths[name],
                     projection=stride != 1 or channels != features,
+                    kernels=self.kernels,
                     name=name,
                 )
                 x = block(x, train)

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lottery.kernels.cpu_kernels import batch_norm, materialize
+from lottery.kernels.layers import Kernels, batch_norm, materialize
 from lottery.models.resnet_cifar import BasicBlock, block_widths, conv, shortcut
 
 BASE_WIDTH = 64
@@ -37,7 +37,7 @@ class Bottleneck(nn.Module):
 
     ``widths``: the channels of ``conv1``, ``conv2`` and ``conv3`` where they differ from the
     nominal ones; ``projection``: whether the shortcut is a convolution (None: where the shape
-    changes).
+    changes); ``kernels``: the layers' kernels (:mod:`lottery.kernels.layers`).
     """
 
     features: int
@@ -46,19 +46,23 @@ class Bottleneck(nn.Module):
     expansion: int = 4
     widths: Sequence[int] | None = None
     projection: bool | None = None
+    kernels: Kernels = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        on = {"kernels": self.kernels, "train": train}  # the layers' kernels, and train or eval
         nominal = (self.features, self.features, self.features * self.expansion)
         first, second, out = nominal if self.widths is None else self.widths
-        y = conv(first, 1, 1, self.kernel_init, "conv1")(x)
-        y = materialize(nn.relu(batch_norm(use_running_average=not train, name="bn1")(y)))
-        y = conv(second, 3, self.stride, self.kernel_init, "conv2")(y)
-        y = materialize(nn.relu(batch_norm(use_running_average=not train, name="bn2")(y)))
-        y = conv(out, 1, 1, self.kernel_init, "conv3")(y)
-        y = batch_norm(use_running_average=not train, name="bn3")(y)
-        skip = shortcut(x, out, self.stride, self.kernel_init, train, self.projection)
-        return materialize(nn.relu(y + skip))
+        y = conv(first, 1, 1, self.kernel_init, "conv1", **on)(x)
+        y = materialize(nn.relu(batch_norm("bn1", **on)(y)), **on)
+        y = conv(second, 3, self.stride, self.kernel_init, "conv2", **on)(y)
+        y = materialize(nn.relu(batch_norm("bn2", **on)(y)), **on)
+        y = conv(out, 1, 1, self.kernel_init, "conv3", **on)(y)
+        y = batch_norm("bn3", **on)(y)
+        skip = shortcut(
+            x, out, self.stride, self.kernel_init, train, self.projection, kernels=self.kernels
+        )
+        return materialize(nn.relu(y + skip), **on)
 
 
 class ImageNetResNet(nn.Module):
@@ -66,7 +70,8 @@ class ImageNetResNet(nn.Module):
 
     ``width`` is the channels of the first stage (64); the others scale with it. ``widths``:
     the channels of ``stem_conv`` and then of every block's convolutions, in order, where they
-    differ from the nominal ones.
+    differ from the nominal ones. ``kernels``: the layers' kernels
+    (:mod:`lottery.kernels.layers`).
     """
 
     stages: Sequence[int]
@@ -77,6 +82,7 @@ class ImageNetResNet(nn.Module):
     widths: Sequence[int] | None = None
     # Blocks left out (identity-shortcut blocks removed whole by pruning.method=blocks).
     removed: Sequence[str] = ()
+    kernels: Kernels = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -85,8 +91,9 @@ class ImageNetResNet(nn.Module):
         kept = [name for name in names if name not in self.removed]
         stem, kept_widths = block_widths(self.widths, self.width, [convs] * len(kept))
         widths = dict(zip(kept, kept_widths, strict=True))
-        x = conv(stem, 7, 2, self.kernel_init, "stem_conv")(x)
-        x = nn.relu(batch_norm(use_running_average=not train, name="stem_bn")(x))
+        on = {"kernels": self.kernels, "train": train}  # the layers' kernels, and train or eval
+        x = conv(stem, 7, 2, self.kernel_init, "stem_conv", **on)(x)
+        x = nn.relu(batch_norm("stem_bn", **on)(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         block_type = Bottleneck if self.bottleneck else BasicBlock
         channels = self.width  # nominal channels decide the projections
@@ -103,6 +110,7 @@ class ImageNetResNet(nn.Module):
                     self.kernel_init,
                     widths=widths[name],
                     projection=stride != 1 or channels != features * expansion,
+                    kernels=self.kernels,
                     name=name,
                 )
                 x = block(x, train)

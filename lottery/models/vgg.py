@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax
 
-from lottery.kernels.cpu_kernels import batch_norm, conv_layer, max_pool
+from lottery.kernels.layers import Kernels, batch_norm, conv_layer, max_pool
 from lottery.models.conv import conv_widths
 
 BASE_WIDTH = 64
@@ -35,6 +35,7 @@ class VGG(nn.Module):
     ``width`` is the channels of the first convolution (the paper's 64); the others scale with it.
     ``widths``, when given, is every convolution's channels in order, overriding ``plan`` and
     ``width`` (a structured-pruned network compacted by :mod:`lottery.deploy`).
+    ``kernels``: the layers' kernels (:mod:`lottery.kernels.layers`).
     """
 
     plan: Sequence[int | str]
@@ -42,6 +43,7 @@ class VGG(nn.Module):
     width: int = BASE_WIDTH
     kernel_init: Callable = nn.initializers.lecun_normal()
     widths: Sequence[int] | None = None
+    kernels: Kernels = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -49,15 +51,16 @@ class VGG(nn.Module):
         i = 0
         for spec in self.plan:
             if spec == "M":
-                x = max_pool(x)
+                x = max_pool(x, kernels=self.kernels, train=train)
                 continue
             features = widths[i]
             i += 1
             conv = conv_layer(
-                features, (3, 3), padding=1, kernel_init=self.kernel_init, name=f"conv{i}"
+                features, (3, 3), padding=1, kernel_init=self.kernel_init, name=f"conv{i}",
+                kernels=self.kernels, train=train,
             )
             x = conv(x)
-            x = nn.relu(batch_norm(use_running_average=not train, name=f"bn{i}")(x))
+            x = nn.relu(batch_norm(f"bn{i}", kernels=self.kernels, train=train)(x))
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))
         return nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="out")(x)

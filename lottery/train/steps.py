@@ -137,7 +137,7 @@ def fused_steps_limit(params: Any, platform: str | None = None) -> int | None:
     loops, not Eigen (a 32x32x16 kernel gradient: 20 ms alone, 2.3-5.3 s in a scan; jax
     0.10), so a network with convolutional kernels trains one step per call there,
     dispatched asynchronously. With the CPU kernels (whose
-    :func:`lottery.kernels.cpu_kernels.kernel_gradient` is laid out for Eigen) a scan runs
+    :func:`lottery.kernels.convolution.kernel_gradient` is laid out for Eigen) a scan runs
     as fast as single steps, but no faster (ResNet-20 1.02x, 0.97-1.13, and Conv-4 0.98x,
     0.82-1.24, for 10 steps per call in a same-process A/B of 8 pairs), while every
     distinct number of fused steps would compile again: so one step per call stays.

@@ -1,10 +1,9 @@
-"""The CPU training kernels (lottery.kernels.cpu_kernels) and the XLA flag that
-lottery.use_cpu_settings sets: the same logits, gradients and BatchNorm statistics as
-Flax's layers, pruned weights +0.0."""
+"""The CPU training kernels (lottery.kernels.layers and the modules it builds on) and the XLA
+flag that lottery.use_cpu_settings sets: the same logits, gradients and BatchNorm statistics
+as Flax's layers, pruned weights +0.0; each network trains on the kernels it was built with."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -19,7 +18,7 @@ import optax
 import pytest
 
 from lottery.config import ConfigError, ModelConfig, OptimizerConfig
-from lottery.kernels import cpu_kernels
+from lottery.kernels import convolution, layers, normalization, pooling
 from lottery.kernels.xla_cpu import EIGEN_CONVOLUTIONS
 from lottery.models import Network, build, uses_cpu_kernels
 from lottery.models.resnet_cifar import CifarResNet
@@ -47,7 +46,7 @@ def both(name: str, width: int, image: tuple[int, ...] = IMAGE) -> tuple:
     else:
         network = build(ModelConfig(name=name, width=width, kernels="xla"), image, 10)
     params, stats = network.init(jax.random.key(0))
-    return network, dataclasses.replace(network, cpu_kernels=True), params, stats
+    return network, network.with_kernels("cpu"), params, stats
 
 
 def loss_and_grads(network, params, stats, x, y):
@@ -120,6 +119,39 @@ def assert_the_fast_path_runs(plain_text: str, fast_text: str) -> None:
     assert "optimization_barrier" in fast_text and "optimization_barrier" not in plain_text
 
 
+def train_step_text(network, params, stats, x) -> str:
+    """The StableHLO of a gradient through the module itself (not Network.apply)."""
+
+    def loss(params):
+        logits, _ = network.module.apply(
+            {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
+        )
+        return jnp.sum(logits)
+
+    return jax.jit(jax.grad(loss)).lower(params).as_text()
+
+
+def test_each_network_trains_on_the_kernels_it_was_built_with() -> None:
+    """The choice is the module's, made by build (model.kernels), not a setting of the
+    process or thread: built one after the other and traced interleaved, each network keeps
+    its own kernels (the CPU max-pool gradient is elementwise, Flax's a select_and_scatter),
+    with the same parameter tree."""
+    cpu = build(ModelConfig(name="conv2", width=4, kernels="cpu"), TINY, 10)
+    xla = build(ModelConfig(name="conv2", width=4, kernels="xla"), TINY, 10)  # built last
+    assert (cpu.kernels, xla.kernels) == ("cpu", "xla")
+    params, stats = xla.init(jax.random.key(0))
+    assert jax.tree.structure(cpu.init(jax.random.key(0))) == jax.tree.structure((params, stats))
+    x = jnp.zeros((2, *TINY))
+    texts = [train_step_text(net, params, stats, x) for net in (cpu, xla, cpu, xla)]
+    assert ["select_and_scatter" in text for text in texts] == [False, True, False, True]
+    assert cpu.with_kernels("xla").kernels == "xla" and xla.with_kernels("xla") is xla
+
+
+def test_a_choice_that_is_neither_kernel_fails() -> None:
+    with pytest.raises(ValueError, match="kernels must be one of xla, cpu, not 'CPU'"):
+        layers.conv_layer(4, (3, 3), kernels="CPU", train=True)
+
+
 @pytest.mark.parametrize("shape", [(4, 8, 8, 3, 5), (2, 12, 6, 4, 2)])
 def test_stride2_input_gradient_equals_xla_at_small_batches(shape: tuple[int, ...]) -> None:
     """The parity split of the input gradient at batches of 2 and 4 (odd widths of the output
@@ -134,13 +166,12 @@ def test_stride2_input_gradient_equals_xla_at_small_batches(shape: tuple[int, ..
         return jax.lax.conv_general_dilated(x, w, **settings)
 
     def ours(x, w):
-        return cpu_kernels.cpu_conv(x, w, **settings)
+        return convolution.cpu_conv(x, w, **settings, train=True)
 
     y, vjp = jax.vjp(xla, x, w)
     g = jax.random.normal(jax.random.key(9), y.shape)
-    with cpu_kernels.enabled(True):
-        y_ours, vjp_ours = jax.vjp(ours, x, w)
-        program = jax.jit(lambda x, w, g: jax.vjp(ours, x, w)[1](g)).lower(x, w, g).as_text()
+    y_ours, vjp_ours = jax.vjp(ours, x, w)
+    program = jax.jit(lambda x, w, g: jax.vjp(ours, x, w)[1](g)).lower(x, w, g).as_text()
     np.testing.assert_array_equal(y_ours, y)
     for ours_grad, xla_grad in zip(vjp_ours(g), vjp(g), strict=True):
         np.testing.assert_allclose(ours_grad, xla_grad, rtol=1e-5, atol=1e-5)
@@ -160,7 +191,7 @@ def test_small_map_conv_and_its_gradients_equal_xla(side: int, padding: tuple) -
         )
 
     def ours(x, w):
-        return cpu_kernels.small_map_conv(x, w, pads)
+        return convolution.small_map_conv(x, w, pads)
 
     y_xla, vjp_xla = jax.vjp(xla, x, w)
     y_ours, vjp_ours = jax.vjp(ours, x, w)
@@ -176,7 +207,7 @@ def test_max_pool_and_its_gradient_equal_flax_even_with_ties() -> None:
     x = jnp.maximum(x, 0.0).at[0, 0:2, 0:2, 0].set(2.0)
     g = jax.random.normal(jax.random.key(11), (3, 4, 3, 5))
     flax_y, flax_vjp = jax.vjp(lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)), x)
-    ours_y, ours_vjp = jax.vjp(cpu_kernels.max_pool_2x2, x)
+    ours_y, ours_vjp = jax.vjp(pooling.max_pool_2x2, x)
     np.testing.assert_array_equal(ours_y, flax_y)
     np.testing.assert_array_equal(ours_vjp(g)[0], flax_vjp(g)[0])
 
@@ -185,9 +216,9 @@ def test_materialize_is_the_identity_bit_for_bit() -> None:
     """On normal floats: XLA's CPU arithmetic flushes denormals to zero, the division as the
     add and ReLU before it (so what reaches it is never denormal)."""
     x = jnp.array([0.0, -0.0, 1.2e-38, -3.5, jnp.inf, 7e30, 1 / 3], jnp.float32)
-    with cpu_kernels.enabled(True):
-        y, vjp = jax.jit(lambda x: jax.vjp(cpu_kernels.materialize, x))(x)
-        assert "optimization_barrier" in jax.jit(cpu_kernels.materialize).lower(x).as_text()
+    materialize = functools.partial(layers.materialize, kernels="cpu", train=True)
+    y, vjp = jax.jit(lambda x: jax.vjp(materialize, x))(x)
+    assert "optimization_barrier" in jax.jit(materialize).lower(x).as_text()
     np.testing.assert_array_equal(np.asarray(y).view(np.uint32), np.asarray(x).view(np.uint32))
     np.testing.assert_array_equal(vjp(x)[0], x)
 
@@ -221,7 +252,7 @@ def test_batchnorm_closed_form_gradient_equals_flax(dtype) -> None:
     x = (x + jnp.array([0.5, -2, 4, 0, 0])).astype(dtype)
     probe = jax.random.normal(jax.random.key(8), x.shape)
     flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
-    ours = cpu_kernels.BlockSumBatchNorm(use_running_average=False)
+    ours = normalization.BlockSumBatchNorm(use_running_average=False)
     variables = flax_bn.init(jax.random.key(0), x)
     params = {
         "scale": jnp.array([1.0, 0.5, 2.0, -1.0, 1.5]),
@@ -250,7 +281,7 @@ def test_batchnorm_in_bfloat16_matches_flax() -> None:
     """Mixed precision: statistics in float32, output in the input's dtype, as Flax's."""
     x = jax.random.normal(jax.random.key(6), (16, 8, 8, 4)).astype(jnp.bfloat16) * 3 + 1
     flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
-    ours = cpu_kernels.BlockSumBatchNorm(use_running_average=False)
+    ours = normalization.BlockSumBatchNorm(use_running_average=False)
     variables = flax_bn.init(jax.random.key(0), x)
     variables = {
         "params": jax.tree.map(lambda a: a.astype(jnp.bfloat16), variables["params"]),

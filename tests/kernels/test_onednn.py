@@ -1,5 +1,5 @@
 """oneDNN's forward convolution through XLA's custom call (lottery.kernels.onednn) and the
-training convolution built on it (cpu_kernels.trained_conv): the same outputs and gradients
+training convolution built on it (convolution.trained_conv): the same outputs and gradients
 as XLA's convolution, in every layout the networks use, and XLA's own convolution wherever
 the custom call cannot run."""
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from lottery.kernels import cpu_kernels, onednn
+from lottery.kernels import convolution, onednn
 
 # This project's CI and development machines: x86-64 Linux, where the custom call must run
 # (a silent fallback to XLA would pass every equality test and lose the speed).
@@ -81,13 +81,12 @@ def test_trained_conv_gradients_equal_xla(case: tuple) -> None:
         ))
 
     def ours(x, w, strides, padding):  # as nn.Conv calls it
-        return cpu_kernels.cpu_conv(
-            x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        return convolution.cpu_conv(
+            x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"), train=True
         )
 
-    with cpu_kernels.enabled(True):
-        value, (dx, dw) = objective(ours)(x, w)
-        text = jax.jit(ours, static_argnums=(2, 3)).lower(x, w, strides, padding).as_text()
+    value, (dx, dw) = objective(ours)(x, w)
+    text = jax.jit(ours, static_argnums=(2, 3)).lower(x, w, strides, padding).as_text()
     assert ("__onednn$convolution" in text) == X86_LINUX
     value_xla, (dx_xla, dw_xla) = objective(xla_conv)(x, w)
     np.testing.assert_allclose(float(value), float(value_xla), rtol=1e-5)
@@ -112,18 +111,17 @@ def test_gradients_inside_a_loop_keep_eigens_layout(case: tuple) -> None:
 
     def step(carry, _=None):
         x, w = carry
-        dx, dw = jax.grad(lambda x, w: jnp.sum(cpu_kernels.cpu_conv(
-            x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2),
+        dx, dw = jax.grad(lambda x, w: jnp.sum(convolution.cpu_conv(
+            x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"), train=True) ** 2),
             argnums=(0, 1))(x, w)
         return (x - 1e-3 * dx, w - 1e-3 * dw), None
 
     def two_steps(x, w):
         return jax.lax.scan(step, (x, w), length=2)[0]
 
-    with cpu_kernels.enabled(True):
-        compiled = jax.jit(two_steps).lower(x, w).compile()
-        one = jax.jit(step)
-        apart = one(one((x, w))[0])[0]
+    compiled = jax.jit(two_steps).lower(x, w).compile()
+    one = jax.jit(step)
+    apart = one(one((x, w))[0])[0]
     text = compiled.as_text()
     assert " while(" in text
     labels = re.findall(r"= f32\[[^\]]*\][^ ]* convolution\(.*?dim_labels=([\w>-]+)", text)
@@ -143,13 +141,12 @@ def test_kernel_gradient_for_a_gpu_is_xlas_own() -> None:
     strides, padding = case[6], case[7]
 
     def loss(x, w):
-        return jnp.sum(cpu_kernels.cpu_conv(
-            x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)
+        return jnp.sum(convolution.cpu_conv(
+            x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"), train=True) ** 2)
 
     grad = jax.jit(jax.grad(loss, argnums=1))
-    with cpu_kernels.enabled(True):
-        cpu = grad.trace(x, w).lower(lowering_platforms=("cpu",)).as_text()
-        gpu = grad.trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
+    cpu = grad.trace(x, w).lower(lowering_platforms=("cpu",)).as_text()
+    gpu = grad.trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
     # kernel_gradient transposes the input, the output gradient and the result.
     assert cpu.count("stablehlo.transpose") >= gpu.count("stablehlo.transpose") + 3
     assert "__onednn" not in gpu

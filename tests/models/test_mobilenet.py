@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 
 from lottery.config import ModelConfig
 from lottery.experiment import run as run_experiment
-from lottery.kernels import cpu_kernels
+from lottery.kernels import convolution
 from lottery.models import build
 from lottery.models.mobilenet import IMAGENET_PLAN, make_divisible
 from lottery.pruning import flatten, full_mask, unflatten
@@ -215,7 +215,7 @@ def test_the_structured_preset_runs_two_levels_on_mock_cifar(tmp_path) -> None:
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise_taps_equal_xlas_grouped_convolution(stride: int) -> None:
-    """The CPU kernels' depthwise convolution (cpu_kernels.depthwise_taps), its value and
+    """The CPU kernels' depthwise convolution (convolution.depthwise_taps), its value and
     gradients, against lax.conv_general_dilated with one group per channel."""
     x = jax.random.normal(jax.random.key(0), (2, 9, 9, 6))
     w = jax.random.normal(jax.random.key(1), (3, 3, 1, 6))
@@ -226,9 +226,9 @@ def test_depthwise_taps_equal_xlas_grouped_convolution(stride: int) -> None:
             dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
     def taps(x, w):
-        return cpu_kernels.cpu_conv(x, w, (stride, stride), [(1, 1), (1, 1)],
+        return convolution.cpu_conv(x, w, (stride, stride), [(1, 1), (1, 1)],
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                    feature_group_count=6)
+                                    feature_group_count=6, train=False)
 
     np.testing.assert_allclose(taps(x, w), xla(x, w), rtol=1e-5, atol=1e-5)
     grads = [jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), argnums=(0, 1))(x, w)
