@@ -148,6 +148,7 @@ def test_hand_back_calls_the_replaced_handler_then_exits_with_the_signal():
         signal.signal(signal.SIGUSR2, previous)
 
 
+@pytest.mark.slow
 def test_a_stretch_of_single_steps_stops_between_two_and_resumes_to_the_same_bits(
     python_sigint_handler, tmp_path, monkeypatch
 ):

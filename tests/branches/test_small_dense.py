@@ -16,7 +16,9 @@ from conftest import DIGITS, make_config
 @pytest.mark.parametrize(
     ("name", "shape", "fraction"),
     [("lenet_300_100", (28, 28, 1), 0.107), ("conv4", (32, 32, 3), 0.2),
-     ("resnet20", (32, 32, 3), 0.3), ("vgg11", (32, 32, 3), 0.05)],
+     # the convolutional networks with BatchNorm: the whole suite only
+     pytest.param("resnet20", (32, 32, 3), 0.3, marks=pytest.mark.slow),
+     pytest.param("vgg11", (32, 32, 3), 0.05, marks=pytest.mark.slow)],
 )
 def test_the_narrower_network_has_the_target_count_within_2_percent(name, shape, fraction):
     network = models.build(ModelConfig(name=name), shape, 10)

@@ -53,6 +53,7 @@ def npz_config(path: str, *extra: str, root=None):
     return overrides if root is None else make_config(overrides, root)
 
 
+@pytest.mark.slow
 def test_npz_runs_end_to_end(tmp_path):
     file = write(tmp_path / "mine.npz", **arrays())
     done = run_cli(npz_config(file, f"results_root={tmp_path / 'results'}"), cwd=tmp_path)

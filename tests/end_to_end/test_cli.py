@@ -40,6 +40,7 @@ def finished_store(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # trains a store first; tests/bad_inputs.py holds the other bad inputs
 @pytest.mark.xdist_group("cli_finished_store")  # one worker: finished_store is made once
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_exits_non_zero_with_one_line_and_keeps_what_was_written(case, finished_store):

@@ -34,6 +34,7 @@ def composed(overrides, hydra=False):
 # -- experiment=NAME ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_both_spellings_of_a_preset_compose_the_same_config():
     """``experiment=NAME`` is the preset, as ``+experiment=NAME`` always was: every preset's
     values win over the defaults (its name, model), a later override over the preset."""

@@ -93,6 +93,7 @@ def test_no_validation_data_says_early_stopping_is_off(tmp_path, capsys):
         assert summary["early_stop_iteration"] is not None
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_with_one_line_and_leaves_nothing(tmp_path):
     result = run_cli([*TINY, "optimizer.lr=nan", "results_root=out"], cwd=tmp_path)
     assert result.returncode == 1

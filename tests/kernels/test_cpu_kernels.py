@@ -76,8 +76,11 @@ def assert_trees_close(a, b, rtol: float, atol: float) -> None:
 
 @pytest.mark.parametrize(
     ("name", "width", "image"),
-    [("resnet8", 8, IMAGE), ("conv2", 16, IMAGE), ("conv2", 4, TINY)],
-    ids=["resnet8", "conv2", "conv2_on_2x2_maps"],
+    [  # ResNet-8 compiles for seconds: the whole suite only
+        pytest.param("resnet8", 8, IMAGE, id="resnet8", marks=pytest.mark.slow),
+        pytest.param("conv2", 16, IMAGE, id="conv2"),
+        pytest.param("conv2", 4, TINY, id="conv2_on_2x2_maps"),
+    ],
 )
 def test_logits_gradients_and_statistics_equal_flax_layers(
     name: str, width: int, image: tuple[int, ...]
@@ -223,6 +226,7 @@ def test_materialize_is_the_identity_bit_for_bit() -> None:
     np.testing.assert_array_equal(vjp(x)[0], x)
 
 
+@pytest.mark.slow
 def test_pruned_weights_stay_positive_zero() -> None:
     _, fast, params, stats = both("conv2", 8)
     mask = jax.tree.map(

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from lottery.kernels import huge_pages
 from lottery.kernels.huge_pages import HUGE_PAGES, environment_with_huge_pages
 
@@ -61,6 +63,7 @@ def test_kernel_mode_reads_the_bracketed_choice(tmp_path) -> None:
     assert huge_pages.kernel_mode(tmp_path / "missing") is None
 
 
+@pytest.mark.slow
 def test_the_command_restarts_with_huge_pages_and_keeps_its_arguments(tmp_path) -> None:
     user_env = {key: value for key, value in os.environ.items()
                 if key not in ("GLIBC_TUNABLES", "LOTTERY_HUGE_PAGES")}

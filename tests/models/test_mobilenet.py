@@ -109,6 +109,7 @@ def small_network():
     return network, params, stats
 
 
+@pytest.mark.slow
 def test_identity_shortcut_only_on_the_repeated_blocks_of_a_stage() -> None:
     """With its projection's BatchNorm zeroed, a block adds nothing: a repeated block
     passes its input through, a stage's first block (no shortcut) outputs 0."""
@@ -125,6 +126,7 @@ def test_identity_shortcut_only_on_the_repeated_blocks_of_a_stage() -> None:
     assert not np.any(out["block3_1"])
 
 
+@pytest.mark.slow
 def test_relu6_depthwise_filters_and_linear_bottleneck() -> None:
     """A stem saturated by ReLU6 gives 6 everywhere; the depthwise convolution filters each
     channel with its own 3x3 filter; the projection has no activation (negative outputs)."""
@@ -214,6 +216,7 @@ def test_the_structured_preset_runs_two_levels_on_mock_cifar(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.slow
 def test_depthwise_taps_equal_xlas_grouped_convolution(stride: int) -> None:
     """The CPU kernels' depthwise convolution (convolution.depthwise_taps), its value and
     gradients, against lax.conv_general_dilated with one group per channel."""

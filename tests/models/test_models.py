@@ -163,7 +163,10 @@ def test_output_layer_logits_and_batch_stats(name: str) -> None:
 
 # Basic blocks (CIFAR and ImageNet ResNets share them), VGG, and bottlenecks behind the
 # ImageNet stem, on small images: the shapes of ResNet-18/34 are covered by eval_shape above.
-@pytest.mark.parametrize("name", ["resnet20", "vgg11", "bottleneck"])
+@pytest.mark.parametrize(
+    "name",  # the larger networks compile for seconds: the whole suite only
+    ["resnet20", *(pytest.param(n, marks=pytest.mark.slow) for n in ("vgg11", "bottleneck"))],
+)
 def test_batchnorm_statistics_update_only_in_training(name: str) -> None:
     network, params, batch_stats = initialised(name, CIFAR)
     apply = jax.jit(network.apply, static_argnames="train")

@@ -19,7 +19,8 @@ from lottery.config import ConfigError
 from conftest import make_config, run_cli
 
 # One worker for the module: its trained store (own_run) is made once.
-pytestmark = pytest.mark.xdist_group("own_model")
+# Runs the command line with models of one's own: the whole suite only.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("own_model")]
 
 # A convolution, a BatchNorm (its statistics follow ``train``) and two Dense layers; and a
 # factory whose module takes no ``train`` argument.

@@ -17,7 +17,7 @@ from lottery.pruning import apply_mask, flatten, full_mask
 from lottery.pruning.strategies import strategy_for
 from lottery.pruning.structured import block_prune, removable_blocks, structured_prune
 
-from conftest import make_config, summaries
+from conftest import cases, make_config, summaries
 
 
 def dead_blocks(mask) -> set[str]:
@@ -75,7 +75,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "shape", "cfg"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("name", "shape", "cfg"), cases(CASES, {"mobilenetv2_cifar"}))
 def test_block_pruned_network_compacts_shallower(name: str, shape: tuple, cfg: dict) -> None:
     network, params, stats = random_network(name, shape, **cfg)
     mask = block_prune(params, full_mask(params), 0.5)

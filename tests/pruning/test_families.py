@@ -97,6 +97,7 @@ def test_gradual_keeps_every_weight_tied_at_tfmots_threshold_and_never_revives()
     assert kept["fc"]["kernel"].astype(int).tolist() == [[1, 1, 1, 0, 1, 1, 1, 1]]
 
 
+@pytest.mark.slow
 def test_a_gradual_run_stores_the_mask_it_ended_with(tmp_path):
     cfg = make_config([*DIGITS, *GRADUAL], tmp_path)
     store, rows = experiment.run(cfg)
