@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO
 
-SHARDS = 2  # run side by side by the suite's workers
+SHARDS = 3  # run side by side by the suite's workers (three pack beside the other slow tests)
 
 
 @pytest.mark.slow
