@@ -134,15 +134,13 @@ def fused_steps_limit(params: Any, platform: str | None = None) -> int | None:
     """How many steps one compiled call may fuse in a ``lax.scan`` (None: no limit).
 
     On the CPU, XLA runs autodiff's kernel-gradient convolutions inside a loop as plain
-    loops, not Eigen (a 32x32x16 kernel gradient: 20 ms alone, 2.3-5.3 s in a scan; jax
-    0.10), so a network with convolutional kernels trains one step per call there,
-    dispatched asynchronously. With the CPU kernels (whose
-    :func:`lottery.kernels.convolution.kernel_gradient` is laid out for Eigen) a scan runs
-    as fast as single steps, but no faster (ResNet-20 1.02x, 0.97-1.13, and Conv-4 0.98x,
-    0.82-1.24, for 10 steps per call in a same-process A/B of 8 pairs), while every
-    distinct number of fused steps would compile again: so one step per call stays.
-    Dense networks gain from fusing (about 1.5x for LeNet-300-100), and so does everything
-    on a GPU or TPU.
+    loops, not Eigen (orders of magnitude slower than alone), so a network with
+    convolutional kernels trains one step per call there, dispatched asynchronously. With
+    the CPU kernels (whose :func:`lottery.kernels.convolution.kernel_gradient` is laid out
+    for Eigen) a scan runs as fast as single steps, but no faster, while every distinct
+    number of fused steps would compile again: so one step per call stays. Dense networks
+    gain from fusing, and so does everything on a GPU or TPU. The figures are in
+    docs/benchmarks.md, "Design measurements".
     """
     platform = platform or jax.default_backend()
     has_conv = any(np.ndim(leaf) > 2 for leaf in jax.tree.leaves(params))
