@@ -9,6 +9,7 @@ weight stays zero: :func:`zeros_kept` checks it on the quantized weights themsel
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -64,7 +65,9 @@ def quantize(
     # Flax's layers, whose convolutions Qwix intercepts (the CPU kernels' are other operations).
     model = qwix.quantize_model(network.with_kernels("xla").module, qwix.PtqProvider([rule]))
     example = jnp.zeros((1, *network.input_shape), jnp.float32)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), example, train=False)
+    # ``train`` bound outside eval_shape, which would trace it (BatchNorm branches on it).
+    init = functools.partial(model.init, train=False)
+    shapes = jax.eval_shape(init, jax.random.key(0), example)
     qparams = qwix.quantize_params(jax.tree.map(jnp.asarray, params), shapes["params"])
     variables = {"params": qparams, **({"batch_stats": batch_stats} if batch_stats else {})}
 
